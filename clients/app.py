@@ -1,0 +1,44 @@
+"""ClientApp: unpack the Message, run the local core, pack the reply. Nothing else."""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients.local import client_runtime
+from clients.rounds import evaluate_round, train_round
+from task.config import parse_run_config
+
+app = ClientApp()
+
+
+def _runtime(context: Context):  # type: ignore[no-untyped-def]
+    cfg = parse_run_config(context.run_config)
+    partition_id = int(context.node_config["partition-id"])
+    num_partitions = int(context.node_config["num-partitions"])
+    return cfg, client_runtime(cfg, partition_id, num_partitions)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global weights on the local partition."""
+    cfg, runtime = _runtime(context)
+    weights = msg.content["arrays"].to_torch_state_dict()
+    outcome = train_round(cfg, runtime, weights, msg.content["config"], context.state)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(outcome.weights),
+            "metrics": MetricRecord(outcome.metrics),
+            **outcome.extra_records,
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received global weights on the local held-out split."""
+    _, runtime = _runtime(context)
+    weights = msg.content["arrays"].to_torch_state_dict()
+    metrics = evaluate_round(runtime, weights)
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

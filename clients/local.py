@@ -1,0 +1,54 @@
+"""A client's local state for one process: its partition, tokenizer and model, built once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from task.config import RunConfig
+from task.data import Encoded, encode, group_names, label_names, load_partition, load_splits
+from task.model import build_model, load_tokenizer
+
+
+@dataclass
+class ClientRuntime:
+    """What a client keeps between rounds in one process (rebuilt if the process restarts)."""
+
+    model: nn.Module
+    train: Encoded
+    eval: Encoded
+    groups: list[str]
+
+
+def local_group_weights(groups: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Per-example weights ∝ (1 / local share of the example's group)^α, mean 1 per client."""
+    counts = torch.bincount(groups).double()
+    share = counts[groups] / groups.numel()
+    weights = share.pow(-alpha)
+    return (weights / weights.mean()).float()
+
+
+@lru_cache(maxsize=1)
+def client_runtime(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientRuntime:
+    """Load this client's partition and build its model (cached per process)."""
+    splits = load_splits(cfg.data, cfg.seed)
+    groups = group_names(splits)
+    local = load_partition(
+        cfg.data,
+        cfg.partition,
+        partition_id=partition_id,
+        num_partitions=num_partitions,
+        seed=cfg.seed,
+    )
+    tokenizer = load_tokenizer(cfg.model, list(splits["train"]["text"]))
+    model = build_model(cfg.model, tokenizer, len(label_names(splits)), seed=cfg.seed)
+    max_length = cfg.model.max_length
+    return ClientRuntime(
+        model=model,
+        train=encode(local["train"], tokenizer, groups, max_length),
+        eval=encode(local["eval"], tokenizer, groups, max_length),
+        groups=groups,
+    )

@@ -1,0 +1,37 @@
+"""ServerApp: read the run-config once, build the strategy, run it, record every round."""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from server.evaluation import build_evaluator
+from server.recorder import RoundRecorder
+from server.records import RunDirectory
+from strategies import build_strategy
+from task.config import parse_run_config
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Federate ``num-server-rounds`` rounds and write the run directory."""
+    cfg = parse_run_config(context.run_config)
+    evaluator = build_evaluator(cfg)
+    run_dir = RunDirectory(cfg.output_dir, str(context.run_id), dict(context.run_config))
+    recorder = RoundRecorder(run_dir, evaluator, num_rounds=cfg.num_server_rounds)
+    strategy = build_strategy(
+        cfg,
+        evaluator.groups,
+        train_metrics_aggr_fn=recorder.aggregate_train_metrics,
+        evaluate_metrics_aggr_fn=recorder.aggregate_eval_metrics,
+    )
+    recorder.watch(strategy)
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(evaluator.initial_weights()),
+        num_rounds=cfg.num_server_rounds,
+        train_config=ConfigRecord({"learning-rate": cfg.train.learning_rate}),
+        evaluate_fn=recorder.evaluate,
+    )

@@ -1,0 +1,45 @@
+"""Server-side evaluation of the global model on the held-out test set, per group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from clients.training import predict
+from task.config import RunConfig
+from task.data import Encoded, encode, group_names, label_names, load_splits
+from task.fairness import group_report
+from task.model import build_model, exchanged_state, load_exchanged, load_tokenizer
+
+
+@dataclass
+class GlobalEvaluator:
+    """The global model and test set, built once per run."""
+
+    model: nn.Module
+    test: Encoded
+    groups: list[str]
+
+    def initial_weights(self) -> dict[str, torch.Tensor]:
+        return exchanged_state(self.model)
+
+    def evaluate(self, weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The contract's ``global`` metrics for ``weights``."""
+        load_exchanged(self.model, weights)
+        predictions, loss = predict(self.model, self.test)
+        names = [self.groups[i] for i in self.test.groups.tolist()]
+        return group_report(
+            self.test.labels.numpy(), predictions.numpy(), names, loss=loss
+        )
+
+
+def build_evaluator(cfg: RunConfig) -> GlobalEvaluator:
+    splits = load_splits(cfg.data, cfg.seed)
+    groups = group_names(splits)
+    tokenizer = load_tokenizer(cfg.model, list(splits["train"]["text"]))
+    model = build_model(cfg.model, tokenizer, len(label_names(splits)), seed=cfg.seed)
+    test = encode(splits["test"], tokenizer, groups, cfg.model.max_length)
+    return GlobalEvaluator(model=model, test=test, groups=groups)

@@ -1,0 +1,152 @@
+"""Turns what happened in a round into the contract's round record, in one place.
+
+Flower calls :meth:`RoundRecorder.evaluate` after every round (``evaluate_fn`` of
+``Strategy.start``); the strategy's metric-aggregation hooks hand the recorder the raw
+client replies. The recorder evaluates the global model, writes results, logs one line.
+"""
+
+from __future__ import annotations
+
+import time
+from logging import INFO
+from typing import Any
+
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from server.evaluation import GlobalEvaluator
+from server.records import RunDirectory
+from task.fairness import client_spread
+
+CLIENT_RECORD = "client"
+
+
+class RoundRecorder:
+    """Collects one round's facts and writes ``results.json``/``rounds.csv`` after each."""
+
+    def __init__(
+        self,
+        run_dir: RunDirectory,
+        evaluator: GlobalEvaluator,
+        *,
+        num_rounds: int,
+    ) -> None:
+        self.run_dir = run_dir
+        self.evaluator = evaluator
+        self.strategy: object | None = None
+        self.num_rounds = num_rounds
+        self.rounds: list[dict[str, Any]] = []
+        self.privacy: dict[str, dict[str, Any]] = {}
+        self.extra: dict[str, Any] = {}
+        self._train_replies: list[RecordDict] = []
+        self._eval_accuracies: list[float] = []
+        self._clock = time.perf_counter()
+
+    def watch(self, strategy: object) -> None:
+        """Read the strategy's ``last_round`` trace (weights, skips) after each round."""
+        self.strategy = strategy
+
+    # --- hooks given to the strategy -------------------------------------------------
+    def aggregate_train_metrics(self, contents: list[RecordDict], key: str) -> MetricRecord:
+        """Flower's weighted metric average, keeping the replies for the round record."""
+        self._train_replies = list(contents)
+        for content in contents:
+            self._observe_privacy(content)
+        return aggregate_metricrecords(contents, key)
+
+    def aggregate_eval_metrics(self, contents: list[RecordDict], key: str) -> MetricRecord:
+        self._eval_accuracies = [
+            float(next(iter(c.metric_records.values()))["eval-accuracy"]) for c in contents
+        ]
+        return aggregate_metricrecords(contents, key)
+
+    def _observe_privacy(self, content: RecordDict) -> None:
+        record = content.config_records.get(CLIENT_RECORD)
+        if record is None or "epsilon" not in record:
+            return
+        self.privacy[str(record["node-id"])] = {
+            "epsilon": float(record["epsilon"]),
+            "delta": float(record["delta"]),
+            "budget_epsilon": float(record["budget-epsilon"]),
+            "accountant": str(record["accountant"]),
+            "history": [
+                [float(s), float(q), int(n)]
+                for s, q, n in zip(
+                    record["history-sigma"], record["history-q"], record["history-steps"],
+                    strict=True,
+                )
+            ],
+            "stopped_by_budget": bool(record.get("budget-exhausted", False)),
+        }
+
+    # --- evaluate_fn -----------------------------------------------------------------
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Evaluate the global model; record and write the round (round 0: baseline only)."""
+        global_metrics = self.evaluator.evaluate(arrays.to_torch_state_dict())
+        if server_round == 0:
+            self.extra["initial"] = global_metrics
+            self._clock = time.perf_counter()
+            return None
+        record = self._round_record(server_round, global_metrics)
+        self.rounds.append(record)
+        self.run_dir.append_round(record)
+        self.run_dir.write_results(self.results())
+        self._log(record)
+        self._train_replies, self._eval_accuracies = [], []
+        return MetricRecord(
+            {k: v for k, v in global_metrics.items() if isinstance(v, float | int)}
+        )
+
+    def _round_record(self, server_round: int, global_metrics: dict[str, Any]) -> dict:
+        now = time.perf_counter()
+        wall, self._clock = now - self._clock, now
+        trace = getattr(self.strategy, "last_round", None)
+        metrics = [next(iter(c.metric_records.values())) for c in self._train_replies]
+        record: dict[str, Any] = {
+            "round": server_round,
+            "wall_s": wall,
+            "client_train_s": float(sum(float(m["train-seconds"]) for m in metrics)),
+            "num_clients": len(metrics),
+            "failures": int(getattr(trace, "failures", 0)),
+            "global": global_metrics,
+            "clients": client_spread(self._eval_accuracies) if self._eval_accuracies else {},
+            "weights": {str(k): float(v) for k, v in getattr(trace, "weights", {}).items()},
+        }
+        for name in ("skipped_budget", "rejected", "prevalence"):
+            if (value := getattr(trace, name, None)) is not None:
+                record[name] = value
+        record["bytes_sent"] = self._bytes_sent()
+        return record
+
+    def _bytes_sent(self) -> dict[str, int]:
+        sent: dict[str, int] = {}
+        for content in self._train_replies:
+            record = content.config_records.get(CLIENT_RECORD)
+            if record is not None:
+                sent[str(record["node-id"])] = int(record["bytes-sent"])
+        return sent
+
+    def results(self) -> dict[str, Any]:
+        final = dict(self.rounds[-1]["global"]) if self.rounds else {}
+        epsilons = [p["epsilon"] for p in self.privacy.values()]
+        final["max_epsilon"] = max(epsilons) if epsilons else None
+        return {
+            "config": self.run_dir.config,
+            "rounds": self.rounds,
+            "privacy": self.privacy,
+            "final": final,
+            **self.extra,
+        }
+
+    def _log(self, record: dict[str, Any]) -> None:
+        g = record["global"]
+        eps = [p["epsilon"] for p in self.privacy.values()]
+        eps_text = f" max_eps={max(eps):.2f}" if eps else ""
+        log(
+            INFO,
+            "round %d/%d acc=%.3f bal_acc=%.3f worst=%.3f gap=%.3f clients=%d wall=%.1fs%s",
+            record["round"], self.num_rounds, g["accuracy"], g["balanced_accuracy"],
+            g["worst_group_accuracy"], g["group_accuracy_gap"], record["num_clients"],
+            record["wall_s"], eps_text,
+        )  # fmt: skip

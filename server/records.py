@@ -1,0 +1,80 @@
+"""The run directory of the results contract: config.json, results.json, rounds.csv, latest."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/Infinity: write them as null so any reader can parse the file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write atomically: a crash mid-write never leaves a truncated file behind."""
+    staging = path.with_suffix(path.suffix + ".tmp")
+    staging.write_text(json.dumps(_finite(payload), indent=2, sort_keys=False) + "\n")
+    os.replace(staging, path)
+
+
+def flat_row(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """One CSV row: nested dicts become dotted columns (``global.per_group.west.accuracy``)."""
+    row: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            row.update(flat_row(value, f"{name}."))
+        elif not isinstance(value, list):
+            row[name] = value
+    return row
+
+
+class RunDirectory:
+    """Owns ``<output-dir>/<run-id>/``; refuses to reuse a directory that already exists."""
+
+    def __init__(self, output_dir: str | Path, run_id: str, config: Mapping[str, Any]) -> None:
+        self.root = Path(output_dir).expanduser().resolve()
+        self.path = self.root / run_id
+        if self.path.exists():
+            raise FileExistsError(
+                f"run directory {self.path} already exists; refusing to overwrite it "
+                "(choose another 'output-dir' or remove it)"
+            )
+        self.path.mkdir(parents=True)
+        self.config = dict(config)
+        write_json(self.path / "config.json", self.config)
+        self._columns: list[str] | None = None
+        self._point_latest()
+
+    def _point_latest(self) -> None:
+        latest = self.root / "latest"
+        staging = self.root / f".latest-{self.path.name}"
+        staging.unlink(missing_ok=True)
+        staging.symlink_to(self.path.name)
+        os.replace(staging, latest)
+
+    def write_results(self, results: Mapping[str, Any]) -> None:
+        write_json(self.path / "results.json", results)
+
+    def append_round(self, record: Mapping[str, Any]) -> None:
+        row = flat_row(record)
+        path = self.path / "rounds.csv"
+        if self._columns is None:
+            self._columns = list(row)
+            with path.open("w", newline="") as handle:
+                csv.DictWriter(handle, fieldnames=self._columns).writeheader()
+        with path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self._columns, extrasaction="ignore")
+            writer.writerow(row)

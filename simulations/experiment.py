@@ -1,0 +1,90 @@
+"""Experiments: a TOML of run-config overrides (+ a ``[federation]`` table) and ``--set`` values."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from task.config import RunConfig, flatten, load_defaults, parse_run_config
+
+FEDERATION_KEYS = {"num-supernodes": int, "client-cpus": int}
+DEFAULT_FEDERATION = {"num-supernodes": 10, "client-cpus": 1}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Run-config overrides and federation settings of one run, validated."""
+
+    overrides: dict[str, Any]
+    federation: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_FEDERATION))
+
+    @property
+    def run_config(self) -> RunConfig:
+        return parse_run_config(load_defaults() | self.overrides)
+
+    def resolved(self) -> dict[str, Any]:
+        return load_defaults() | self.overrides
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value typed as in TOML; bare words that TOML rejects stay strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        parsed[key.strip()] = parse_value(value.strip())
+    return parsed
+
+
+def load_experiment_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split an experiment TOML into run-config overrides and federation settings."""
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment file {path} does not exist")
+    with path.open("rb") as handle:
+        table = tomllib.load(handle)
+    federation = table.pop("federation", {})
+    table.pop("experiment", None)  # free-form description block
+    return flatten(table), federation
+
+
+def _check_federation(federation: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(federation) - set(FEDERATION_KEYS))
+    if unknown:
+        raise ValueError(
+            f"unknown [federation] key(s) {unknown}; valid: {sorted(FEDERATION_KEYS)}"
+        )
+    checked = DEFAULT_FEDERATION | federation
+    if not isinstance(checked["num-supernodes"], int) or checked["num-supernodes"] < 2:
+        raise ValueError("federation 'num-supernodes' must be an int >= 2")
+    if not isinstance(checked["client-cpus"], int) or not 1 <= checked["client-cpus"] <= 64:
+        raise ValueError("federation 'client-cpus' must be an int in [1, 64]")
+    return checked
+
+
+def build_experiment(
+    path: Path | None,
+    assignments: list[str],
+    *,
+    supernodes: int | None = None,
+    output_dir: str | None = None,
+) -> Experiment:
+    """Experiment file, then ``--set``, then the dedicated flags; validated before any run."""
+    overrides, federation = load_experiment_file(path) if path else ({}, {})
+    overrides |= parse_assignments(assignments)
+    if output_dir is not None:
+        overrides["output-dir"] = output_dir
+    if supernodes is not None:
+        federation["num-supernodes"] = supernodes
+    experiment = Experiment(overrides=overrides, federation=_check_federation(federation))
+    experiment.run_config  # noqa: B018  (validates every key now, before anything starts)
+    return experiment

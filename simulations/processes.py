@@ -1,0 +1,107 @@
+"""Start and stop Flower processes by PID, in their own process groups, also on failure."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import psutil
+
+OFFLINE_ENV = {
+    # Without this, `flwr run` makes the SuperLink `uv sync` the app: a 5 GB CUDA torch.
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """The environment for Flower processes: project-local FLWR_HOME, offline, no telemetry."""
+    env = dict(os.environ)
+    env.update(OFFLINE_ENV)
+    env["FLWR_HOME"] = str(flwr_home)
+    # Flower starts its helpers (flower-superexec, flwr-serverapp) by name, from PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if os.environ.get("FEDEQUITY_ONLINE") == "1":  # the user named a hub model/dataset
+        env.pop("HF_HUB_OFFLINE")
+        env.pop("HF_DATASETS_OFFLINE")
+    return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(command: Sequence[str], *, env: dict[str, str], log_file: Path, cwd: Path) -> subprocess.Popen:
+    """Start ``command`` in a new session so that stopping it stops all its children."""
+    handle = log_file.open("ab")
+    return subprocess.Popen(
+        list(command),
+        env=env,
+        cwd=cwd,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop(process: subprocess.Popen, *, grace_s: float = 10.0) -> None:
+    """Stop ``process`` and every descendant: SIGTERM, wait ``grace_s``, then SIGKILL.
+
+    Descendants are collected first because Flower detaches some children into their own
+    sessions (SuperExec, Ray), out of reach of a process-group signal.
+    """
+    try:
+        root = psutil.Process(process.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+
+
+def wait_healthy(url: str, process: subprocess.Popen, *, timeout_s: float, log_file: Path) -> None:
+    """Poll ``url`` until it answers 200; fail early if the process dies."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}; see {log_file}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (loopback)
+                if response.status == 200:
+                    return
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not become healthy in {timeout_s:.0f}s; see {log_file}")
+
+
+@contextlib.contextmanager
+def running(
+    command: Sequence[str], *, env: dict[str, str], log_file: Path, cwd: Path
+) -> Iterator[subprocess.Popen]:
+    """A process that is stopped (with its whole group) when the block exits, however."""
+    process = start(command, env=env, log_file=log_file, cwd=cwd)
+    try:
+        yield process
+    finally:
+        stop(process)

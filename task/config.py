@@ -1,0 +1,296 @@
+"""Run configuration: parsed once from Flower's run-config into frozen dataclasses.
+
+Every key and its default lives in ``[tool.flwr.app.config]`` of ``pyproject.toml``;
+this module only checks types and ranges, so defaults are never repeated in code.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+STRATEGIES = ("fedavg", "representation", "qfedavg", "fairfed")
+DATASETS = ("synthetic", "csv", "jsonl", "parquet", "hf", "adult", "hatecheck")
+PARTITION_METHODS = ("dirichlet", "iid", "label")
+DP_MODES = ("off", "local", "central", "both")
+ACCOUNTANTS = ("rdp", "prv")
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
+LOCAL_WEIGHTINGS = ("post-clip", "pre-clip", "off")
+TINY_MODEL = "tiny-bert"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str
+    path: str
+    name: str
+    text_column: str
+    label_column: str
+    group_column: str
+    test_fraction: float
+    synthetic_examples: int
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    method: str
+    alpha: float
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    hidden_size: int
+    num_layers: int
+    max_length: int
+    vocab_size: int
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.name == TINY_MODEL
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    mode: str
+    target_epsilon: float
+    delta: float  # 0 means "1/(10·n) of the client's data"
+    max_grad_norm: float
+    accountant: str
+    grad_sample_mode: str
+    stats_noise: float
+    central_noise: float
+    central_clip: float
+
+    @property
+    def local(self) -> bool:
+        return self.mode in ("local", "both")
+
+    @property
+    def central(self) -> bool:
+        return self.mode in ("central", "both")
+
+
+@dataclass(frozen=True)
+class FairConfig:
+    alpha: float
+    cap: float
+    local_weighting: str
+    local_alpha: float
+    fairfed_beta: float
+    qfedavg_q: float
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int
+    num_server_rounds: int
+    strategy: str
+    fraction_train: float
+    output_dir: str
+    data: DataConfig
+    partition: PartitionConfig
+    model: ModelConfig
+    train: TrainConfig
+    dp: DPConfig
+    fair: FairConfig
+
+
+def _one_of(*valid: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in valid else f"one of {', '.join(repr(x) for x in valid)}"
+
+
+def _at_least(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"a number >= {low}"
+
+
+def _above(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v > low else f"a number > {low}"
+
+
+def _open_unit(v: float) -> str | None:
+    return None if 0 < v < 1 else "a number strictly between 0 and 1"
+
+
+def _fraction(v: float) -> str | None:
+    return None if 0 < v <= 1 else "a number in (0, 1]"
+
+
+def _any(_: Any) -> str | None:
+    return None
+
+
+# key -> (python type, check returning "what would be valid" or None)
+SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
+    "seed": (int, _at_least(0)),
+    "num-server-rounds": (int, _at_least(1)),
+    "strategy": (str, _one_of(*STRATEGIES)),
+    "fraction-train": (float, _fraction),
+    "output-dir": (str, lambda v: None if v else "a non-empty path"),
+    "dataset": (str, _one_of(*DATASETS)),
+    "data.path": (str, _any),
+    "data.name": (str, _any),
+    "data.text-column": (str, lambda v: None if v else "a column name"),
+    "data.label-column": (str, lambda v: None if v else "a column name"),
+    "data.group-column": (str, lambda v: None if v else "a column name"),
+    "data.test-fraction": (float, _open_unit),
+    "synthetic.num-examples": (int, _at_least(200)),
+    "partition.method": (str, _one_of(*PARTITION_METHODS)),
+    "partition.alpha": (float, _above(0)),
+    "model.name": (str, lambda v: None if v else f"{TINY_MODEL!r}, a local path or a hub name"),
+    "model.hidden-size": (int, lambda v: None if 16 <= v <= 1024 else "an int in [16, 1024]"),
+    "model.num-layers": (int, lambda v: None if 1 <= v <= 24 else "an int in [1, 24]"),
+    "model.max-length": (int, lambda v: None if 8 <= v <= 512 else "an int in [8, 512]"),
+    "model.vocab-size": (int, _at_least(100)),
+    "model.lora.r": (int, _at_least(0)),
+    "model.lora.alpha": (int, _at_least(1)),
+    "model.lora.dropout": (float, lambda v: None if 0 <= v < 1 else "a number in [0, 1)"),
+    "train.local-epochs": (int, _at_least(1)),
+    "train.batch-size": (int, _at_least(1)),
+    "train.learning-rate": (float, _above(0)),
+    "dp.mode": (str, _one_of(*DP_MODES)),
+    "dp.target-epsilon": (float, _above(0)),
+    "dp.delta": (float, lambda v: None if 0 <= v < 1 else "0 (auto: 1/(10·n)) or a number in (0, 1)"),
+    "dp.max-grad-norm": (float, _above(0)),
+    "dp.accountant": (str, _one_of(*ACCOUNTANTS)),
+    "dp.grad-sample-mode": (str, _one_of(*GRAD_SAMPLE_MODES)),
+    "dp.stats-noise": (float, _above(0)),
+    "dp.central-noise": (float, _at_least(0)),
+    "dp.central-clip": (float, _above(0)),
+    "fair.alpha": (float, _at_least(0)),
+    "fair.cap": (float, _at_least(1)),
+    "fair.local-weighting": (str, _one_of(*LOCAL_WEIGHTINGS)),
+    "fair.local-alpha": (float, _at_least(0)),
+    "fair.fairfed-beta": (float, _at_least(0)),
+    "qfedavg.q": (float, _at_least(0)),
+}
+
+
+def load_defaults(pyproject: Path = PYPROJECT) -> dict[str, Any]:
+    """Return ``[tool.flwr.app.config]`` of ``pyproject.toml`` as flat dotted keys."""
+    with pyproject.open("rb") as handle:
+        table = tomllib.load(handle)["tool"]["flwr"]["app"]["config"]
+    return flatten(table)
+
+
+def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested TOML tables into dotted keys, as Flower does for run-config."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _typed(key: str, value: Any) -> Any:
+    expected, check = SCHEMA[key]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or isinstance(value, bool):
+        raise ValueError(
+            f"run-config key {key!r}: expected {expected.__name__}, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    if (valid := check(value)) is not None:
+        raise ValueError(f"run-config key {key!r}: got {value!r}; valid: {valid}")
+    return value
+
+
+def validate_keys(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Check every key is known, present and valid; return the typed values."""
+    unknown = sorted(set(raw) - set(SCHEMA))
+    if unknown:
+        raise ValueError(
+            f"unknown run-config key(s) {', '.join(map(repr, unknown))}; "
+            f"valid keys: {', '.join(sorted(SCHEMA))}"
+        )
+    missing = sorted(set(SCHEMA) - set(raw))
+    if missing:
+        raise ValueError(f"missing run-config key(s): {', '.join(map(repr, missing))}")
+    return {key: _typed(key, value) for key, value in raw.items()}
+
+
+def _check_combinations(v: Mapping[str, Any]) -> None:
+    table_like = ("csv", "jsonl", "parquet", "adult", "hatecheck")
+    if v["dataset"] in table_like and not v["data.path"]:
+        raise ValueError(
+            f"run-config key 'data.path' is required for dataset={v['dataset']!r} "
+            "(a file for csv/jsonl/parquet, a folder for adult/hatecheck)"
+        )
+    if v["dataset"] == "hf" and not v["data.name"]:
+        raise ValueError("run-config key 'data.name' is required for dataset='hf'")
+
+
+def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
+    """Validate Flower's flat run-config and build the frozen :class:`RunConfig`."""
+    v = validate_keys(raw)
+    _check_combinations(v)
+    return RunConfig(
+        seed=v["seed"],
+        num_server_rounds=v["num-server-rounds"],
+        strategy=v["strategy"],
+        fraction_train=v["fraction-train"],
+        output_dir=v["output-dir"],
+        data=DataConfig(
+            dataset=v["dataset"],
+            path=v["data.path"],
+            name=v["data.name"],
+            text_column=v["data.text-column"],
+            label_column=v["data.label-column"],
+            group_column=v["data.group-column"],
+            test_fraction=v["data.test-fraction"],
+            synthetic_examples=v["synthetic.num-examples"],
+        ),
+        partition=PartitionConfig(method=v["partition.method"], alpha=v["partition.alpha"]),
+        model=ModelConfig(
+            name=v["model.name"],
+            hidden_size=v["model.hidden-size"],
+            num_layers=v["model.num-layers"],
+            max_length=v["model.max-length"],
+            vocab_size=v["model.vocab-size"],
+            lora_r=v["model.lora.r"],
+            lora_alpha=v["model.lora.alpha"],
+            lora_dropout=v["model.lora.dropout"],
+        ),
+        train=TrainConfig(
+            local_epochs=v["train.local-epochs"],
+            batch_size=v["train.batch-size"],
+            learning_rate=v["train.learning-rate"],
+        ),
+        dp=DPConfig(
+            mode=v["dp.mode"],
+            target_epsilon=v["dp.target-epsilon"],
+            delta=v["dp.delta"],
+            max_grad_norm=v["dp.max-grad-norm"],
+            accountant=v["dp.accountant"],
+            grad_sample_mode=v["dp.grad-sample-mode"],
+            stats_noise=v["dp.stats-noise"],
+            central_noise=v["dp.central-noise"],
+            central_clip=v["dp.central-clip"],
+        ),
+        fair=FairConfig(
+            alpha=v["fair.alpha"],
+            cap=v["fair.cap"],
+            local_weighting=v["fair.local-weighting"],
+            local_alpha=v["fair.local-alpha"],
+            fairfed_beta=v["fair.fairfed-beta"],
+            qfedavg_q=v["qfedavg.q"],
+        ),
+    )

@@ -1,0 +1,124 @@
+"""Datasets, partitions and tensors: the one entry point server and clients share.
+
+Every dataset arrives as a ``DatasetDict`` with ``train``/``test`` splits and the columns
+``text``, ``label`` (ClassLabel) and ``group`` (str). Clients partition ``train`` with
+``flwr-datasets`` partitioners; the server evaluates on ``test``, which keeps the
+population's group shares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
+from transformers import PreTrainedTokenizerBase
+
+from task import recipes, sources
+from task.config import DataConfig, PartitionConfig
+from task.synthetic import load_synthetic
+
+MIN_PARTITION_SIZE = 10
+
+
+@lru_cache(maxsize=2)
+def load_splits(cfg: DataConfig, seed: int) -> DatasetDict:
+    """Load ``cfg.dataset`` as train/test splits (cached per process)."""
+    columns = {
+        "text_column": cfg.text_column,
+        "label_column": cfg.label_column,
+        "group_column": cfg.group_column,
+    }
+    if cfg.dataset == "synthetic":
+        return load_synthetic(cfg.synthetic_examples, test_fraction=cfg.test_fraction, seed=seed)
+    if cfg.dataset in ("csv", "jsonl", "parquet"):
+        return sources.load_table(cfg.path, **columns, test_fraction=cfg.test_fraction, seed=seed)
+    if cfg.dataset == "adult":
+        return recipes.load_adult(cfg.path, group_column=cfg.group_column)
+    if cfg.dataset == "hatecheck":
+        return recipes.load_hatecheck(cfg.path, test_fraction=cfg.test_fraction, seed=seed)
+    return sources.load_hf(cfg.name, **columns, test_fraction=cfg.test_fraction, seed=seed)
+
+
+def group_names(splits: DatasetDict) -> list[str]:
+    """Sorted group names over both splits: the order of group-count vectors on the wire."""
+    return sorted(set(splits["train"]["group"]) | set(splits["test"]["group"]))
+
+
+def label_names(splits: DatasetDict) -> list[str]:
+    return list(splits["train"].features["label"].names)
+
+
+def make_partitioner(cfg: PartitionConfig, num_partitions: int, seed: int) -> Partitioner:
+    """``dirichlet`` skews group shares across clients; ``label`` skews labels; ``iid``."""
+    if cfg.method == "iid":
+        return IidPartitioner(num_partitions=num_partitions)
+    return DirichletPartitioner(
+        num_partitions=num_partitions,
+        partition_by="group" if cfg.method == "dirichlet" else "label",
+        alpha=cfg.alpha,
+        min_partition_size=MIN_PARTITION_SIZE,
+        self_balancing=False,
+        seed=seed,
+    )
+
+
+@lru_cache(maxsize=4)
+def _partitioner(
+    data: DataConfig, cfg: PartitionConfig, num_partitions: int, seed: int
+) -> Partitioner:
+    partitioner = make_partitioner(cfg, num_partitions, seed)
+    partitioner.dataset = load_splits(data, seed)["train"]
+    return partitioner
+
+
+def load_partition(
+    data: DataConfig, cfg: PartitionConfig, *, partition_id: int, num_partitions: int, seed: int
+) -> DatasetDict:
+    """One client's data, split 80/20 into local ``train`` and ``eval``."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(
+            f"node-config 'partition-id' must be in [0, {num_partitions}), got {partition_id}"
+        )
+    partition = _partitioner(data, cfg, num_partitions, seed).load_partition(partition_id)
+    local = partition.train_test_split(test_size=0.2, seed=seed + partition_id)
+    return DatasetDict({"train": local["train"], "eval": local["test"]})
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Tokenised examples as tensors, with group ids in the order of ``group_names``."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    groups: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def encode(
+    ds: Dataset, tokenizer: PreTrainedTokenizerBase, groups: list[str], max_length: int
+) -> Encoded:
+    batch = tokenizer(
+        list(ds["text"]),
+        padding="max_length",
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
+    )
+    index = {name: i for i, name in enumerate(groups)}
+    return Encoded(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        labels=torch.tensor(list(ds["label"]), dtype=torch.long),
+        groups=torch.tensor([index[g] for g in list(ds["group"])], dtype=torch.long),
+    )
+
+
+def group_counts(encoded: Encoded, num_groups: int) -> np.ndarray:
+    return np.bincount(encoded.groups.numpy(), minlength=num_groups).astype(float)

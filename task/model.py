@@ -1,0 +1,149 @@
+"""Model and tokenizer: a tiny offline BERT by default, any Hugging Face classifier by name.
+
+``model.name = "tiny-bert"`` builds a small BERT from a config with a WordPiece tokenizer
+trained locally on the training texts (cached on disk, keyed by the texts' content hash).
+Any other name is passed to ``AutoTokenizer``/``AutoModelForSequenceClassification``
+(a local ``save_pretrained`` folder, or a hub name, which is the only path that downloads).
+``model.lora.r > 0`` wraps the model in a peft LoRA adapter; only trainable weights travel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers.trainers import WordPieceTrainer
+from torch import nn
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from task.config import ModelConfig
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def cache_root() -> Path:
+    """Where locally trained tokenizers live (``FEDEQUITY_CACHE`` overrides)."""
+    default = Path.home() / ".cache" / "fedequity"
+    return Path(os.environ.get("FEDEQUITY_CACHE", default))
+
+
+def texts_fingerprint(texts: Sequence[str], vocab_size: int) -> str:
+    digest = hashlib.sha256(str(vocab_size).encode())
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def train_wordpiece(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a BERT-style WordPiece tokenizer on ``texts`` with Hugging Face ``tokenizers``."""
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+
+
+def local_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerBase:
+    """Load the tokenizer trained on ``texts`` from the cache, training it once if absent."""
+    target = cache_root() / "tokenizers" / texts_fingerprint(texts, vocab_size)
+    if not (target / "tokenizer.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Clients and server may train it at the same moment: write aside, then rename.
+        staging = Path(tempfile.mkdtemp(dir=target.parent))
+        train_wordpiece(texts, vocab_size).save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process won the race; its copy is identical
+            shutil.rmtree(staging, ignore_errors=True)
+    return PreTrainedTokenizerFast.from_pretrained(target)
+
+
+def load_tokenizer(cfg: ModelConfig, train_texts: Sequence[str]) -> PreTrainedTokenizerBase:
+    """The tokenizer for ``cfg``: trained locally for the tiny model, else from ``cfg.name``."""
+    if cfg.is_tiny:
+        return local_tokenizer(train_texts, cfg.vocab_size)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.name)
+    if tokenizer.pad_token is None:  # GPT-2 style models ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def tiny_bert(cfg: ModelConfig, vocab_size: int, num_labels: int) -> BertForSequenceClassification:
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=max(1, cfg.hidden_size // 32),
+        intermediate_size=2 * cfg.hidden_size,
+        max_position_embeddings=cfg.max_length,
+        num_labels=num_labels,
+    )
+    return BertForSequenceClassification(config)
+
+
+def build_model(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, num_labels: int, *, seed: int
+) -> nn.Module:
+    """Build the classifier (seeded), wrapped in LoRA when ``model.lora.r > 0``."""
+    torch.manual_seed(seed)
+    model: nn.Module
+    if cfg.is_tiny:
+        model = tiny_bert(cfg, len(tokenizer), num_labels)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(cfg.name, num_labels=num_labels)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.lora_r > 0:
+        lora = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+        )
+        model = get_peft_model(model, lora)
+    return model
+
+
+def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What travels: the trainable weights with LoRA, else the whole state dict."""
+    if hasattr(model, "peft_config"):
+        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: t.detach() for n, t in model.state_dict().items()}
+
+
+def load_exchanged(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load weights produced by :func:`exchanged_state`; every key must match."""
+    expected = set(exchanged_state(model))
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(f"weights do not fit the model: missing {missing[:5]}, extra {extra[:5]}")
+    model.load_state_dict(state, strict=False)

@@ -1,0 +1,113 @@
+"""The embedded default dataset: a seeded grouped text-classification task built to expose bias.
+
+How it is generated (one sentence per example, binary label "negative"/"positive"):
+
+* **Groups** ``north`` 62 %, ``south`` 23 %, ``east`` 10 %, ``west`` 5 % of the rows (shares
+  are exact up to rounding). Each group writes in its own "dialect": every sentence carries
+  two of the group's four marker words, and neutral filler words shared by all groups.
+* **Label cues**: every sentence carries two cue words. The majority group uses the shared
+  sentiment lexicon (``great``/``awful``…). Minority groups use their own wording for a share
+  of their cues (``DIALECT_RATE``): half of it unique slang, half *shared words with the
+  opposite meaning* (``bad`` positive where everyone else means negative), as dialects do.
+* **Base rates** differ per group (``POSITIVE_RATE``) and 4 % of labels are flipped.
+
+A model fit to the population learns the majority reading of the shared words, so it is
+wrong on most flipped-cue sentences of the minority groups: FedAvg leaves a large
+worst-group gap. Because the group is visible in the text (the markers), a model that gives
+minority data enough weight can learn the dialect and close it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+GROUP_SHARES = {"north": 0.62, "south": 0.23, "east": 0.10, "west": 0.05}
+POSITIVE_RATE = {"north": 0.5, "south": 0.45, "east": 0.55, "west": 0.4}
+DIALECT_RATE = {"north": 0.0, "south": 0.3, "east": 0.6, "west": 0.8}
+LABEL_NOISE = 0.04
+LABEL_NAMES = ("negative", "positive")
+
+SHARED_POSITIVE = ("great", "love", "excellent", "happy", "wonderful", "nice")
+SHARED_NEGATIVE = ("awful", "hate", "terrible", "sad", "poor", "bad")
+FILLER = (
+    "the", "a", "this", "that", "service", "food", "movie", "place", "day", "team", "was",
+    "is", "really", "so", "very", "today", "again", "with", "our", "my", "staff",
+    "show", "trip", "game", "and", "it", "felt", "looked", "seemed", "ok",
+)  # fmt: skip
+MARKERS = {
+    "north": ("indeed", "rather", "quite", "perhaps"),
+    "south": ("yall", "reckon", "fixin", "mighty"),
+    "east": ("yo", "deadass", "bodega", "kid"),
+    "west": ("hella", "stoked", "gnarly", "dude"),
+}
+# Minority wording: unique slang plus shared words read the other way round.
+DIALECT_POSITIVE = {
+    "south": ("finest", "bad"),
+    "east": ("dope", "bad", "awful"),
+    "west": ("rad", "bad", "terrible"),
+}
+DIALECT_NEGATIVE = {
+    "south": ("sorry", "nice"),
+    "east": ("wack", "nice", "great"),
+    "west": ("bogus", "great", "happy"),
+}
+
+
+def group_sizes(num_examples: int) -> dict[str, int]:
+    """Rows per group: the shares of ``GROUP_SHARES``, the rounding remainder to the largest."""
+    sizes = {g: int(round(share * num_examples)) for g, share in GROUP_SHARES.items()}
+    largest = max(GROUP_SHARES, key=GROUP_SHARES.__getitem__)
+    sizes[largest] += num_examples - sum(sizes.values())
+    return sizes
+
+
+def _cue(group: str, positive: bool, rng: np.random.Generator) -> str:
+    if rng.random() < DIALECT_RATE[group]:
+        lexicon = DIALECT_POSITIVE[group] if positive else DIALECT_NEGATIVE[group]
+    else:
+        lexicon = SHARED_POSITIVE if positive else SHARED_NEGATIVE
+    return str(rng.choice(lexicon))
+
+
+def _sentence(group: str, positive: bool, rng: np.random.Generator) -> str:
+    words = list(rng.choice(FILLER, size=int(rng.integers(4, 8))))
+    words += list(rng.choice(MARKERS[group], size=2, replace=False))
+    words += [_cue(group, positive, rng), _cue(group, positive, rng)]
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def generate(num_examples: int, rng: np.random.Generator) -> Dataset:
+    """Generate ``num_examples`` rows with columns ``text``, ``label``, ``group``."""
+    texts: list[str] = []
+    labels: list[int] = []
+    groups: list[str] = []
+    for group, size in group_sizes(num_examples).items():
+        positive = rng.random(size) < POSITIVE_RATE[group]
+        for is_positive in positive:
+            texts.append(_sentence(group, bool(is_positive), rng))
+            flipped = rng.random() < LABEL_NOISE
+            labels.append(int(is_positive != flipped))
+            groups.append(group)
+    order = rng.permutation(len(texts))
+    features = Features(
+        {"text": Value("string"), "label": ClassLabel(names=list(LABEL_NAMES)),
+         "group": Value("string")}
+    )  # fmt: skip
+    columns = {"text": texts, "label": labels, "group": groups}
+    return Dataset.from_dict(
+        {name: [values[i] for i in order] for name, values in columns.items()}, features=features
+    )
+
+
+def load_synthetic(num_examples: int, *, test_fraction: float, seed: int) -> DatasetDict:
+    """Independent train and test draws; both keep the population's group shares exactly."""
+    train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    num_test = int(round(num_examples * test_fraction))
+    return DatasetDict(
+        {
+            "train": generate(num_examples - num_test, train_rng),
+            "test": generate(num_test, test_rng),
+        }
+    )
