@@ -31,9 +31,7 @@ class GlobalEvaluator:
         load_exchanged(self.model, weights)
         predictions, loss = predict(self.model, self.test)
         names = [self.groups[i] for i in self.test.groups.tolist()]
-        return group_report(
-            self.test.labels.numpy(), predictions.numpy(), names, loss=loss
-        )
+        return group_report(self.test.labels.numpy(), predictions.numpy(), names, loss=loss)
 
 
 def build_evaluator(cfg: RunConfig) -> GlobalEvaluator:

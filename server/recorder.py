@@ -73,7 +73,9 @@ class RoundRecorder:
             "history": [
                 [float(s), float(q), int(n)]
                 for s, q, n in zip(
-                    record["history-sigma"], record["history-q"], record["history-steps"],
+                    record["history-sigma"],
+                    record["history-q"],
+                    record["history-steps"],
                     strict=True,
                 )
             ],
@@ -94,9 +96,7 @@ class RoundRecorder:
         self.run_dir.write_results(self.results())
         self._log(record)
         self._train_replies, self._eval_accuracies = [], []
-        return MetricRecord(
-            {k: v for k, v in global_metrics.items() if isinstance(v, float | int)}
-        )
+        return MetricRecord({k: v for k, v in global_metrics.items() if isinstance(v, float | int)})
 
     def _round_record(self, server_round: int, global_metrics: dict[str, Any]) -> dict:
         now = time.perf_counter()

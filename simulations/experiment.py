@@ -60,9 +60,7 @@ def load_experiment_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def _check_federation(federation: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(federation) - set(FEDERATION_KEYS))
     if unknown:
-        raise ValueError(
-            f"unknown [federation] key(s) {unknown}; valid: {sorted(FEDERATION_KEYS)}"
-        )
+        raise ValueError(f"unknown [federation] key(s) {unknown}; valid: {sorted(FEDERATION_KEYS)}")
     checked = DEFAULT_FEDERATION | federation
     if not isinstance(checked["num-supernodes"], int) or checked["num-supernodes"] < 2:
         raise ValueError("federation 'num-supernodes' must be an int >= 2")

@@ -45,7 +45,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start(command: Sequence[str], *, env: dict[str, str], log_file: Path, cwd: Path) -> subprocess.Popen:
+def start(
+    command: Sequence[str], *, env: dict[str, str], log_file: Path, cwd: Path
+) -> subprocess.Popen:
     """Start ``command`` in a new session so that stopping it stops all its children."""
     handle = log_file.open("ab")
     return subprocess.Popen(
@@ -86,11 +88,12 @@ def wait_healthy(url: str, process: subprocess.Popen, *, timeout_s: float, log_f
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}; see {log_file}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (loopback)
-                if response.status == 200:
-                    return
+            raise RuntimeError(
+                f"{process.args[0]} exited with {process.returncode}; see {log_file}"
+            )
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+            if response.status == 200:
+                return
         time.sleep(0.3)
     raise TimeoutError(f"{url} did not become healthy in {timeout_s:.0f}s; see {log_file}")
 

@@ -67,7 +67,9 @@ def superlink_command(port: int, control_port: int) -> list[str]:
 
 def flwr_run_command(experiment: Experiment, overrides: dict[str, Any]) -> list[str]:
     fed = experiment.federation
-    federation = f"num-supernodes={fed['num-supernodes']} client-resources-num-cpus={fed['client-cpus']}"
+    federation = (
+        f"num-supernodes={fed['num-supernodes']} client-resources-num-cpus={fed['client-cpus']}"
+    )
     return [
         str(Path(sys.executable).parent / "flwr"),
         "run", str(PROJECT_ROOT), CONNECTION,
@@ -80,7 +82,7 @@ def flwr_run_command(experiment: Experiment, overrides: dict[str, Any]) -> list[
 def _stream(process: subprocess.Popen, log_path: Path, verbose: bool) -> str | None:
     """Copy ``flwr run`` output to the log, show round lines and errors; return the run id."""
     run_id = None
-    assert process.stdout is not None  # noqa: S101 (Popen with stdout=PIPE)
+    assert process.stdout is not None
     with log_path.open("a") as log:
         for line in process.stdout:
             log.write(line)

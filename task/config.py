@@ -165,7 +165,10 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "train.learning-rate": (float, _above(0)),
     "dp.mode": (str, _one_of(*DP_MODES)),
     "dp.target-epsilon": (float, _above(0)),
-    "dp.delta": (float, lambda v: None if 0 <= v < 1 else "0 (auto: 1/(10·n)) or a number in (0, 1)"),
+    "dp.delta": (
+        float,
+        lambda v: None if 0 <= v < 1 else "0 (auto: 1/(10·n)) or a number in (0, 1)",
+    ),
     "dp.max-grad-norm": (float, _above(0)),
     "dp.accountant": (str, _one_of(*ACCOUNTANTS)),
     "dp.grad-sample-mode": (str, _one_of(*GRAD_SAMPLE_MODES)),

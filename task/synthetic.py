@@ -56,7 +56,7 @@ DIALECT_NEGATIVE = {
 
 def group_sizes(num_examples: int) -> dict[str, int]:
     """Rows per group: the shares of ``GROUP_SHARES``, the rounding remainder to the largest."""
-    sizes = {g: int(round(share * num_examples)) for g, share in GROUP_SHARES.items()}
+    sizes = {g: round(share * num_examples) for g, share in GROUP_SHARES.items()}
     largest = max(GROUP_SHARES, key=GROUP_SHARES.__getitem__)
     sizes[largest] += num_examples - sum(sizes.values())
     return sizes
@@ -104,7 +104,7 @@ def generate(num_examples: int, rng: np.random.Generator) -> Dataset:
 def load_synthetic(num_examples: int, *, test_fraction: float, seed: int) -> DatasetDict:
     """Independent train and test draws; both keep the population's group shares exactly."""
     train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    num_test = int(round(num_examples * test_fraction))
+    num_test = round(num_examples * test_fraction)
     return DatasetDict(
         {
             "train": generate(num_examples - num_test, train_rng),

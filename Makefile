@@ -1,0 +1,54 @@
+# FedEquity front door: `make run` and `make test`. Everything runs offline.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# torch is pinned to 2.13.0: this machine installs its local CPU wheel. Elsewhere, for a CPU-only
+# torch, use TORCH_INDEX=https://download.pytorch.org/whl/cpu (see README).
+TORCH_INDEX ?=
+TORCH_SPEC ?= torch==2.13.0
+
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export FLWR_HOME := $(CURDIR)/.flwr
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export FEDEQUITY_CACHE ?= $(CURDIR)/.cache/fedequity
+
+.PHONY: install run test test-fast check lint typecheck bench deploy-local clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+run: $(STAMP)
+	$(PY) -m simulations run simulations/experiments/default.toml
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy server clients strategies simulations task
+
+check: lint typecheck test
+
+bench: $(STAMP)
+	$(PY) simulations/benchmarks/dp_cost.py
+
+deploy-local: $(STAMP)
+	$(PY) -m deploy.local
+
+clean:
+	rm -rf .flwr .cache .mypy_cache .ruff_cache .pytest_cache

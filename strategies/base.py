@@ -1,0 +1,230 @@
+"""FedAvg that screens replies and records what each round did (``RoundTrace``).
+
+The Flower-facing part is thin: the weighting math lives in :mod:`strategies.weighting`.
+"""
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any, cast
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.exception import AggregationError
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+
+from strategies.weighting import fedavg_weights, reject_reason, weighted_average
+
+MetricValue = int | float | list[int] | list[float]
+
+BUDGET_KEY = "budget-exhausted"
+
+
+@dataclass
+class RoundTrace:
+    """What one ``aggregate_train`` call did; read by the server after each round.
+
+    Node ids are Flower node ids (``msg.metadata.src_node_id``); :meth:`to_json` turns
+    them into strings for ``results.json``.
+
+    Attributes
+    ----------
+    round : int
+        Server round.
+    weights : dict[int, float]
+        Aggregation weight of every *aggregated* client (sums to 1; skipped and
+        rejected clients are absent).
+    skipped_budget : list[int]
+        Clients that replied ``budget-exhausted == 1`` (did not train, not aggregated).
+    rejected : dict[int, str]
+        Clients whose reply was refused, with the reason.
+    failures : int
+        Error replies (the node failed or timed out).
+    client_metrics : dict[int, dict[str, MetricValue]]
+        The MetricRecord of every non-error reply, including skipped and rejected ones.
+    prevalence : dict[str, float]
+        Estimated population group shares (representation-aware strategy only).
+    extras : dict[str, float]
+        Strategy-specific scalars (e.g. FairFed's global metric, q-FedAvg step scale).
+    """
+
+    round: int
+    weights: dict[int, float] = field(default_factory=dict)
+    skipped_budget: list[int] = field(default_factory=list)
+    rejected: dict[int, str] = field(default_factory=dict)
+    failures: int = 0
+    client_metrics: dict[int, dict[str, MetricValue]] = field(default_factory=dict)
+    prevalence: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a JSON-ready dict with node ids as strings."""
+        return {
+            "round": self.round,
+            "weights": {str(k): v for k, v in self.weights.items()},
+            "skipped_budget": [str(k) for k in self.skipped_budget],
+            "rejected": {str(k): v for k, v in self.rejected.items()},
+            "failures": self.failures,
+            "client_metrics": {str(k): dict(v) for k, v in self.client_metrics.items()},
+            "prevalence": dict(self.prevalence),
+            "extras": dict(self.extras),
+        }
+
+
+def metrics_of(content: RecordDict) -> MetricRecord:
+    """Return the single MetricRecord of a reply (screened replies have exactly one)."""
+    return next(iter(content.metric_records.values()))
+
+
+def number(content: RecordDict, key: str) -> float:
+    """Return a scalar metric of a screened reply as float."""
+    return float(cast(float, metrics_of(content)[key]))
+
+
+def finite_number(metrics: MetricRecord, key: str, *, minimum: float | None = None) -> str | None:
+    """Say what is wrong with ``metrics[key]`` as a finite number (>= ``minimum``)."""
+    value = metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"'{key}' missing or not a number: {value!r}"
+    if not np.isfinite(value) or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" and >= {minimum}"
+        return f"'{key}' must be finite{bound}, got {value}"
+    return None
+
+
+def count_problem(metrics: MetricRecord, key: str) -> str | None:
+    """Say what is wrong with ``metrics[key]`` as a positive finite example count."""
+    problem = finite_number(metrics, key, minimum=0.0)
+    if problem is None and metrics[key] == 0:
+        return f"'{key}' must be > 0, got 0"
+    return problem
+
+
+def _array_problem(content: RecordDict, reference: ArrayRecord) -> str | None:
+    """Check a reply's arrays against the global arrays sent this round."""
+    record = next(iter(content.array_records.values()))
+    keys = list(reference.keys())
+    if set(record.keys()) != set(keys):
+        missing = sorted(set(keys) - set(record.keys()))
+        extra = sorted(set(record.keys()) - set(keys))
+        return f"array keys differ from the global model: missing {missing}, unexpected {extra}"
+    return reject_reason(
+        [record[k].numpy() for k in keys], [reference[k].numpy() for k in keys], names=keys
+    )
+
+
+def screen_replies(
+    replies: list[Message],
+    reference: ArrayRecord,
+    trace: RoundTrace,
+    metric_problem: Callable[[MetricRecord], str | None],
+) -> list[Message]:
+    """Drop budget-exhausted replies and reject malformed ones, recording both in ``trace``.
+
+    Accepted replies get their ArrayRecord re-keyed in the global model's key order, so
+    order-based aggregators (q-FedAvg) cannot mix up layers.
+    """
+    accepted: list[Message] = []
+    for msg in replies:
+        node, content = msg.metadata.src_node_id, msg.content
+        if len(content.array_records) != 1 or len(content.metric_records) != 1:
+            reason: str | None = "expected exactly one ArrayRecord and one MetricRecord"
+        else:
+            metrics = metrics_of(content)
+            trace.client_metrics[node] = dict(metrics)
+            if metrics.get(BUDGET_KEY, 0) == 1:
+                trace.skipped_budget.append(node)
+                log(INFO, "aggregate_train: node %d skipped (DP budget exhausted)", node)
+                continue
+            reason = metric_problem(metrics) or _array_problem(content, reference)
+        if reason is not None:
+            trace.rejected[node] = reason
+            log(WARNING, "aggregate_train: rejected reply from node %d: %s", node, reason)
+            continue
+        key, record = next(iter(content.array_records.items()))
+        content[key] = ArrayRecord({k: record[k] for k in reference})
+        accepted.append(msg)
+    return accepted
+
+
+def average_arrays(contents: list[RecordDict], weights: np.ndarray, keys: list[str]) -> ArrayRecord:
+    """Weighted average of the replies' ArrayRecords, keyed like ``keys``."""
+    per_client = [
+        [record[k].numpy() for k in keys]
+        for record in (next(iter(c.array_records.values())) for c in contents)
+    ]
+    averaged = weighted_average(per_client, weights)
+    return ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(keys, averaged, strict=True)})
+
+
+class TracedFedAvg(FedAvg):
+    """FedAvg (McMahan et al., AISTATS 2017) that screens replies and keeps a trace.
+
+    Each round it (1) counts error replies, (2) skips clients whose DP budget is spent
+    (``budget-exhausted == 1``: they did not train), (3) rejects replies with a bad
+    MetricRecord or arrays that are non-finite or do not match the global model sent in
+    :meth:`configure_train` (a WARNING names node and reason), (4) weights the rest with
+    :meth:`client_weights` and averages their arrays. ``last_round`` holds a
+    :class:`RoundTrace`; the server reads it, the strategy writes no files.
+
+    Parameters
+    ----------
+    **fedavg_kwargs
+        Passed to :class:`flwr.serverapp.strategy.FedAvg` (``fraction_train``,
+        ``min_train_nodes``, ``weighted_by_key``, ``train_metrics_aggr_fn``, ...).
+    """
+
+    def __init__(self, **fedavg_kwargs: Any) -> None:
+        super().__init__(**fedavg_kwargs)
+        self.current_arrays: ArrayRecord | None = None
+        self.last_round = RoundTrace(round=0)
+
+    def summary(self) -> None:
+        """Log summary configuration of the strategy."""
+        log(INFO, "\t├──> Screening: skip '%s' == 1, reject non-finite/mismatched", BUDGET_KEY)
+        super().summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Keep a copy of the global arrays to check replies against, then sample."""
+        self.current_arrays = arrays.copy()
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def metric_problem(self, metrics: MetricRecord) -> str | None:
+        """Say what is wrong with a (non-skipped) reply's metrics; extend in subclasses."""
+        return count_problem(metrics, self.weighted_by_key)
+
+    def client_weights(
+        self, server_round: int, node_ids: list[int], contents: list[RecordDict]
+    ) -> np.ndarray:
+        """Aggregation weights of the accepted replies (default: FedAvg by examples)."""
+        return fedavg_weights([number(c, self.weighted_by_key) for c in contents])
+
+    def _start_trace(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """Start this round's trace; return the screened replies."""
+        self.last_round = trace = RoundTrace(round=server_round)
+        if self.current_arrays is None:
+            raise AggregationError("No global arrays: call `configure_train` first.")
+        valid, errors = self._check_and_log_replies(list(replies), is_train=True, validate=False)
+        trace.failures = len(errors)
+        accepted = screen_replies(valid, self.current_arrays, trace, self.metric_problem)
+        if not accepted:
+            log(WARNING, "aggregate_train: no reply left to aggregate in round %d", server_round)
+        return accepted
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Screen, weight and average the replies; record the round in ``last_round``."""
+        accepted = self._start_trace(server_round, replies)
+        if not accepted or self.current_arrays is None:
+            return None, None
+        node_ids = [msg.metadata.src_node_id for msg in accepted]
+        contents = [msg.content for msg in accepted]
+        weights = self.client_weights(server_round, node_ids, contents)
+        self.last_round.weights = {n: float(w) for n, w in zip(node_ids, weights, strict=True)}
+        arrays = average_arrays(contents, weights, list(self.current_arrays.keys()))
+        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)

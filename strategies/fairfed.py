@@ -1,0 +1,75 @@
+"""FairFed: fairness-aware aggregation weights (Ezzeldin et al., AAAI 2023)."""
+
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import MetricRecord, RecordDict
+from flwr.supercore import log
+
+from strategies.base import TracedFedAvg, finite_number, number
+from strategies.weighting import fairfed_weights, fedavg_weights
+
+FAIR_METRIC_KEY = "fair-metric"
+
+
+class FairFed(TracedFedAvg):
+    """FairFed aggregation (Ezzeldin et al., "FairFed: Enabling Group Fairness in
+    Federated Learning", AAAI 2023).
+
+    Every round each client reports ``fair-metric`` F_k, its local fairness metric
+    (here: its group-accuracy gap on its own data; the paper evaluates the *received*
+    global model locally, so clients should measure it before local training). The
+    server forms the global metric F = Σ n_k F_k / Σ n_k and updates persistent
+    per-node weights
+
+        Δ_k = |F_k - F|,   w_k ← w_k - β (Δ_k - mean_i Δ_i),   w ← max(w, 0) / Σ,
+
+    so clients whose local fairness departs most from the global one lose influence.
+    Weights start at FedAvg (n_k / n) and are kept across rounds by node id. Beyond
+    :func:`~strategies.weighting.fairfed_weights`: a node seen for the first time starts
+    from its FedAvg share among this round's participants, and the participants'
+    previous weights are renormalised among themselves (the paper assumes full
+    participation). F is computed in the clear, not by secure aggregation.
+
+    Parameters
+    ----------
+    beta : float
+        Fairness budget β >= 0 (`fair.fairfed-beta`); 0 keeps FedAvg weights.
+    **fedavg_kwargs
+        Passed to :class:`~strategies.base.TracedFedAvg` / Flower's ``FedAvg``.
+    """
+
+    def __init__(self, *, beta: float, **fedavg_kwargs: Any) -> None:
+        if not np.isfinite(beta) or beta < 0:
+            raise ValueError(f"fair.fairfed-beta must be a finite number >= 0, got {beta}")
+        super().__init__(**fedavg_kwargs)
+        self.beta = beta
+        self.node_weights: dict[int, float] = {}
+
+    def summary(self) -> None:
+        """Log summary configuration of the strategy."""
+        log(INFO, "\t├──> FairFed: beta = %s, metric key '%s'", self.beta, FAIR_METRIC_KEY)
+        super().summary()
+
+    def metric_problem(self, metrics: MetricRecord) -> str | None:
+        """Also require a finite ``fair-metric``."""
+        return finite_number(metrics, FAIR_METRIC_KEY) or super().metric_problem(metrics)
+
+    def client_weights(
+        self, server_round: int, node_ids: list[int], contents: list[RecordDict]
+    ) -> np.ndarray:
+        """One FairFed update of the participants' weights; stored for the next round."""
+        n = np.array([number(c, self.weighted_by_key) for c in contents])
+        local = np.array([number(c, FAIR_METRIC_KEY) for c in contents])
+        global_metric = float(n @ local / n.sum())
+        previous = None
+        if any(node in self.node_weights for node in node_ids):
+            start = fedavg_weights(n)
+            previous = np.array(
+                [self.node_weights.get(node, start[i]) for i, node in enumerate(node_ids)]
+            )
+        weights = fairfed_weights(previous, local, global_metric, beta=self.beta, num_examples=n)
+        self.node_weights.update(zip(node_ids, map(float, weights), strict=True))
+        self.last_round.extras["fair-global-metric"] = global_metric
+        return weights

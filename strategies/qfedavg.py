@@ -1,0 +1,122 @@
+"""Flower's q-FedAvg with reply screening and a round trace."""
+
+from collections.abc import Iterable
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import QFedAvg
+from flwr.supercore import log
+
+from strategies.base import (
+    RoundTrace,
+    count_problem,
+    finite_number,
+    number,
+    screen_replies,
+)
+from strategies.weighting import qfedavg_coefficients
+
+TRAIN_LOSS_KEY = "train-loss"
+
+
+class TracedQFedAvg(QFedAvg):
+    """q-FedAvg (Li et al., "Fair Resource Allocation in Federated Learning", ICLR 2020).
+
+    Flower's :class:`~flwr.serverapp.strategy.QFedAvg` does the math; this subclass
+    first screens the replies like :class:`~strategies.base.TracedFedAvg` (skips
+    ``budget-exhausted`` clients, whose zero update would still add L·F^q to Σh and
+    shrink the step; rejects non-finite or mismatched arrays and a missing/negative
+    ``train-loss``) and records a :class:`~strategies.base.RoundTrace` in ``last_round``.
+
+    Trace weights: q-FedAvg's step is w ← w + Σ_k c_k (w_k - w) with
+    c_k = L F_k^q / Σ_i h_i (:func:`~strategies.weighting.qfedavg_coefficients`). The
+    trace reports each client's relative influence c_k / Σ c = F_k^q / Σ F^q (sums to 1,
+    comparable with the other strategies) and ``extras["qfedavg-step-scale"]`` = Σ c_k,
+    the fraction of the average move actually taken. Note that q-FedAvg ignores
+    ``num-examples`` when weighting updates (the paper samples clients by p_k instead).
+
+    Parameters
+    ----------
+    client_learning_rate : float
+        Clients' learning rate; L = 1 / client_learning_rate.
+    q : float
+        Fairness exponent q >= 0 (`qfedavg.q`); 0 averages client models uniformly.
+    train_loss_key : str (default: "train-loss")
+        Metric carrying the client's training loss F_k.
+    **fedavg_kwargs
+        Passed to Flower's ``QFedAvg`` / ``FedAvg``.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_learning_rate: float,
+        q: float,
+        train_loss_key: str = TRAIN_LOSS_KEY,
+        **fedavg_kwargs: Any,
+    ) -> None:
+        if not np.isfinite(q) or q < 0:
+            raise ValueError(f"qfedavg.q must be a finite number >= 0, got {q}")
+        if not np.isfinite(client_learning_rate) or client_learning_rate <= 0:
+            raise ValueError(
+                f"train.learning-rate must be a finite number > 0, got {client_learning_rate}"
+            )
+        super().__init__(
+            client_learning_rate=client_learning_rate,
+            q=q,
+            train_loss_key=train_loss_key,
+            **fedavg_kwargs,
+        )
+        self.last_round = RoundTrace(round=0)
+
+    def metric_problem(self, metrics: MetricRecord) -> str | None:
+        """Require a finite, non-negative loss and positive example count."""
+        return finite_number(metrics, self.train_loss_key, minimum=0.0) or count_problem(
+            metrics, self.weighted_by_key
+        )
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Screen replies, record the trace, then run Flower's q-FedAvg on the rest."""
+        self.last_round = trace = RoundTrace(round=server_round)
+        if self.current_arrays is None:
+            return super().aggregate_train(server_round, replies)  # raises AggregationError
+        valid, errors = self._check_and_log_replies(list(replies), is_train=True, validate=False)
+        trace.failures = len(errors)
+        accepted = screen_replies(valid, self.current_arrays, trace, self.metric_problem)
+        if not accepted:
+            log(WARNING, "aggregate_train: no reply left to aggregate in round %d", server_round)
+            return None, None
+        self._record_weights(accepted, self.current_arrays)
+        return super().aggregate_train(server_round, accepted)
+
+    def _record_weights(self, accepted: list[Message], reference: ArrayRecord) -> None:
+        """Put relative influence and step scale of q-FedAvg in the trace."""
+        keys = list(reference.keys())
+        global_arrays = [reference[k].numpy() for k in keys]
+        sq_norms = []
+        for msg in accepted:
+            record = next(iter(msg.content.array_records.values()))
+            sq_norms.append(
+                sum(
+                    float(np.sum(np.square(record[k].numpy() - g)))
+                    for k, g in zip(keys, global_arrays, strict=True)
+                )
+            )
+        losses = [number(msg.content, self.train_loss_key) for msg in accepted]
+        coeffs = qfedavg_coefficients(
+            losses, sq_norms, q=self.q, lipschitz=1.0 / self.client_learning_rate
+        )
+        nodes = [msg.metadata.src_node_id for msg in accepted]
+        self.last_round.weights = {
+            n: float(c) for n, c in zip(nodes, coeffs / coeffs.sum(), strict=True)
+        }
+        self.last_round.extras["qfedavg-step-scale"] = float(coeffs.sum())
+
+    def summary(self) -> None:
+        """Log summary configuration of the strategy."""
+        log(INFO, "\t├──> Screening: skip budget-exhausted, reject non-finite/mismatched")
+        super().summary()

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from server.records import RunDirectory, flat_row
+
+
+def test_run_directory_writes_contract_files_and_latest(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path, "123", {"seed": 1})
+    assert json.loads((run.path / "config.json").read_text()) == {"seed": 1}
+    assert (tmp_path / "latest").resolve() == run.path
+    run.append_round({"round": 1, "global": {"accuracy": 0.5, "per_group": {"a": {"n": 3}}}})
+    run.append_round({"round": 2, "global": {"accuracy": 0.75, "per_group": {"a": {"n": 3}}}})
+    rows = list(csv.DictReader((run.path / "rounds.csv").open()))
+    assert [r["global.accuracy"] for r in rows] == ["0.5", "0.75"]
+    assert rows[0]["global.per_group.a.n"] == "3"
+    second = RunDirectory(tmp_path, "124", {})
+    assert (tmp_path / "latest").resolve() == second.path
+
+
+def test_existing_run_directory_is_never_overwritten(tmp_path: Path) -> None:
+    RunDirectory(tmp_path, "7", {"seed": 1})
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        RunDirectory(tmp_path, "7", {"seed": 2})
+    assert json.loads((tmp_path / "7" / "config.json").read_text()) == {"seed": 1}
+
+
+def test_results_are_strict_json(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path, "1", {})
+    run.write_results({"final": {"max_epsilon": math.inf, "x": [math.nan, 1.0]}, "w": {3: 0.5}})
+    text = (run.path / "results.json").read_text()
+    assert json.loads(text) == {"final": {"max_epsilon": None, "x": [None, 1.0]}, "w": {"3": 0.5}}
+    assert not list(run.path.glob("*.tmp"))
+
+
+def test_flat_row_skips_lists() -> None:
+    assert flat_row({"a": {"b": 1, "c": [1, 2]}, "d": "x"}) == {"a.b": 1, "d": "x"}

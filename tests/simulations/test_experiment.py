@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from simulations.experiment import build_experiment, parse_value
+from simulations.runner import run_config_args, toml_value
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("fedavg", "fedavg"), ("3", 3), ("0.5", 0.5), ("true", True), ('"a b"', "a b"),
+     ("1e-5", 1e-5), ("../shared/data/adult", "../shared/data/adult")],
+)  # fmt: skip
+def test_set_values_are_typed_as_in_toml(text: str, value: object) -> None:
+    assert parse_value(text) == value
+
+
+def test_experiment_file_then_set_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "exp.toml"
+    path.write_text(
+        'strategy = "fairfed"\nseed = 2\n[dp]\nmode = "off"\n[federation]\nnum-supernodes = 6\n'
+    )
+    experiment = build_experiment(path, ["seed=5"], supernodes=4, output_dir="out")
+    assert experiment.overrides == {
+        "strategy": "fairfed",
+        "seed": 5,
+        "dp.mode": "off",
+        "output-dir": "out",
+    }
+    assert experiment.federation["num-supernodes"] == 4
+    assert experiment.run_config.seed == 5
+
+
+def test_bad_key_fails_before_anything_runs() -> None:
+    with pytest.raises(ValueError, match="unknown run-config key.*'strategey'"):
+        build_experiment(None, ["strategey=fedavg"])
+    with pytest.raises(ValueError, match="'strategy'.*valid: one of"):
+        build_experiment(None, ["strategy=fedsgd"])
+    with pytest.raises(ValueError, match="--set expects key=value"):
+        build_experiment(None, ["strategy"])
+
+
+def test_missing_experiment_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.toml"):
+        build_experiment(tmp_path / "nope.toml", [])
+
+
+def test_bad_federation_key_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "exp.toml"
+    path.write_text("[federation]\nnodes = 3\n")
+    with pytest.raises(ValueError, match="unknown \\[federation\\] key.*nodes"):
+        build_experiment(path, [])
+
+
+def test_run_config_args_round_trip_through_flower_parser() -> None:
+    from flwr.common.config import parse_config_args
+
+    overrides = {"strategy": "fedavg", "seed": 3, "dp.target-epsilon": 1e-5, "data.path": "/a b/c",
+                 "fair.alpha": 1.0}  # fmt: skip
+    args = run_config_args(overrides)
+    values = [arg for i, arg in enumerate(args) if i % 2 == 1]
+    assert parse_config_args(values) == overrides
+    assert toml_value(True) == "true"

@@ -1,0 +1,273 @@
+"""Flower strategy adapters on mock reply Messages; expected arrays worked out by hand."""
+
+import time
+from types import SimpleNamespace
+from typing import Any, cast
+
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    MessageType,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.app.message.message import make_message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+from flwr.supercore.privacy_accounting import SamplingMethod
+from flwr.supercore.task_identity import TaskIdentity
+
+from strategies.base import RoundTrace, TracedFedAvg
+from strategies.fairfed import FairFed
+from strategies.qfedavg import TracedQFedAvg
+from strategies.representation import RepresentationAware
+
+GLOBAL = {"w": np.zeros(2), "b": np.zeros(1)}
+
+
+@pytest.fixture(autouse=True)
+def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside a real run, ``Message(...)`` needs the identity a ServerApp would set."""
+    for attr in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+
+
+class FakeGrid:
+    """Just enough Grid for ``configure_train``: a fixed set of connected nodes."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+def record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.asarray(v, dtype=np.float64)) for k, v in arrays.items()})
+
+
+def reply(node: int, arrays: dict[str, Any], **metrics: Any) -> Message:
+    """A train reply from ``node`` following the client reply contract."""
+    values: dict[str, Any] = {
+        "num-examples": 10,
+        "train-loss": 1.0,
+        "train-accuracy": 0.5,
+        "train-seconds": 1.0,
+        "epsilon": 1.0,
+        "budget-exhausted": 0,
+        "group-counts": [5.0, 5.0],
+        "fair-metric": 0.1,
+    }
+    values.update({k.replace("_", "-"): v for k, v in metrics.items()})
+    content = RecordDict({"arrays": record(arrays), "metrics": MetricRecord(values)})
+    return make_message(metadata=_metadata(node), content=content)
+
+
+def error_reply(node: int) -> Message:
+    return make_message(metadata=_metadata(node), error=Error(code=0, reason="boom"))
+
+
+def _metadata(node: int) -> Metadata:
+    return Metadata(
+        run_id=1,
+        message_id="",
+        src_node_id=node,
+        dst_node_id=0,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type=MessageType.TRAIN,
+    )
+
+
+def configure(strategy: Any, nodes: list[int], arrays: dict[str, Any] | None = None) -> None:
+    sent = strategy.configure_train(
+        1, record(arrays or GLOBAL), ConfigRecord(), cast(Grid, FakeGrid(nodes))
+    )
+    assert sorted(m.metadata.dst_node_id for m in sent) == sorted(nodes)
+
+
+def as_numpy(arrays: ArrayRecord | None) -> dict[str, np.ndarray]:
+    assert arrays is not None
+    return {k: v.numpy() for k, v in arrays.items()}
+
+
+def two_good_replies() -> list[Message]:
+    return [
+        reply(1, {"w": [1.0, 2.0], "b": [1.0]}, num_examples=10, train_loss=1.0),
+        reply(2, {"w": [3.0, 6.0], "b": [3.0]}, num_examples=30, train_loss=3.0),
+    ]
+
+
+def test_fedavg_weighted_average_of_two_replies() -> None:
+    strategy = TracedFedAvg()
+    configure(strategy, [1, 2])
+    arrays, metrics = strategy.aggregate_train(1, two_good_replies())
+    # weights 10/40, 30/40: w = 0.25·(1, 2) + 0.75·(3, 6) = (2.5, 5), b = 2.5
+    out = as_numpy(arrays)
+    np.testing.assert_allclose(out["w"], [2.5, 5.0])
+    np.testing.assert_allclose(out["b"], [2.5])
+    assert metrics is not None and metrics["train-loss"] == pytest.approx(2.5)
+    assert strategy.last_round.weights == pytest.approx({1: 0.25, 2: 0.75})
+
+
+def test_budget_exhausted_skipped_nan_rejected_errors_counted() -> None:
+    strategy = TracedFedAvg()
+    configure(strategy, [1, 2, 3, 4, 5, 6])
+    replies = [
+        *two_good_replies(),
+        reply(3, GLOBAL, num_examples=1000, budget_exhausted=1),
+        reply(4, {"w": [np.nan, 0.0], "b": [0.0]}, num_examples=1000),
+        reply(5, {"w": [1.0, 1.0, 1.0], "b": [0.0]}),
+        error_reply(6),
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(as_numpy(arrays)["w"], [2.5, 5.0])
+    trace = strategy.last_round
+    assert trace.skipped_budget == [3]
+    assert trace.rejected == {
+        4: "non-finite values in 'w'",
+        5: "shape mismatch for 'w': expected (2,) got (3,)",
+    }
+    assert trace.failures == 1
+    assert set(trace.weights) == {1, 2}
+    assert set(trace.client_metrics) == {1, 2, 3, 4, 5}
+    assert trace.client_metrics[3]["budget-exhausted"] == 1
+
+
+def test_wrong_keys_and_bad_metrics_are_rejected_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    strategy = TracedFedAvg()
+    configure(strategy, [1, 2, 3])
+    replies = [reply(1, {"w": [1.0, 1.0]}), reply(2, GLOBAL, num_examples=0)]
+    with caplog.at_level("WARNING", logger="flwr"):
+        arrays, metrics = strategy.aggregate_train(1, replies)
+    assert (arrays, metrics) == (None, None)
+    assert strategy.last_round.rejected == {
+        1: "array keys differ from the global model: missing ['b'], unexpected []",
+        2: "'num-examples' must be > 0, got 0",
+    }
+    assert "node 1" in caplog.text and "missing ['b']" in caplog.text
+
+
+def test_trace_to_json_uses_string_node_ids() -> None:
+    trace = RoundTrace(round=2, weights={7: 1.0}, skipped_budget=[8], rejected={9: "x"})
+    data = trace.to_json()
+    assert data["weights"] == {"7": 1.0}
+    assert data["skipped_budget"] == ["8"] and data["rejected"] == {"9": "x"}
+
+
+def representation_replies() -> list[Message]:
+    # The hand-worked example of test_weighting: counts (90,10), (50,50), (0,20).
+    return [
+        reply(1, {"w": [1.0, 0.0], "b": [0.0]}, num_examples=100, group_counts=[90.0, 10.0]),
+        reply(2, {"w": [0.0, 1.0], "b": [0.0]}, num_examples=100, group_counts=[50.0, 50.0]),
+        reply(3, {"w": [10.0, 10.0], "b": [0.0]}, num_examples=20, group_counts=[0.0, 20.0]),
+    ]
+
+
+def test_representation_aware_hand_worked() -> None:
+    strategy = RepresentationAware(alpha=1.0, cap=1.2, group_names=["a", "b"])
+    configure(strategy, [1, 2, 3])
+    arrays, _ = strategy.aggregate_train(1, representation_replies())
+    # weights (43, 55, 12)/110: w = (43 + 120, 55 + 120)/110
+    np.testing.assert_allclose(as_numpy(arrays)["w"], [163 / 110, 175 / 110])
+    trace = strategy.last_round
+    assert trace.weights == pytest.approx({1: 43 / 110, 2: 55 / 110, 3: 12 / 110})
+    assert trace.prevalence == pytest.approx({"a": 7 / 11, "b": 4 / 11})
+    assert trace.extras["max-weight-ratio"] == pytest.approx(1.2)
+
+
+def test_representation_rejects_bad_group_counts() -> None:
+    strategy = RepresentationAware(alpha=1.0, cap=2.0, group_names=["a", "b"])
+    configure(strategy, [1, 2])
+    replies = [reply(1, GLOBAL, group_counts=[1.0, 2.0, 3.0]), reply(2, GLOBAL)]
+    strategy.aggregate_train(1, replies)
+    assert strategy.last_round.rejected == {1: "'group-counts' must list 2 numbers"}
+    with pytest.raises(ValueError, match=r"fair\.cap"):
+        RepresentationAware(alpha=1.0, cap=0.5, group_names=["a"])
+
+
+def test_representation_under_central_dp_wrapper() -> None:
+    inner = RepresentationAware(alpha=1.0, cap=1.2, group_names=["a", "b"])
+    dp = DifferentialPrivacyServerSideFixedClipping(
+        inner, noise_multiplier=0.0, clipping_norm=1.0, num_sampled_clients=3
+    )
+    configure(dp, [1, 2, 3])
+    nan = reply(4, {"w": [np.nan, 1.0], "b": [0.0]}, group_counts=[0.0, 1e6])
+    arrays, _ = dp.aggregate_train(1, [*representation_replies(), nan])
+    # Server-side clipping at norm 1: (10, 10) → (1, 1)/√2; the others have norm 1.
+    # Weighted by (43, 55, 12)/110 and zero noise.
+    s = 12 / 110 / np.sqrt(2)
+    np.testing.assert_allclose(as_numpy(arrays)["w"], [43 / 110 + s, 55 / 110 + s])
+    assert inner.last_round.weights == pytest.approx({1: 43 / 110, 2: 0.5, 3: 12 / 110})
+    assert inner.last_round.rejected == {4: "non-finite values in 'w'"}  # NaN survives clipping
+
+
+def test_central_dp_accountant_refuses_weighted_strategies() -> None:
+    accountant = SimpleNamespace(
+        config=SimpleNamespace(sampling_method=SamplingMethod.NO_AMPLIFICATION)
+    )
+    inner = RepresentationAware(alpha=1.0, cap=2.0, group_names=["a"])
+    with pytest.raises(ValueError, match=r"FedAvg\.aggregate_train"):
+        DifferentialPrivacyServerSideFixedClipping(
+            inner, 1.0, 1.0, 3, accountant=cast(Any, accountant)
+        )
+
+
+def test_fairfed_two_rounds_by_hand() -> None:
+    strategy = FairFed(beta=1.0)
+    configure(strategy, [1, 2, 3])
+    n = {1: 100, 2: 100, 3: 200}
+
+    def replies(fair: dict[int, float], w3: float) -> list[Message]:
+        return [
+            reply(
+                k,
+                {"w": [w3 if k == 3 else 0.0, 0.0], "b": [0.0]},
+                num_examples=n[k],
+                fair_metric=fair[k],
+            )
+            for k in (1, 2, 3)
+        ]
+
+    # Round 1: F = (.1, .3, .2), F_global = .2, Δ = (.1, .1, 0) → (13, 13, 34)/60.
+    arrays, _ = strategy.aggregate_train(1, replies({1: 0.1, 2: 0.3, 3: 0.2}, 60.0))
+    assert strategy.last_round.weights == pytest.approx({1: 13 / 60, 2: 13 / 60, 3: 34 / 60})
+    assert strategy.last_round.extras["fair-global-metric"] == pytest.approx(0.2)
+    np.testing.assert_allclose(as_numpy(arrays)["w"], [34.0, 0.0])
+    # Round 2: F = (0, .4, .3), F_global = (0 + 40 + 60)/400 = .25, Δ = (.25, .15, .05),
+    # mean .15 → w = (13/60 - .1, 13/60, 34/60 + .1) = (7, 13, 40)/60.
+    configure(strategy, [1, 2, 3])
+    strategy.aggregate_train(2, replies({1: 0.0, 2: 0.4, 3: 0.3}, 60.0))
+    assert strategy.last_round.weights == pytest.approx({1: 7 / 60, 2: 13 / 60, 3: 40 / 60})
+    assert strategy.last_round.extras["fair-global-metric"] == pytest.approx(0.25)
+
+
+def test_traced_qfedavg_by_hand() -> None:
+    strategy = TracedQFedAvg(client_learning_rate=1.0, q=1.0)
+    global_ = {"a": [0.0], "b": [0.0]}
+    configure(strategy, [1, 2, 3, 4], global_)
+    # node 2 sends its keys in the other order: aggregation must go by key, not order.
+    replies = [
+        reply(1, {"a": [1.0], "b": [0.0]}, train_loss=1.0),
+        reply(2, {"b": [2.0], "a": [0.0]}, train_loss=2.0),
+        reply(3, global_, train_loss=5.0, budget_exhausted=1),
+        reply(4, {"a": [np.inf], "b": [0.0]}, train_loss=1.0),
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    # L = 1, q = 1: h = (1 + 1, 4 + 2), Σh = 8 → w = 1/8·(1, 0) + 2/8·(0, 2) = (.125, .5)
+    out = as_numpy(arrays)
+    np.testing.assert_allclose([out["a"][0], out["b"][0]], [0.125, 0.5])
+    trace = strategy.last_round
+    assert trace.weights == pytest.approx({1: 1 / 3, 2: 2 / 3})
+    assert trace.extras["qfedavg-step-scale"] == pytest.approx(3 / 8)
+    assert trace.skipped_budget == [3] and trace.rejected == {4: "non-finite values in 'a'"}

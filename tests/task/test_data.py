@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from task.config import load_defaults, parse_run_config
+from task.data import encode, group_names, load_partition, load_splits
+from task.model import load_tokenizer
+
+CFG = parse_run_config(load_defaults() | {"synthetic.num-examples": 2000})
+
+
+def shares(partition_id: int, method: str, num_partitions: int = 5) -> np.ndarray:
+    cfg = parse_run_config(
+        load_defaults() | {"synthetic.num-examples": 2000, "partition.method": method}
+    )
+    local = load_partition(cfg.data, cfg.partition, partition_id=partition_id,
+                           num_partitions=num_partitions, seed=cfg.seed)  # fmt: skip
+    groups = list(local["train"]["group"]) + list(local["eval"]["group"])
+    names = group_names(load_splits(cfg.data, cfg.seed))
+    return np.array([groups.count(g) for g in names], dtype=float) / len(groups)
+
+
+def test_partitions_are_seeded() -> None:
+    first = load_partition(CFG.data, CFG.partition, partition_id=1, num_partitions=5, seed=3)
+    again = load_partition(CFG.data, CFG.partition, partition_id=1, num_partitions=5, seed=3)
+    assert list(first["train"]["text"]) == list(again["train"]["text"])
+
+
+def test_dirichlet_partitions_are_group_skewed_and_iid_are_not() -> None:
+    dirichlet = np.stack([shares(i, "dirichlet") for i in range(5)])
+    iid = np.stack([shares(i, "iid") for i in range(5)])
+    # Spread of each group's share across clients: Dirichlet(0.3) is far wider than IID.
+    assert dirichlet.std(axis=0).mean() > 3 * iid.std(axis=0).mean()
+    assert dirichlet.max() > 0.5
+
+
+def test_partitions_cover_the_training_set_once() -> None:
+    sizes = [
+        sum(ds.num_rows for ds in load_partition(
+            CFG.data, CFG.partition, partition_id=i, num_partitions=4, seed=CFG.seed).values())
+        for i in range(4)
+    ]  # fmt: skip
+    assert sum(sizes) == load_splits(CFG.data, CFG.seed)["train"].num_rows
+
+
+def test_partition_id_out_of_range_is_named() -> None:
+    with pytest.raises(ValueError, match="'partition-id' must be in \\[0, 4\\)"):
+        load_partition(CFG.data, CFG.partition, partition_id=4, num_partitions=4, seed=0)
+
+
+def test_encode_maps_groups_in_sorted_order() -> None:
+    splits = load_splits(CFG.data, CFG.seed)
+    names = group_names(splits)
+    assert names == ["east", "north", "south", "west"]
+    tokenizer = load_tokenizer(CFG.model, list(splits["train"]["text"]))
+    encoded = encode(splits["test"].select(range(20)), tokenizer, names, max_length=16)
+    assert encoded.input_ids.shape == (20, 16)
+    assert [names[i] for i in encoded.groups.tolist()] == list(splits["test"]["group"][:20])
