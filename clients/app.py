@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.local import client_runtime
@@ -10,6 +10,8 @@ from clients.rounds import evaluate_round, train_round
 from task.config import parse_run_config
 
 app = ClientApp()
+PRIVACY_STATE = "privacy"
+CLIENT_RECORD = "client"  # node id, bytes sent, privacy report: read by server/recorder.py
 
 
 def _runtime(context: Context):  # type: ignore[no-untyped-def]
@@ -23,13 +25,23 @@ def _runtime(context: Context):  # type: ignore[no-untyped-def]
 def train(msg: Message, context: Context) -> Message:
     """Train the received global weights on the local partition."""
     cfg, runtime = _runtime(context)
-    weights = msg.content["arrays"].to_torch_state_dict()
-    outcome = train_round(cfg, runtime, weights, msg.content["config"], context.state)
+    weights = msg.content.array_records["arrays"].to_torch_state_dict()
+    ledger = context.state.config_records.get(PRIVACY_STATE, ConfigRecord())
+    outcome = train_round(
+        cfg,
+        runtime,
+        weights,
+        msg.content.config_records["config"],
+        node_id=context.node_id,
+        ledger_state=dict(ledger),
+    )
+    if outcome.ledger_state is not None:  # the accountant's history outlives the process
+        context.state[PRIVACY_STATE] = ConfigRecord(outcome.ledger_state)
     content = RecordDict(
         {
             "arrays": ArrayRecord(outcome.weights),
             "metrics": MetricRecord(outcome.metrics),
-            **outcome.extra_records,
+            CLIENT_RECORD: ConfigRecord(outcome.client_record),
         }
     )
     return Message(content=content, reply_to=msg)
@@ -39,6 +51,6 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global weights on the local held-out split."""
     _, runtime = _runtime(context)
-    weights = msg.content["arrays"].to_torch_state_dict()
+    weights = msg.content.array_records["arrays"].to_torch_state_dict()
     metrics = evaluate_round(runtime, weights)
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

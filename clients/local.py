@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-import torch
 from torch import nn
 
 from task.config import RunConfig
@@ -21,14 +20,6 @@ class ClientRuntime:
     train: Encoded
     eval: Encoded
     groups: list[str]
-
-
-def local_group_weights(groups: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Per-example weights ∝ (1 / local share of the example's group)^α, mean 1 per client."""
-    counts = torch.bincount(groups).double()
-    share = counts[groups] / groups.numel()
-    weights = share.pow(-alpha)
-    return (weights / weights.mean()).float()
 
 
 @lru_cache(maxsize=1)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from clients.local import ClientRuntime, local_group_weights
-from clients.training import make_loader, predict, train
+from clients.local import ClientRuntime
+from clients.private import PrivateRound, run_private_round, weights_from_released
+from clients.training import TrainResult, make_loader, predict, train
 from task.config import RunConfig
 from task.data import Encoded, group_counts
 from task.model import exchanged_state, load_exchanged
@@ -18,9 +20,12 @@ from task.model import exchanged_state, load_exchanged
 
 @dataclass
 class TrainOutcome:
+    """The reply: weights, the MetricRecord values, the ``client`` ConfigRecord values."""
+
     weights: dict[str, torch.Tensor]
     metrics: dict[str, Any]
-    extra_records: dict[str, Any] = field(default_factory=dict)
+    client_record: dict[str, Any]
+    ledger_state: dict[str, Any] | None = None
 
 
 def local_gap(runtime: ClientRuntime, data: Encoded) -> float:
@@ -31,10 +36,58 @@ def local_gap(runtime: ClientRuntime, data: Encoded) -> float:
     return max(accuracies) - min(accuracies) if accuracies else 0.0
 
 
-def example_weights(cfg: RunConfig, data: Encoded) -> torch.Tensor:
-    if cfg.fair.local_weighting == "off" or cfg.fair.local_alpha == 0:
-        return torch.ones(len(data))
-    return local_group_weights(data.groups, cfg.fair.local_alpha)
+def _plain_round(cfg: RunConfig, runtime: ClientRuntime, counts: np.ndarray, seed: int):  # type: ignore[no-untyped-def]
+    weighting = cfg.fair.local_weighting if cfg.fair.local_alpha > 0 else "off"
+    weights = torch.ones(len(runtime.train))
+    if weighting != "off":
+        weights, _ = weights_from_released(
+            counts, runtime.train.groups, alpha=cfg.fair.local_alpha,
+            max_weight=cfg.fair.local_max_weight,
+        )  # fmt: skip
+    loader = make_loader(runtime.train, weights, cfg.train.batch_size, seed=seed)
+    params = [p for p in runtime.model.parameters() if p.requires_grad]
+    optimizer = cfg.train.make_optimizer(params)
+    return train(
+        runtime.model, optimizer, loader, epochs=cfg.train.local_epochs, weighting=weighting
+    )
+
+
+def _metrics(
+    result: TrainResult | None,
+    num_examples: int,
+    counts: np.ndarray,
+    fair_metric: float,
+    epsilon: float,
+) -> dict[str, Any]:
+    """The MetricRecord: identical keys in every reply, as Flower's aggregation requires.
+
+    ``epsilon`` is the cumulative ε; without local DP it is ``inf`` (no guarantee).
+    """
+    return {
+        "epsilon": epsilon,
+        "num-examples": num_examples,
+        "train-loss": result.loss if result else 0.0,
+        "train-accuracy": result.accuracy if result else 0.0,
+        "train-seconds": result.seconds if result else 0.0,
+        "budget-exhausted": int(result is None),
+        "group-counts": [float(c) for c in counts],
+        "fair-metric": fair_metric,
+    }
+
+
+def _privacy_record(cfg: RunConfig, private: PrivateRound) -> dict[str, Any]:
+    history = private.ledger.history
+    return {
+        "epsilon": private.ledger.epsilon(private.delta),
+        "delta": private.delta,
+        "budget-epsilon": cfg.dp.target_epsilon,
+        "accountant": cfg.dp.accountant,
+        "noise-multiplier": private.noise_multiplier,
+        "history-sigma": [float(s) for s, _, _ in history],
+        "history-q": [float(q) for _, q, _ in history],
+        "history-steps": [int(n) for _, _, n in history],
+        "budget-exhausted": private.result is None,
+    }
 
 
 def train_round(
@@ -42,37 +95,32 @@ def train_round(
     runtime: ClientRuntime,
     global_weights: dict[str, torch.Tensor],
     server_config: Mapping[str, Any],
-    state: Any,
+    *,
+    node_id: int,
+    ledger_state: dict[str, Any],
 ) -> TrainOutcome:
-    """Load the global weights, train locally, return the update and the reply metrics."""
+    """Load the global weights, train locally (with DP-SGD when ``dp.mode`` is local)."""
     load_exchanged(runtime.model, global_weights)
     server_round = int(server_config.get("server-round", 0))
+    seed = cfg.seed * 100_003 + server_round * 1_009 + node_id % 1_000_003
     fair_metric = local_gap(runtime, runtime.eval) if cfg.strategy == "fairfed" else 0.0
-    weights = example_weights(cfg, runtime.train)
-    loader = make_loader(
-        runtime.train, weights, cfg.train.batch_size, seed=cfg.seed * 1000 + server_round
-    )
-    params = [p for p in runtime.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate)
-    result = train(
-        runtime.model,
-        optimizer,
-        loader,
-        epochs=cfg.train.local_epochs,
-        pre_clip_weights=cfg.fair.local_weighting != "off",
-    )
     counts = group_counts(runtime.train, len(runtime.groups))
-    metrics: dict[str, Any] = {
-        "num-examples": result.num_examples,
-        "train-loss": result.loss,
-        "train-accuracy": result.accuracy,
-        "train-seconds": result.seconds,
-        "epsilon": 0.0,
-        "budget-exhausted": 0,
-        "group-counts": [float(c) for c in np.asarray(counts)],
-        "fair-metric": fair_metric,
-    }
-    return TrainOutcome(weights=exchanged_state(runtime.model), metrics=metrics)
+    record: dict[str, Any] = {"node-id": str(node_id)}
+    new_state = None
+    if cfg.dp.local:
+        private = run_private_round(
+            cfg, runtime.model, runtime.train, counts, ledger_state=ledger_state, seed=seed
+        )
+        result, new_state = private.result, private.ledger.to_state()
+        sent_counts = private.released_counts if result else np.zeros_like(counts)
+        record |= _privacy_record(cfg, private)
+    else:
+        result, sent_counts = _plain_round(cfg, runtime, counts, seed), counts
+    weights = exchanged_state(runtime.model)
+    record["bytes-sent"] = sum(t.numel() * t.element_size() for t in weights.values())
+    epsilon = float(record.get("epsilon", math.inf))
+    metrics = _metrics(result, len(runtime.train), np.asarray(sent_counts), fair_metric, epsilon)
+    return TrainOutcome(weights, metrics, record, new_state)
 
 
 def evaluate_round(runtime: ClientRuntime, global_weights: dict[str, torch.Tensor]) -> dict:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,8 +24,13 @@ class TrainResult:
 
 
 def _forward_arguments(model: nn.Module) -> set[str]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return set(inspect.signature(base.forward).parameters)
+    """Arguments of the innermost model's ``forward`` (under Opacus' and peft's wrappers)."""
+    inner: Any = model
+    while hasattr(inner, "_module"):  # opacus GradSampleModule
+        inner = inner._module
+    if hasattr(inner, "get_base_model"):  # peft
+        inner = inner.get_base_model()
+    return set(inspect.signature(inner.forward).parameters)
 
 
 def model_inputs(
@@ -62,48 +67,51 @@ def per_example_loss(model: nn.Module, batch: list[torch.Tensor]) -> tuple[torch
     return losses, int((logits.argmax(-1) == labels).sum())
 
 
-def _batches(loader: DataLoader, epochs: int) -> Iterator[list[torch.Tensor]]:
-    for _ in range(epochs):
-        for batch in loader:
-            if batch[0].shape[0] > 0:  # Poisson sampling can draw an empty batch
-                yield batch
-
-
 def train(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     loader: DataLoader,
     *,
     epochs: int,
-    pre_clip_weights: bool = False,
+    weighting: str = "off",
 ) -> TrainResult:
     """Run ``epochs`` over ``loader``; the 4th tensor of a batch is its per-example weight.
 
-    With ``pre_clip_weights`` the loss is weighted per example; a weighted DP optimizer
-    (``set_sample_weights``) instead weights the clipped per-sample gradients.
+    ``weighting``: ``"pre-clip"`` multiplies each example's loss by its weight;
+    ``"post-clip"`` hands the weights to a weighted DP optimizer (``set_sample_weights``),
+    which scales the *clipped* per-sample gradients — without DP there is no clip, so it is
+    the same as a loss weight; ``"off"`` ignores them.
     """
     model.train()
     start = time.perf_counter()
     total_loss, correct, seen, steps = 0.0, 0, 0, 0
-    for batch in _batches(loader, epochs):
-        optimizer.zero_grad()
-        losses, batch_correct = per_example_loss(model, batch)
-        weights = batch[3]
-        if hasattr(optimizer, "set_sample_weights"):
-            optimizer.set_sample_weights(weights)
-        loss = (losses * weights).mean() if pre_clip_weights else losses.mean()
-        loss.backward()
-        optimizer.step()
-        total_loss += float(losses.detach().sum())
-        correct += batch_correct
-        seen += int(losses.shape[0])
-        steps += 1
-    seconds = time.perf_counter() - start
+    weighted_optimizer = hasattr(optimizer, "set_sample_weights")
+    for _ in range(epochs):
+        for batch in loader:
+            optimizer.zero_grad()
+            steps += 1
+            if batch[0].shape[0] == 0:  # an empty Poisson draw still takes its noise step
+                optimizer.step_on_empty_batch()  # type: ignore[attr-defined]
+                continue
+            losses, batch_correct = per_example_loss(model, batch)
+            weights = batch[3]
+            if weighting == "post-clip" and weighted_optimizer:
+                optimizer.set_sample_weights(weights)  # type: ignore[attr-defined]
+                loss = losses.mean()
+            elif weighting != "off":
+                loss = (losses * weights).mean()
+            else:
+                loss = losses.mean()
+            loss.backward()
+            optimizer.step()
+            total_loss += float(losses.detach().sum())
+            correct += batch_correct
+            seen += int(losses.shape[0])
     return TrainResult(
         loss=total_loss / max(seen, 1),
         accuracy=correct / max(seen, 1),
         steps=steps,
-        seconds=seconds,
+        seconds=time.perf_counter() - start,
         num_examples=len(loader.dataset),  # type: ignore[arg-type]
     )
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from server.central_dp import CentralAccountant
 from server.evaluation import build_evaluator
 from server.recorder import RoundRecorder
 from server.records import RunDirectory
-from strategies import build_strategy
+from strategies import build_strategy, sampled_per_round
 from task.config import parse_run_config
 
 app = ServerApp()
@@ -20,10 +21,19 @@ def main(grid: Grid, context: Context) -> None:
     cfg = parse_run_config(context.run_config)
     evaluator = build_evaluator(cfg)
     run_dir = RunDirectory(cfg.output_dir, str(context.run_id), dict(context.run_config))
-    recorder = RoundRecorder(run_dir, evaluator, num_rounds=cfg.num_server_rounds)
+    num_nodes = len(list(grid.get_node_ids()))
+    central = None
+    if cfg.dp.central:
+        central = CentralAccountant(
+            noise_multiplier=cfg.dp.central_noise,
+            num_sampled=sampled_per_round(cfg, num_nodes),
+            delta=cfg.dp.central_delta,
+        )
+    recorder = RoundRecorder(run_dir, evaluator, num_rounds=cfg.num_server_rounds, central=central)
     strategy = build_strategy(
         cfg,
         evaluator.groups,
+        num_nodes=num_nodes,
         train_metrics_aggr_fn=recorder.aggregate_train_metrics,
         evaluate_metrics_aggr_fn=recorder.aggregate_eval_metrics,
     )

@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from server.central_dp import CentralAccountant
 from server.evaluation import GlobalEvaluator
 from server.records import RunDirectory
 from task.fairness import client_spread
@@ -31,10 +32,12 @@ class RoundRecorder:
         evaluator: GlobalEvaluator,
         *,
         num_rounds: int,
+        central: CentralAccountant | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.evaluator = evaluator
         self.strategy: object | None = None
+        self.central = central
         self.num_rounds = num_rounds
         self.rounds: list[dict[str, Any]] = []
         self.privacy: dict[str, dict[str, Any]] = {}
@@ -44,8 +47,11 @@ class RoundRecorder:
         self._clock = time.perf_counter()
 
     def watch(self, strategy: object) -> None:
-        """Read the strategy's ``last_round`` trace (weights, skips) after each round."""
-        self.strategy = strategy
+        """Read the strategy's ``last_round`` trace (weights, skips) after each round.
+
+        Under the central-DP wrapper the trace lives on the wrapped strategy.
+        """
+        self.strategy = getattr(strategy, "strategy", strategy)
 
     # --- hooks given to the strategy -------------------------------------------------
     def aggregate_train_metrics(self, contents: list[RecordDict], key: str) -> MetricRecord:
@@ -56,13 +62,12 @@ class RoundRecorder:
         return aggregate_metricrecords(contents, key)
 
     def aggregate_eval_metrics(self, contents: list[RecordDict], key: str) -> MetricRecord:
-        self._eval_accuracies = [
-            float(next(iter(c.metric_records.values()))["eval-accuracy"]) for c in contents
-        ]
+        records: list[Any] = [next(iter(c.metric_records.values())) for c in contents]
+        self._eval_accuracies = [float(r["eval-accuracy"]) for r in records]
         return aggregate_metricrecords(contents, key)
 
     def _observe_privacy(self, content: RecordDict) -> None:
-        record = content.config_records.get(CLIENT_RECORD)
+        record: Any = content.config_records.get(CLIENT_RECORD)
         if record is None or "epsilon" not in record:
             return
         self.privacy[str(record["node-id"])] = {
@@ -79,7 +84,8 @@ class RoundRecorder:
                     strict=True,
                 )
             ],
-            "stopped_by_budget": bool(record.get("budget-exhausted", False)),
+            "noise_multiplier": float(record["noise-multiplier"]),
+            "stopped_by_budget": bool(record["budget-exhausted"]),
         }
 
     # --- evaluate_fn -----------------------------------------------------------------
@@ -102,7 +108,7 @@ class RoundRecorder:
         now = time.perf_counter()
         wall, self._clock = now - self._clock, now
         trace = getattr(self.strategy, "last_round", None)
-        metrics = [next(iter(c.metric_records.values())) for c in self._train_replies]
+        metrics: list[Any] = [next(iter(c.metric_records.values())) for c in self._train_replies]
         record: dict[str, Any] = {
             "round": server_round,
             "wall_s": wall,
@@ -113,16 +119,22 @@ class RoundRecorder:
             "clients": client_spread(self._eval_accuracies) if self._eval_accuracies else {},
             "weights": {str(k): float(v) for k, v in getattr(trace, "weights", {}).items()},
         }
+        for node in getattr(trace, "skipped_budget", []):
+            if str(node) in self.privacy:
+                self.privacy[str(node)]["stopped_by_budget"] = True
         for name in ("skipped_budget", "rejected", "prevalence"):
             if (value := getattr(trace, name, None)) is not None:
                 record[name] = value
         record["bytes_sent"] = self._bytes_sent()
+        if self.central is not None:
+            self.central.record_round(record["weights"])
+            record["central_epsilon"] = self.central.epsilon()
         return record
 
     def _bytes_sent(self) -> dict[str, int]:
         sent: dict[str, int] = {}
         for content in self._train_replies:
-            record = content.config_records.get(CLIENT_RECORD)
+            record: Any = content.config_records.get(CLIENT_RECORD)
             if record is not None:
                 sent[str(record["node-id"])] = int(record["bytes-sent"])
         return sent
@@ -131,13 +143,17 @@ class RoundRecorder:
         final = dict(self.rounds[-1]["global"]) if self.rounds else {}
         epsilons = [p["epsilon"] for p in self.privacy.values()]
         final["max_epsilon"] = max(epsilons) if epsilons else None
-        return {
+        results = {
             "config": self.run_dir.config,
             "rounds": self.rounds,
             "privacy": self.privacy,
             "final": final,
             **self.extra,
         }
+        if self.central is not None:
+            results["central_privacy"] = self.central.report()
+            final["central_epsilon"] = self.central.epsilon()
+        return results
 
     def _log(self, record: dict[str, Any]) -> None:
         g = record["global"]

@@ -6,8 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from simulations.evidence import load_grid, run_cells, select
 from simulations.experiment import build_experiment
+from simulations.report import load_summaries, write_report
 from simulations.runner import RunFailed, run_experiment
+
+EVIDENCE_DIR = Path(__file__).parent / "experiments" / "evidence"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,11 +30,51 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--supernodes", type=int, help="number of simulated clients")
     run.add_argument("--output-dir", help="where run directories go (default: outputs)")
     run.add_argument("--verbose", action="store_true", help="show all Flower output")
+    evidence = commands.add_parser("evidence", help="run the evidence sweep and write the report")
+    evidence.add_argument("grids", nargs="*", type=Path, help="grid TOMLs (default: all)")
+    evidence.add_argument("--variants", help="comma-separated subset of variants")
+    evidence.add_argument("--epsilons", help="comma-separated subset of ε (inf = no DP)")
+    evidence.add_argument("--seeds", help="comma-separated subset of seeds")
+    evidence.add_argument("--no-skew", action="store_true", help="skip the partition-skew cells")
+    evidence.add_argument("--output-dir", type=Path, default=Path("outputs/evidence"))
+    evidence.add_argument("--docs", type=Path, default=Path("docs"))
+    evidence.add_argument("--report-only", action="store_true", help="only rebuild the report")
     return parser
+
+
+def _subset(text: str | None, kind: type) -> set | None:  # type: ignore[type-arg]
+    if text is None:
+        return None
+    return {kind("inf") if kind is float and v == "inf" else kind(v) for v in text.split(",")}
+
+
+def evidence_main(args: argparse.Namespace) -> int:
+    grids = args.grids or sorted(EVIDENCE_DIR.glob("*.toml"))
+    summaries: list[Path] = []
+    for path in grids:
+        grid = load_grid(path)
+        cells = list(select(
+            grid.cells, variant=_subset(args.variants, str), epsilon=_subset(args.epsilons, float),
+            seed=_subset(args.seeds, int),
+        ))  # fmt: skip
+        if args.no_skew:
+            cells = [c for c in cells if c.skew is None]
+        if args.report_only:
+            done = args.output_dir / "cells"
+            summaries += [
+                done / f"{c.key}.json" for c in cells if (done / f"{c.key}.json").exists()
+            ]
+        else:
+            summaries += run_cells(grid, cells, args.output_dir)
+    report = write_report(load_summaries(summaries), args.docs)
+    print(report)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "evidence":
+        return evidence_main(args)
     try:
         experiment = build_experiment(
             args.experiment,

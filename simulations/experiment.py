@@ -81,6 +81,8 @@ def build_experiment(
     overrides |= parse_assignments(assignments)
     if output_dir is not None:
         overrides["output-dir"] = output_dir
+    if overrides.get("data.path"):  # Flower's processes run elsewhere: pin it to the caller's cwd
+        overrides["data.path"] = str(Path(overrides["data.path"]).expanduser().resolve())
     if supernodes is not None:
         federation["num-supernodes"] = supernodes
     experiment = Experiment(overrides=overrides, federation=_check_federation(federation))

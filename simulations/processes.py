@@ -88,9 +88,7 @@ def wait_healthy(url: str, process: subprocess.Popen, *, timeout_s: float, log_f
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(
-                f"{process.args[0]} exited with {process.returncode}; see {log_file}"
-            )
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}; see {log_file}")
         with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
             if response.status == 200:
                 return

@@ -22,6 +22,8 @@ from simulations.processes import flower_env, free_port, running, stop, wait_hea
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "fedequity"
 RUN_STARTED = re.compile(r"Successfully started run (\d+)")
+# Ray's root-logger copy of each Flower line starts with a timestamp: show Flower's only.
+DUPLICATE = re.compile(r"^\d\d/\d\d/\d{4} \d\d:\d\d:\d\d:")
 SHOWN = re.compile(r"round \d+/\d+ acc=|ERROR|Traceback|Exception")
 
 
@@ -88,7 +90,7 @@ def _stream(process: subprocess.Popen, log_path: Path, verbose: bool) -> str | N
             log.write(line)
             if (match := RUN_STARTED.search(line)) and run_id is None:
                 run_id = match.group(1)
-            if verbose or SHOWN.search(line):
+            if verbose or (SHOWN.search(line) and not DUPLICATE.match(line)):
                 print(line.rstrip(), flush=True)
     return run_id
 
@@ -97,9 +99,12 @@ def _check_complete(run_dir: Path, num_rounds: int, logs: Path) -> None:
     results = run_dir / "results.json"
     if not results.is_file():
         raise RunFailed(f"the run wrote no {results}; see the logs in {logs}")
-    rounds = len(json.loads(results.read_text())["rounds"])
-    if rounds < num_rounds:
-        raise RunFailed(f"only {rounds}/{num_rounds} rounds completed; see the logs in {logs}")
+    rounds = json.loads(results.read_text())["rounds"]
+    if len(rounds) < num_rounds:
+        raise RunFailed(f"only {len(rounds)}/{num_rounds} rounds completed; see the logs in {logs}")
+    empty = [r["round"] for r in rounds if r["num_clients"] == 0 and r["failures"] > 0]
+    if empty:
+        raise RunFailed(f"every client failed in round(s) {empty}; see the logs in {logs}")
 
 
 def run_experiment(experiment: Experiment, *, verbose: bool = False) -> Path:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flwr.app import MetricRecord, RecordDict
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
 from strategies.base import TracedFedAvg
 from strategies.fairfed import FairFed
@@ -17,14 +17,48 @@ from task.config import RunConfig
 MetricsAggregator = Callable[[list[RecordDict], str], MetricRecord]
 
 
+def sampled_per_round(cfg: RunConfig, num_nodes: int) -> int:
+    """Clients per training round, as Flower's FedAvg samples them (at least 1)."""
+    return max(1, int(num_nodes * cfg.fraction_train))
+
+
 def build_strategy(
+    cfg: RunConfig,
+    group_names: list[str],
+    *,
+    num_nodes: int,
+    train_metrics_aggr_fn: MetricsAggregator,
+    evaluate_metrics_aggr_fn: MetricsAggregator,
+) -> Strategy:
+    """The strategy named by ``strategy``, wrapped in central DP when ``dp.mode`` asks.
+
+    Central DP uses Flower's server-side fixed-clipping wrapper without its accountant
+    (which only accepts unweighted FedAvg); ``server/central_dp.py`` accounts for the
+    weights actually used, round by round.
+    """
+    inner = _base_strategy(
+        cfg,
+        group_names,
+        train_metrics_aggr_fn=train_metrics_aggr_fn,
+        evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
+    )
+    if not cfg.dp.central:
+        return inner
+    return DifferentialPrivacyServerSideFixedClipping(
+        inner,
+        noise_multiplier=cfg.dp.central_noise,
+        clipping_norm=cfg.dp.central_clip,
+        num_sampled_clients=sampled_per_round(cfg, num_nodes),
+    )
+
+
+def _base_strategy(
     cfg: RunConfig,
     group_names: list[str],
     *,
     train_metrics_aggr_fn: MetricsAggregator,
     evaluate_metrics_aggr_fn: MetricsAggregator,
 ) -> Strategy:
-    """The strategy named by ``strategy`` with its settings from ``cfg``."""
     common: dict[str, Any] = {
         "fraction_train": cfg.fraction_train,
         "min_train_nodes": 1,

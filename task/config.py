@@ -20,6 +20,7 @@ PARTITION_METHODS = ("dirichlet", "iid", "label")
 DP_MODES = ("off", "local", "central", "both")
 ACCOUNTANTS = ("rdp", "prv")
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
+OPTIMIZERS = ("adamw", "sgd")
 LOCAL_WEIGHTINGS = ("post-clip", "pre-clip", "off")
 TINY_MODEL = "tiny-bert"
 
@@ -63,6 +64,15 @@ class TrainConfig:
     local_epochs: int
     batch_size: int
     learning_rate: float
+    optimizer: str
+
+    def make_optimizer(self, params: Any) -> Any:
+        """AdamW, or SGD with momentum 0.9 (the usual choice for DP-SGD from scratch)."""
+        import torch  # local: task/config.py is read by processes that never train
+
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.learning_rate, momentum=0.9)
+        return torch.optim.AdamW(params, lr=self.learning_rate)
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,7 @@ class DPConfig:
     stats_noise: float
     central_noise: float
     central_clip: float
+    central_delta: float
 
     @property
     def local(self) -> bool:
@@ -92,6 +103,7 @@ class FairConfig:
     cap: float
     local_weighting: str
     local_alpha: float
+    local_max_weight: float
     fairfed_beta: float
     qfedavg_q: float
 
@@ -163,6 +175,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "train.local-epochs": (int, _at_least(1)),
     "train.batch-size": (int, _at_least(1)),
     "train.learning-rate": (float, _above(0)),
+    "train.optimizer": (str, _one_of(*OPTIMIZERS)),
     "dp.mode": (str, _one_of(*DP_MODES)),
     "dp.target-epsilon": (float, _above(0)),
     "dp.delta": (
@@ -175,10 +188,12 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "dp.stats-noise": (float, _above(0)),
     "dp.central-noise": (float, _at_least(0)),
     "dp.central-clip": (float, _above(0)),
+    "dp.central-delta": (float, _open_unit),
     "fair.alpha": (float, _at_least(0)),
     "fair.cap": (float, _at_least(1)),
     "fair.local-weighting": (str, _one_of(*LOCAL_WEIGHTINGS)),
     "fair.local-alpha": (float, _at_least(0)),
+    "fair.local-max-weight": (float, _at_least(1)),
     "fair.fairfed-beta": (float, _at_least(0)),
     "qfedavg.q": (float, _at_least(0)),
 }
@@ -276,6 +291,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             local_epochs=v["train.local-epochs"],
             batch_size=v["train.batch-size"],
             learning_rate=v["train.learning-rate"],
+            optimizer=v["train.optimizer"],
         ),
         dp=DPConfig(
             mode=v["dp.mode"],
@@ -287,12 +303,14 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             stats_noise=v["dp.stats-noise"],
             central_noise=v["dp.central-noise"],
             central_clip=v["dp.central-clip"],
+            central_delta=v["dp.central-delta"],
         ),
         fair=FairConfig(
             alpha=v["fair.alpha"],
             cap=v["fair.cap"],
             local_weighting=v["fair.local-weighting"],
             local_alpha=v["fair.local-alpha"],
+            local_max_weight=v["fair.local-max-weight"],
             fairfed_beta=v["fair.fairfed-beta"],
             qfedavg_q=v["qfedavg.q"],
         ),

@@ -105,7 +105,7 @@ def tiny_bert(cfg: ModelConfig, vocab_size: int, num_labels: int) -> BertForSequ
         num_attention_heads=max(1, cfg.hidden_size // 32),
         intermediate_size=2 * cfg.hidden_size,
         max_position_embeddings=cfg.max_length,
-        num_labels=num_labels,
+        num_labels=num_labels,  # type: ignore[call-arg]  # PretrainedConfig kwarg
     )
     return BertForSequenceClassification(config)
 
@@ -119,9 +119,12 @@ def build_model(
     if cfg.is_tiny:
         model = tiny_bert(cfg, len(tokenizer), num_labels)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(cfg.name, num_labels=num_labels)
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
+        pretrained = AutoModelForSequenceClassification.from_pretrained(
+            cfg.name, num_labels=num_labels
+        )
+        if pretrained.config.pad_token_id is None:
+            pretrained.config.pad_token_id = tokenizer.pad_token_id
+        model = pretrained
     if cfg.lora_r > 0:
         lora = LoraConfig(
             task_type=TaskType.SEQ_CLS,

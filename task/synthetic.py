@@ -19,6 +19,8 @@ minority data enough weight can learn the dialect and close it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
@@ -95,7 +97,7 @@ def generate(num_examples: int, rng: np.random.Generator) -> Dataset:
         {"text": Value("string"), "label": ClassLabel(names=list(LABEL_NAMES)),
          "group": Value("string")}
     )  # fmt: skip
-    columns = {"text": texts, "label": labels, "group": groups}
+    columns: dict[str, list[Any]] = {"text": texts, "label": labels, "group": groups}
     return Dataset.from_dict(
         {name: [values[i] for i in order] for name, values in columns.items()}, features=features
     )

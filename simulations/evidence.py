@@ -1,0 +1,154 @@
+"""The evidence sweep: variants × ε × seeds (× partition skew), each cell a real `flwr run`.
+
+A grid file (``simulations/experiments/evidence/*.toml``)::
+
+    [evidence]
+    name = "synthetic"
+    variants = ["fedavg", "representation+post-clip", ...]
+    epsilons = [4.0, 8.0, "inf"]          # "inf" = DP off
+    seeds = [1, 2, 3]
+    skews = [0.1, 0.3, 1.0]               # partition.alpha, for skew-variants only
+    skew-variants = ["fedavg", "representation+post-clip"]
+    [evidence.overrides]                  # run-config overrides for every cell
+    [federation]
+    num-supernodes = 10
+
+Finished cells are kept under ``<output-dir>/cells/`` and skipped on the next call, so a
+sweep can be run in pieces and resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from server.records import write_json
+from simulations.experiment import Experiment, build_experiment
+from simulations.runner import RunFailed, run_experiment
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "fedavg": {"strategy": "fedavg", "fair.local-weighting": "off"},
+    "qfedavg": {"strategy": "qfedavg", "fair.local-weighting": "off"},
+    "fairfed": {"strategy": "fairfed", "fair.local-weighting": "off"},
+    "representation": {"strategy": "representation", "fair.local-weighting": "off"},
+    "representation+post-clip": {"strategy": "representation", "fair.local-weighting": "post-clip"},
+    "representation+pre-clip": {"strategy": "representation", "fair.local-weighting": "pre-clip"},
+    "fedavg+post-clip": {"strategy": "fedavg", "fair.local-weighting": "post-clip"},
+}
+REPORTED = ("accuracy", "balanced_accuracy", "worst_group_accuracy", "group_accuracy_gap",
+            "equalized_odds_difference", "demographic_parity_difference")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Cell:
+    grid: str
+    variant: str
+    epsilon: float
+    seed: int
+    skew: float | None  # None: the grid's default partition.alpha
+
+    @property
+    def key(self) -> str:
+        skew = "" if self.skew is None else f"-a{self.skew:g}"
+        return f"{self.grid}-{self.variant}-eps{self.epsilon:g}{skew}-s{self.seed}"
+
+    def overrides(self, base: dict[str, Any]) -> dict[str, Any]:
+        cell = base | VARIANTS[self.variant] | {"seed": self.seed}
+        if math.isinf(self.epsilon):
+            cell["dp.mode"] = "off"
+        else:
+            cell["dp.target-epsilon"] = self.epsilon
+        if self.skew is not None:
+            cell["partition.alpha"] = self.skew
+        return cell
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    cells: tuple[Cell, ...]
+    overrides: dict[str, Any]
+    federation: dict[str, Any]
+
+
+def _epsilon(value: Any) -> float:
+    return math.inf if value == "inf" else float(value)
+
+
+def load_grid(path: Path) -> Grid:
+    """Read a grid file and expand it into cells; unknown variants are named."""
+    with path.open("rb") as handle:
+        table = tomllib.load(handle)
+    spec = table.get("evidence")
+    if spec is None:
+        raise ValueError(f"{path}: missing [evidence] table")
+    name = spec["name"]
+    unknown = sorted(set(spec["variants"]) | set(spec.get("skew-variants", [])) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"{path}: unknown variant(s) {unknown}; valid: {sorted(VARIANTS)}")
+    cells = [
+        Cell(name, v, _epsilon(e), int(s), None)
+        for v in spec["variants"] for e in spec["epsilons"] for s in spec["seeds"]
+    ]  # fmt: skip
+    cells += [
+        Cell(name, v, _epsilon(spec.get("skew-epsilon", 8.0)), int(s), float(a))
+        for v in spec.get("skew-variants", []) for a in spec.get("skews", [])
+        for s in spec["seeds"]
+    ]  # fmt: skip
+    overrides = dict(spec.get("overrides", {}))
+    return Grid(name, tuple(cells), overrides, table.get("federation", {}))
+
+
+def select(cells: tuple[Cell, ...], **only: set[Any] | None) -> Iterator[Cell]:
+    """Cells whose fields are in the given sets (``None``: no filter)."""
+    for cell in cells:
+        if all(
+            allowed is None or getattr(cell, field) in allowed for field, allowed in only.items()
+        ):
+            yield cell
+
+
+def _experiment(grid: Grid, cell: Cell, runs_dir: Path) -> Experiment:
+    assignments = [f"{k}={json.dumps(v)}" for k, v in cell.overrides(grid.overrides).items()]
+    experiment = build_experiment(None, assignments, output_dir=str(runs_dir))
+    return Experiment(experiment.overrides, experiment.federation | grid.federation)
+
+
+def run_cells(grid: Grid, cells: list[Cell], output_dir: Path) -> list[Path]:
+    """Run every cell not done yet; return the summaries of all requested cells."""
+    summaries_dir, runs_dir = output_dir / "cells", output_dir / "runs"
+    summaries_dir.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in cells if not (summaries_dir / f"{c.key}.json").exists()]
+    for cell in tqdm(todo, desc=f"evidence {grid.name}", unit="run"):
+        try:
+            run_dir = run_experiment(_experiment(grid, cell, runs_dir))
+        except RunFailed as error:
+            tqdm.write(f"{cell.key}: failed: {error}")
+            continue
+        results = json.loads((run_dir / "results.json").read_text())
+        write_json(summaries_dir / f"{cell.key}.json", summarise(cell, results, run_dir))
+    return [
+        summaries_dir / f"{c.key}.json" for c in cells if (summaries_dir / f"{c.key}.json").exists()
+    ]
+
+
+def summarise(cell: Cell, results: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    final = results["final"]
+    return {
+        "grid": cell.grid,
+        "variant": cell.variant,
+        "epsilon": None if math.isinf(cell.epsilon) else cell.epsilon,
+        "seed": cell.seed,
+        "skew": cell.skew,
+        "run_dir": str(run_dir),
+        "wall_s": sum(r["wall_s"] for r in results["rounds"]),
+        "max_epsilon": final.get("max_epsilon"),
+        **{key: final[key] for key in REPORTED},
+    }

@@ -1,0 +1,130 @@
+"""A client's rounds under its whole-run budget, as Flower would drive them."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from clients.dp_optim import make_private
+from clients.local import ClientRuntime, client_runtime
+from clients.private import weights_from_released
+from clients.rounds import train_round
+from clients.training import make_loader, per_example_loss
+from task.config import RunConfig, load_defaults, parse_run_config
+from task.data import Encoded, load_splits
+from task.model import build_model, exchanged_state, load_tokenizer
+
+SMALL = {"synthetic.num-examples": 1000, "num-server-rounds": 2, "train.batch-size": 32}
+
+
+def runtime_for(cfg: RunConfig) -> ClientRuntime:
+    client_runtime.cache_clear()
+    return client_runtime(cfg, 0, 4)
+
+
+def test_budget_holds_and_a_participation_beyond_the_plan_is_refused() -> None:
+    cfg = parse_run_config(load_defaults() | SMALL | {"dp.target-epsilon": 4.0})
+    runtime = runtime_for(cfg)
+    weights, state, epsilons = exchanged_state(runtime.model), {}, []
+    for server_round in (1, 2, 3):  # the plan has 2 participations; the 3rd must not fit
+        outcome = train_round(cfg, runtime, weights, {"server-round": server_round},
+                              node_id=7, ledger_state=state)  # fmt: skip
+        state = outcome.ledger_state or {}
+        epsilons.append(outcome.metrics["epsilon"])
+        assert outcome.metrics["epsilon"] <= 4.0
+        assert outcome.client_record["epsilon"] == outcome.metrics["epsilon"]
+    assert epsilons[0] < epsilons[1] == epsilons[2]
+    assert epsilons[1] == pytest.approx(4.0, abs=0.05)  # calibrated to spend the budget
+    assert outcome.metrics["budget-exhausted"] == 1
+    assert outcome.client_record["budget-exhausted"] is True
+    assert outcome.metrics["group-counts"] == [0.0] * len(runtime.groups)  # nothing released
+    assert len(outcome.client_record["history-steps"]) == 4  # 2 × (release + training)
+
+
+def test_recorded_history_recomputes_to_the_reported_epsilon_with_dp_accounting() -> None:
+    from dp_accounting import GaussianDpEvent, PoissonSampledDpEvent, SelfComposedDpEvent
+    from dp_accounting.rdp import RdpAccountant
+
+    cfg = parse_run_config(load_defaults() | SMALL | {"num-server-rounds": 1})
+    runtime = runtime_for(cfg)
+    outcome = train_round(cfg, runtime, exchanged_state(runtime.model), {"server-round": 1},
+                          node_id=1, ledger_state={})  # fmt: skip
+    record = outcome.client_record
+    accountant = RdpAccountant()
+    for sigma, q, steps in zip(record["history-sigma"], record["history-q"],
+                               record["history-steps"], strict=True):  # fmt: skip
+        event = (
+            GaussianDpEvent(sigma) if q == 1.0 else PoissonSampledDpEvent(q, GaussianDpEvent(sigma))
+        )
+        accountant.compose(SelfComposedDpEvent(event, steps))
+    independent = accountant.get_epsilon(record["delta"])
+    assert record["epsilon"] == pytest.approx(independent, rel=0.03)
+    assert record["delta"] == pytest.approx(1 / (10 * len(runtime.train)))
+
+
+def test_released_counts_are_noised_and_weights_use_only_them() -> None:
+    cfg = parse_run_config(load_defaults() | SMALL | {"num-server-rounds": 1})
+    runtime = runtime_for(cfg)
+    outcome = train_round(cfg, runtime, exchanged_state(runtime.model), {"server-round": 1},
+                          node_id=3, ledger_state={})  # fmt: skip
+    true_counts = np.bincount(runtime.train.groups.numpy(), minlength=len(runtime.groups))
+    sent = np.array(outcome.metrics["group-counts"])
+    assert not np.allclose(sent, true_counts)
+    assert np.abs(sent - true_counts).max() < 10 * cfg.dp.stats_noise
+
+
+def test_weights_from_released_counts_by_hand() -> None:
+    groups = torch.tensor([0, 0, 0, 1])
+    weights, w_max = weights_from_released(np.array([75.0, 25.0]), groups, alpha=1.0, max_weight=10)
+    # shares (0.75, 0.25) → raw (4/3, 4); E[raw] = 0.75·4/3 + 0.25·4 = 2 → (2/3, 2)
+    assert weights.tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2.0])
+    assert w_max == pytest.approx(2.0)
+    capped, capped_max = weights_from_released(
+        np.array([75.0, 25.0]), groups, alpha=1.0, max_weight=1.5
+    )
+    assert capped.tolist() == pytest.approx([2 / 3] * 3 + [1.5])
+    assert capped_max == 1.5
+
+
+def _one_step(model: torch.nn.Module, data: Encoded, *, private: bool) -> dict[str, torch.Tensor]:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model.train()
+    before = {k: v.clone() for k, v in exchanged_state(model).items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.5)
+    loader = make_loader(data, torch.ones(len(data)), len(data), seed=0, shuffle=False)
+    target: torch.nn.Module = model
+    if private:
+        target, optimizer, loader = make_private(model, optimizer, loader, noise_multiplier=0.0,
+                                                 max_grad_norm=1e9, poisson_sampling=False)  # fmt: skip
+    optimizer.zero_grad()
+    losses, _ = per_example_loss(target, next(iter(loader)))
+    losses.mean().backward()
+    optimizer.step()
+    return {k: v - before[k] for k, v in exchanged_state(model).items()}
+
+
+@pytest.mark.parametrize("lora_r", [0, 4])
+def test_dp_with_zero_noise_and_huge_clip_reproduces_the_plain_update(lora_r: int) -> None:
+    """Guards against the reported silent corruption of LoRA updates under Opacus + peft."""
+    cfg = parse_run_config(load_defaults() | SMALL)
+    runtime = runtime_for(cfg)
+    data = Encoded(*(t[:16] for t in (runtime.train.input_ids, runtime.train.attention_mask,
+                                      runtime.train.labels, runtime.train.groups)))  # fmt: skip
+    tokenizer = load_tokenizer(cfg.model, list(load_splits(cfg.data, cfg.seed)["train"]["text"]))
+    base = build_model(replace(cfg.model, lora_r=lora_r), tokenizer, 2, seed=0)
+    plain = _one_step(copy.deepcopy(base), data, private=False)
+    private = _one_step(copy.deepcopy(base), data, private=True)
+    assert plain.keys() == private.keys()
+    moved = [k for k, v in plain.items() if v.abs().max() > 0]
+    assert len(moved) > len(plain) // 2
+    for key in plain:
+        assert torch.allclose(plain[key], private[key], atol=1e-6, rtol=1e-4), key
+    assert not math.isnan(sum(float(v.sum()) for v in private.values()))
