@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export FEDEQUITY_CACHE ?= $(CURDIR)/.cache/fedequity
 
-.PHONY: install run test test-fast check lint typecheck bench deploy-local clean
+.PHONY: install run test test-fast check lint typecheck bench deploy-local certs validate-compose test-deploy evidence clean
 
 install: $(STAMP)
 
@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy server clients strategies simulations task
+	$(VENV)/bin/mypy server clients strategies simulations task deploy docker/export_requirements.py
 
 check: lint typecheck test
 
@@ -49,6 +49,18 @@ bench: $(STAMP)
 
 deploy-local: $(STAMP)
 	$(PY) -m deploy.local
+
+certs: $(STAMP)
+	$(PY) -m deploy.certs
+
+validate-compose: $(STAMP)
+	$(PY) -m deploy.validate_compose --fetch --require-cli
+
+test-deploy: $(STAMP)
+	$(PY) -m pytest -m deploy $(PYTEST_ARGS)
+
+evidence: $(STAMP)
+	$(PY) -m simulations evidence
 
 clean:
 	rm -rf .flwr .cache .mypy_cache .ruff_cache .pytest_cache

@@ -5,20 +5,23 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.local import client_runtime
+from clients.local import ClientRuntime, client_runtime
 from clients.rounds import evaluate_round, train_round
-from task.config import parse_run_config
+from task.config import RunConfig, parse_run_config
 
 app = ClientApp()
 PRIVACY_STATE = "privacy"
 CLIENT_RECORD = "client"  # node id, bytes sent, privacy report: read by server/recorder.py
 
 
-def _runtime(context: Context):  # type: ignore[no-untyped-def]
+def _partition(context: Context) -> tuple[int, int]:
+    """Which slice of the data this node holds: from node_config in simulation and deployment."""
+    return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+
+
+def _runtime(context: Context) -> tuple[RunConfig, ClientRuntime]:
     cfg = parse_run_config(context.run_config)
-    partition_id = int(context.node_config["partition-id"])
-    num_partitions = int(context.node_config["num-partitions"])
-    return cfg, client_runtime(cfg, partition_id, num_partitions)
+    return cfg, client_runtime(cfg, *_partition(context))
 
 
 @app.train()
@@ -33,6 +36,7 @@ def train(msg: Message, context: Context) -> Message:
         weights,
         msg.content.config_records["config"],
         node_id=context.node_id,
+        partition_id=_partition(context)[0],
         ledger_state=dict(ledger),
     )
     if outcome.ledger_state is not None:  # the accountant's history outlives the process

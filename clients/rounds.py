@@ -97,12 +97,19 @@ def train_round(
     server_config: Mapping[str, Any],
     *,
     node_id: int,
+    partition_id: int,
     ledger_state: dict[str, Any],
 ) -> TrainOutcome:
-    """Load the global weights, train locally (with DP-SGD when ``dp.mode`` is local)."""
+    """Load the global weights, train locally (with DP-SGD when ``dp.mode`` is local).
+
+    Randomness (batches, dropout, DP noise) is seeded from the run seed, the round and the
+    partition — not the node id, which Flower draws anew per registration — so simulation
+    and deployment train identically.
+    """
     load_exchanged(runtime.model, global_weights)
     server_round = int(server_config.get("server-round", 0))
-    seed = cfg.seed * 100_003 + server_round * 1_009 + node_id % 1_000_003
+    seed = cfg.seed * 100_003 + server_round * 1_009 + partition_id
+    torch.manual_seed(seed)
     fair_metric = local_gap(runtime, runtime.eval) if cfg.strategy == "fairfed" else 0.0
     counts = group_counts(runtime.train, len(runtime.groups))
     record: dict[str, Any] = {"node-id": str(node_id)}

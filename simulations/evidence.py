@@ -90,7 +90,7 @@ def load_grid(path: Path) -> Grid:
     if spec is None:
         raise ValueError(f"{path}: missing [evidence] table")
     name = spec["name"]
-    unknown = sorted(set(spec["variants"]) | set(spec.get("skew-variants", [])) - set(VARIANTS))
+    unknown = sorted((set(spec["variants"]) | set(spec.get("skew-variants", []))) - set(VARIANTS))
     if unknown:
         raise ValueError(f"{path}: unknown variant(s) {unknown}; valid: {sorted(VARIANTS)}")
     cells = [

@@ -78,8 +78,11 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = parse_run_config(load_defaults() | parse_assignments(args.assignments))
     batch_size = args.batch_size or cfg.train.batch_size
-    print(f"model={cfg.model.name} hidden={cfg.model.hidden_size} layers={cfg.model.num_layers} "
-          f"batch={batch_size} steps={args.steps} grad-sample-mode={cfg.dp.grad_sample_mode}")  # fmt: skip
+    m = cfg.model
+    print(
+        f"model={m.name} hidden={m.hidden_size} layers={m.num_layers} batch={batch_size} "
+        f"steps={args.steps} grad-sample-mode={cfg.dp.grad_sample_mode}"
+    )
     for label, model_cfg in (
         ("full", replace(cfg.model, lora_r=0)),
         (f"lora-r{args.lora_r}", replace(cfg.model, lora_r=args.lora_r)),

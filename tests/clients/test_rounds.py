@@ -33,7 +33,7 @@ def test_budget_holds_and_a_participation_beyond_the_plan_is_refused() -> None:
     weights, state, epsilons = exchanged_state(runtime.model), {}, []
     for server_round in (1, 2, 3):  # the plan has 2 participations; the 3rd must not fit
         outcome = train_round(cfg, runtime, weights, {"server-round": server_round},
-                              node_id=7, ledger_state=state)  # fmt: skip
+                              node_id=7, partition_id=0, ledger_state=state)  # fmt: skip
         state = outcome.ledger_state or {}
         epsilons.append(outcome.metrics["epsilon"])
         assert outcome.metrics["epsilon"] <= 4.0
@@ -53,7 +53,7 @@ def test_recorded_history_recomputes_to_the_reported_epsilon_with_dp_accounting(
     cfg = parse_run_config(load_defaults() | SMALL | {"num-server-rounds": 1})
     runtime = runtime_for(cfg)
     outcome = train_round(cfg, runtime, exchanged_state(runtime.model), {"server-round": 1},
-                          node_id=1, ledger_state={})  # fmt: skip
+                          node_id=1, partition_id=0, ledger_state={})  # fmt: skip
     record = outcome.client_record
     accountant = RdpAccountant()
     for sigma, q, steps in zip(record["history-sigma"], record["history-q"],
@@ -71,7 +71,7 @@ def test_released_counts_are_noised_and_weights_use_only_them() -> None:
     cfg = parse_run_config(load_defaults() | SMALL | {"num-server-rounds": 1})
     runtime = runtime_for(cfg)
     outcome = train_round(cfg, runtime, exchanged_state(runtime.model), {"server-round": 1},
-                          node_id=3, ledger_state={})  # fmt: skip
+                          node_id=3, partition_id=0, ledger_state={})  # fmt: skip
     true_counts = np.bincount(runtime.train.groups.numpy(), minlength=len(runtime.groups))
     sent = np.array(outcome.metrics["group-counts"])
     assert not np.allclose(sent, true_counts)
@@ -102,8 +102,10 @@ def _one_step(model: torch.nn.Module, data: Encoded, *, private: bool) -> dict[s
     loader = make_loader(data, torch.ones(len(data)), len(data), seed=0, shuffle=False)
     target: torch.nn.Module = model
     if private:
-        target, optimizer, loader = make_private(model, optimizer, loader, noise_multiplier=0.0,
-                                                 max_grad_norm=1e9, poisson_sampling=False)  # fmt: skip
+        target, optimizer, loader = make_private(
+            model, optimizer, loader, noise_multiplier=0.0, max_grad_norm=1e9,
+            poisson_sampling=False,
+        )  # fmt: skip
     optimizer.zero_grad()
     losses, _ = per_example_loss(target, next(iter(loader)))
     losses.mean().backward()

@@ -1,0 +1,1 @@
+"""Deployment tooling: certificates, local TLS deployment, compose validation."""

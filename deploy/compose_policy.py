@@ -1,0 +1,136 @@
+"""The deployment's own rules for ``docker-compose.yml``: secure by default, one topology.
+
+Secure: TLS on every link, SuperNode authentication, SuperExec secrets, no ``--insecure``
+outside the override file. Operable: health checks, restart policies, SuperLink state in
+a named volume. Topology: SuperNode ``i`` has ``partition-id=i`` and
+``num-partitions=N`` (N = number of SuperNodes) and one ClientApp SuperExec dialling it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from deploy.compose_checks import Compose, component, parsed_commands
+
+ONE_SHOT_RESTART = "no"
+
+
+def _kinds(compose: Compose) -> dict[str, str]:
+    services = compose["services"].items()
+    return {n: k for n, s in services if (k := component(n, s)) is not None}
+
+
+def check_secure(compose: Compose) -> list[str]:
+    """TLS, SuperNode auth and SuperExec secrets everywhere; nothing insecure."""
+    parsed, problems = parsed_commands(compose)
+    for name, kind in _kinds(compose).items():
+        args = parsed.get(name)
+        if args is None:
+            continue
+        if args.insecure:
+            problems.append(f"{name}: --insecure in the secure configuration")
+        if not args.superexec_auth_secret_file:
+            problems.append(f"{name}: no --superexec-auth-secret-file")
+        problems += [f"{name}: {p}" for p in _secure_flags(kind, args)]
+    return problems
+
+
+def _secure_flags(kind: str, args: argparse.Namespace) -> list[str]:
+    missing = []
+    if kind == "superlink":
+        if not (args.ssl_certfile and args.ssl_keyfile and args.ssl_ca_certfile):
+            missing.append("SuperLink without --ssl-certfile/--ssl-keyfile/--ssl-ca-certfile")
+        if not args.enable_supernode_auth:
+            missing.append("SuperLink without --enable-supernode-auth")
+        if args.runtime_dependency_install:
+            missing.append("SuperLink installs dependencies at run time")
+    elif kind == "supernode":
+        if not args.root_certificates or not args.auth_supernode_private_key:
+            missing.append("SuperNode without --root-certificates/--auth-supernode-private-key")
+        if not (args.ssl_certfile and args.ssl_keyfile and args.ssl_ca_certfile):
+            missing.append("SuperNode Runtime API without TLS")
+    elif not args.root_certificates:
+        missing.append("SuperExec without --root-certificates")
+    return missing
+
+
+def check_insecure_override(merged: Compose) -> list[str]:
+    """The base + insecure override: every Flower service runs with ``--insecure``."""
+    parsed, problems = parsed_commands(merged)
+    for name in _kinds(merged):
+        args = parsed.get(name)
+        if args is not None and not args.insecure:
+            problems.append(f"{name}: the insecure override leaves it on TLS (mixed setup)")
+    return problems
+
+
+def check_operable(compose: Compose) -> list[str]:
+    """Health checks and restart policies; SuperLink database on a named volume."""
+    problems = []
+    named = set(compose.get("volumes") or {})
+    for name, svc in compose["services"].items():
+        one_shot = svc.get("restart") == ONE_SHOT_RESTART and svc.get("entrypoint")
+        if one_shot:
+            continue
+        if not svc.get("restart"):
+            problems.append(f"{name}: no restart policy")
+        if not svc.get("healthcheck", {}).get("test"):
+            problems.append(f"{name}: no healthcheck")
+    parsed, _ = parsed_commands(compose)
+    for name, kind in _kinds(compose).items():
+        if kind != "superlink" or name not in parsed:
+            continue
+        database = str(parsed[name].database)
+        mounts = [str(v).split(":") for v in compose["services"][name].get("volumes", [])]
+        if not any(m[0] in named and database.startswith(m[1].rstrip("/") + "/") for m in mounts):
+            problems.append(f"{name}: --database {database} is not on a named volume")
+    return problems
+
+
+OFFLINE_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+
+
+def check_offline(compose: Compose) -> list[str]:
+    """No telemetry, no update check, no ``uv sync`` at run time, in every Flower service."""
+    problems = []
+    for name in _kinds(compose):
+        env = compose["services"][name].get("environment") or {}
+        for key, value in OFFLINE_ENV.items():
+            if str(env.get(key)) != value:
+                problems.append(f"{name}: environment {key} must be {value!r}")
+    return problems
+
+
+def check_topology(compose: Compose) -> list[str]:
+    """One SuperLink + ServerApp SuperExec; SuperNode i: partition i of N, its own SuperExec."""
+    parsed, problems = parsed_commands(compose)
+    kinds = _kinds(compose)
+    supernodes = sorted(n for n, k in kinds.items() if k == "supernode")
+    links = [n for n, k in kinds.items() if k == "superlink"]
+    if len(links) != 1:
+        problems.append(f"expected one SuperLink service, found {links}")
+    dialled = [
+        str(a.runtime_api_address).rsplit(":", 1)[0]
+        for n, a in parsed.items()
+        if kinds[n] == "superexec"
+    ]
+    for target in [*links, *supernodes]:
+        if dialled.count(target) != 1:
+            problems.append(f"{target}: needs exactly one SuperExec, has {dialled.count(target)}")
+    partitions = set()
+    for name in supernodes:
+        config = parsed[name].node_config if name in parsed else ""
+        pairs = dict(item.split("=", 1) for item in str(config).split())
+        if pairs.get("num-partitions") != str(len(supernodes)):
+            problems.append(
+                f"{name}: num-partitions={pairs.get('num-partitions')}, "
+                f"expected {len(supernodes)} (one per SuperNode)"
+            )
+        partitions.add(pairs.get("partition-id"))
+    if partitions != {str(i) for i in range(len(supernodes))}:
+        problems.append(f"partition-ids {sorted(map(str, partitions))} are not 0..N-1")
+    return problems

@@ -1,0 +1,272 @@
+"""``make deploy-local``: the compose topology as real processes on 127.0.0.1.
+
+One SuperLink (TLS, SuperNode authentication, state in a database file), one SuperExec
+for the ServerApp, N SuperNodes (``partition-id=i num-partitions=N``) with one SuperExec
+each, all in ``--isolation process`` like ``docker-compose.yml``; Runtime APIs over TLS and
+SuperExecs authenticated with the shared secret. SuperNode keys are registered with
+``flwr supernode register`` before the nodes start; the app is submitted with
+``flwr run <app> <connection> --stream``. Every process is stopped on exit, also on
+failure or SIGINT/SIGTERM. The last line printed is the run directory.
+
+Usage::
+
+    python -m deploy.local [--supernodes 2] [--rounds 2] [--run-config 'k=v ...']
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy import flwr_cli
+from deploy.certs import DEFAULT_CERTS_DIR, DEFAULT_KEYS_DIR, TlsBundle, generate
+from deploy.flwr_cli import tool
+from deploy.procs import Interrupted, ProcessSupervisor, free_ports, signals_raise
+from deploy.run_config import experiment_items, toml_value
+
+REPO = Path(__file__).resolve().parent.parent
+CONNECTION = "fedequity-local"
+HOST = "127.0.0.1"
+
+
+class DeployError(RuntimeError):
+    """The deployment failed; the message says which component and why."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to deploy and where its files go."""
+
+    supernodes: int = 2
+    rounds: int = 2
+    app_dir: Path = REPO
+    output_dir: Path = REPO / "outputs"
+    work_dir: Path | None = None  # default: <app>/.flwr/deploy-local/<timestamp>
+    experiment: Path | None = REPO / "simulations" / "experiments" / "default.toml"
+    run_config: tuple[str, ...] = ()
+    certs_dir: Path = DEFAULT_CERTS_DIR
+    keys_dir: Path = DEFAULT_KEYS_DIR
+    timeout: float = 900.0
+    startup_timeout: float = 60.0
+
+
+@dataclass
+class Deployment:
+    """A running deployment: the supervisor, its ports and the CLI connection."""
+
+    sup: ProcessSupervisor
+    tls: TlsBundle
+    work_dir: Path
+    superlink_port: int
+    supernode_ports: list[int] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        """SuperLink address (Fleet, Control and Runtime API share one port)."""
+        return f"{HOST}:{self.superlink_port}"
+
+
+def base_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for every Flower process: local FLWR_HOME, no installs, no telemetry."""
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",  # else every Flower process asks the network
+        PYTHONUNBUFFERED="1",
+        # SuperLink/SuperNode spawn `flower-superexec`, `flwr-serverapp` by bare name.
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+    )
+    return env
+
+
+def superlink_cmd(dep: Deployment) -> list[str]:
+    """``flower-superlink`` as in compose: TLS, node auth, database, process isolation."""
+    tls = dep.tls
+    return [
+        tool("flower-superlink"),
+        f"--ssl-ca-certfile={tls.ca_cert}",
+        f"--ssl-certfile={tls.server_cert}",
+        f"--ssl-keyfile={tls.server_key}",
+        "--enable-supernode-auth",
+        f"--database={dep.work_dir / 'superlink-state.db'}",
+        "--isolation=process",
+        f"--superexec-auth-secret-file={tls.superlink_secret}",
+        "--disable-runtime-dependency-installation",
+        f"--host={HOST}",
+        f"--port={dep.superlink_port}",
+    ]
+
+
+def superexec_cmd(dep: Deployment, runtime_port: int, secret: Path) -> list[str]:
+    """``flower-superexec`` for the Runtime API at ``runtime_port`` (TLS + secret)."""
+    return [
+        tool("flower-superexec"),
+        f"--runtime-api-address={HOST}:{runtime_port}",
+        f"--root-certificates={dep.tls.ca_cert}",
+        f"--superexec-auth-secret-file={secret}",
+    ]
+
+
+def supernode_cmd(dep: Deployment, index: int, num: int) -> list[str]:
+    """``flower-supernode`` ``index`` of ``num``: its key, its partition, its Runtime API."""
+    node = dep.tls.supernodes[index]
+    return [
+        tool("flower-supernode"),
+        f"--superlink={dep.address}",
+        f"--root-certificates={dep.tls.ca_cert}",
+        f"--auth-supernode-private-key={node.auth_key}",
+        f"--node-config=partition-id={index} num-partitions={num}",
+        "--isolation=process",
+        f"--host={HOST}",
+        f"--port={dep.supernode_ports[index]}",
+        f"--ssl-certfile={node.runtime_cert}",
+        f"--ssl-keyfile={node.runtime_key}",
+        f"--ssl-ca-certfile={dep.tls.ca_cert}",
+        f"--superexec-auth-secret-file={node.superexec_secret}",
+        "--max-retries=5",
+    ]
+
+
+def start_superlink(dep: Deployment, timeout: float) -> None:
+    """Start the SuperLink and its ServerApp SuperExec; wait until healthy."""
+    proc = dep.sup.start("superlink", superlink_cmd(dep), cwd=dep.work_dir)
+    flwr_cli.wait_healthy(f"https://{dep.address}/health", dep.tls.ca_cert, proc, timeout)
+    cmd = superexec_cmd(dep, dep.superlink_port, dep.tls.superlink_secret)
+    dep.sup.start("superexec-serverapp", cmd, cwd=dep.work_dir)
+
+
+def client_threads(num_supernodes: int) -> dict[str, str]:
+    """Share the cores among the ClientApps that train at the same time (like one CPU per
+    client in simulation); without it each torch process takes every core."""
+    per_client = str(max(1, (os.cpu_count() or 1) // num_supernodes))
+    return {"OMP_NUM_THREADS": per_client, "MKL_NUM_THREADS": per_client}
+
+
+def start_supernodes(dep: Deployment, num: int, timeout: float) -> list[str]:
+    """Register each SuperNode's public key, start node + SuperExec; wait until online."""
+    nodes = dep.tls.supernodes[:num]
+    node_ids = [flwr_cli.register(dep.sup, n.auth_pub, CONNECTION, dep.work_dir) for n in nodes]
+    threads = client_threads(num)
+    for i, node in enumerate(nodes):
+        dep.sup.start(f"supernode-{i}", supernode_cmd(dep, i, num), cwd=dep.work_dir)
+        cmd = superexec_cmd(dep, dep.supernode_ports[i], node.superexec_secret)
+        dep.sup.start(f"superexec-clientapp-{i}", cmd, cwd=dep.work_dir, extra_env=threads)
+    flwr_cli.wait_online(dep.sup, CONNECTION, node_ids, dep.work_dir, timeout)
+    return node_ids
+
+
+def run_config_args(opts: Options) -> list[str]:
+    """``--run-config`` items, later ones winning: the experiment's overrides, the user's,
+    then rounds and the absolute output dir."""
+    out = str(opts.output_dir.resolve()).replace("\\", "/")
+    items = experiment_items(opts.experiment) if opts.experiment else []
+    items += [*opts.run_config, f"num-server-rounds={opts.rounds}", f"output-dir={toml_value(out)}"]
+    return [arg for item in items for arg in ("--run-config", item)]
+
+
+def deploy_local(opts: Options) -> Path:
+    """Run the app once in deployment mode; return ``<output-dir>/<run-id>``."""
+    if opts.supernodes < 1 or opts.rounds < 1:
+        raise ValueError("--supernodes and --rounds must be >= 1")
+    run_args = run_config_args(opts)  # a bad experiment file fails before anything starts
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    work = (opts.work_dir or opts.app_dir / ".flwr" / "deploy-local" / stamp).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    tls = generate(opts.supernodes, opts.certs_dir, opts.keys_dir)
+    flwr_home = work / "flwr-home"
+    ports = free_ports(opts.supernodes + 1)
+    sup = ProcessSupervisor(env=base_env(flwr_home), log_dir=work / "logs")
+    dep = Deployment(sup, tls, work, ports[0], ports[1:])
+    flwr_cli.write_connection(flwr_home, CONNECTION, dep.address, tls.ca_cert)
+    print(
+        f"deploy-local: SuperLink https://{dep.address}, {opts.supernodes} SuperNodes, "
+        f"{opts.rounds} rounds; logs in {work / 'logs'}",
+        flush=True,
+    )
+    with signals_raise():
+        try:
+            start_superlink(dep, opts.startup_timeout)
+            start_supernodes(dep, opts.supernodes, opts.startup_timeout)
+            run_id = flwr_cli.run_app(sup, opts.app_dir, CONNECTION, run_args, work, opts.timeout)
+            flwr_cli.check_completed(sup, CONNECTION, run_id, work, opts.timeout)
+        finally:
+            leftovers = sup.stop_all()
+            if leftovers:
+                print(f"deploy-local: had to SIGKILL {leftovers}", file=sys.stderr)
+    run_dir = opts.output_dir.resolve() / run_id
+    if not (run_dir / "results.json").is_file():
+        raise DeployError(f"run {run_id} completed but wrote no {run_dir / 'results.json'}")
+    return run_dir
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    """Command-line options."""
+    p = argparse.ArgumentParser(prog="python -m deploy.local", description=__doc__.split("\n")[0])
+    p.add_argument("--supernodes", type=int, default=2, help="number of SuperNodes (default 2)")
+    p.add_argument("--rounds", type=int, default=2, help="num-server-rounds (default 2)")
+    p.add_argument("--app", type=Path, default=REPO, help="Flower App directory")
+    p.add_argument("--output-dir", type=Path, default=None, help="default: <app>/outputs")
+    p.add_argument("--work-dir", type=Path, default=None, help="logs, state, FLWR_HOME")
+    p.add_argument(
+        "--experiment",
+        type=lambda text: Path(text) if text.lower() not in ("", "none") else None,
+        default=Options.experiment,
+        help="experiment TOML whose run-config overrides apply (default: the default "
+        "experiment; 'none' for pyproject's defaults; its [federation] table is ignored)",
+    )
+    p.add_argument(
+        "--run-config",
+        action="append",
+        default=[],
+        help="more run-config overrides as key=value items, e.g. \"dp.mode='local' seed=3\"",
+    )
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole run")
+    p.add_argument("--certs-dir", type=Path, default=DEFAULT_CERTS_DIR, help="CA, certificates")
+    p.add_argument("--keys-dir", type=Path, default=DEFAULT_KEYS_DIR, help="SuperNode keys")
+    a = p.parse_args(argv)
+    return Options(
+        supernodes=a.supernodes,
+        rounds=a.rounds,
+        app_dir=a.app.resolve(),
+        output_dir=(a.output_dir or a.app / "outputs").resolve(),
+        work_dir=a.work_dir,
+        experiment=a.experiment,
+        run_config=tuple(a.run_config),
+        timeout=a.timeout,
+        certs_dir=a.certs_dir,
+        keys_dir=a.keys_dir,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; prints the run directory as the last line."""
+    opts = parse_args(argv)
+    start = time.monotonic()
+    try:
+        run_dir = deploy_local(opts)
+    except (DeployError, flwr_cli.FlowerCliError, ValueError, OSError, Interrupted) as err:
+        print(f"deploy-local failed: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("deploy-local interrupted; all processes stopped", file=sys.stderr)
+        return 130
+    results = json.loads((run_dir / "results.json").read_text())
+    print(
+        f"deploy-local: {len(results.get('rounds', []))} rounds on {opts.supernodes} "
+        f"SuperNodes in {time.monotonic() - start:.1f} s"
+    )
+    print(run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Start long-running processes and stop every one of them, by PID, whatever happens.
+
+Flower's SuperLink and SuperNode start their SuperExec in a *new session*
+(``start_new_session=True``), which then starts ``flwr-serverapp``/``flwr-clientapp``.
+Killing the process groups we created therefore misses them. Every process started here
+carries a unique marker in its environment (``FEDEQUITY_DEPLOY_ID``), inherited by all of
+its descendants, so :meth:`ProcessSupervisor.stop_all` can find and stop each one by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+MARKER_ENV = "FEDEQUITY_DEPLOY_ID"
+PROC = Path("/proc")
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports the OS reports free on ``host`` (all bound at once, so they are distinct)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in {"Z", "X"}
+
+
+def marked_pids(marker: str) -> list[int]:
+    """PIDs of live processes whose environment carries ``MARKER_ENV=marker``."""
+    needle = f"{MARKER_ENV}={marker}".encode()
+    found: list[int] = []
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def _signal_pid(pid: int, sig: signal.Signals) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+@dataclass
+class Managed:
+    """A process started by the supervisor."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+    def log_tail(self, lines: int = 20) -> str:
+        """Last ``lines`` lines of the process log."""
+        if not self.log_file.closed:
+            self.log_file.flush()
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+@dataclass
+class ProcessSupervisor:
+    """Owns every process of one deployment; ``stop_all`` leaves none behind."""
+
+    env: Mapping[str, str]
+    log_dir: Path
+    marker: str = field(default_factory=lambda: uuid.uuid4().hex)
+    procs: list[Managed] = field(default_factory=list)
+
+    def child_env(self) -> dict[str, str]:
+        """Environment for children: ``env`` plus the marker."""
+        return {**self.env, MARKER_ENV: self.marker}
+
+    def start(
+        self, name: str, cmd: Sequence[str], cwd: Path, extra_env: Mapping[str, str] | None = None
+    ) -> Managed:
+        """Start ``cmd`` in its own session, output to ``<log_dir>/<name>.log``."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        log_file = log_path.open("ab")
+        popen = subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env={**self.child_env(), **(extra_env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        managed = Managed(name, popen, log_path, log_file)
+        self.procs.append(managed)
+        return managed
+
+    def run(
+        self, cmd: Sequence[str], cwd: Path, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a short command (a ``flwr`` CLI call) to completion, output captured."""
+        return subprocess.run(
+            list(cmd),
+            cwd=cwd,
+            env=self.child_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def dead(self) -> list[Managed]:
+        """Started processes that have exited."""
+        return [p for p in self.procs if p.popen.poll() is not None]
+
+    def stop_all(self, grace: float = 8.0) -> list[int]:
+        """SIGTERM everything we started (and its descendants), then SIGKILL what is left.
+
+        Returns the PIDs that needed SIGKILL (normally none).
+        """
+        for proc in reversed(self.procs):  # SuperNodes first, SuperLink last
+            if proc.popen.poll() is None:
+                _signal_pid(-proc.popen.pid, signal.SIGTERM)  # its process group
+        for pid in marked_pids(self.marker):
+            _signal_pid(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and (self._live_roots() or marked_pids(self.marker)):
+            time.sleep(0.1)
+        killed = [p.popen.pid for p in self.procs if p.popen.poll() is None]
+        killed += marked_pids(self.marker)
+        for proc in self.procs:
+            if proc.popen.poll() is None:
+                _signal_pid(-proc.popen.pid, signal.SIGKILL)
+        for pid in killed:
+            _signal_pid(pid, signal.SIGKILL)
+        for proc in self.procs:
+            with suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=5)
+            proc.log_file.close()
+        return sorted(set(killed))
+
+    def _live_roots(self) -> list[int]:
+        return [p.popen.pid for p in self.procs if p.popen.poll() is None]
+
+
+class Interrupted(Exception):
+    """Raised in the main thread when SIGTERM/SIGHUP arrives, so ``finally`` runs."""
+
+
+@contextmanager
+def signals_raise() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into :class:`Interrupted` (SIGINT already raises)."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise Interrupted(f"received {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from clients.privacy import epsilon_of
+from server.central_dp import CentralAccountant
+
+
+def test_uniform_weights_give_the_wrappers_nominal_noise_multiplier() -> None:
+    accountant = CentralAccountant(noise_multiplier=1.0, num_sampled=4, delta=1e-5)
+    accountant.record_round({1: 0.25, 2: 0.25, 3: 0.25, 4: 0.25})
+    assert accountant.history == [(1.0, 1.0, 1)]
+
+
+def test_uneven_weights_weaken_the_guarantee_and_are_accounted() -> None:
+    uniform = CentralAccountant(noise_multiplier=1.0, num_sampled=4, delta=1e-5)
+    skewed = CentralAccountant(noise_multiplier=1.0, num_sampled=4, delta=1e-5)
+    for _ in range(3):
+        uniform.record_round({1: 0.25, 2: 0.25, 3: 0.25, 4: 0.25})
+        skewed.record_round({1: 0.5, 2: 0.2, 3: 0.2, 4: 0.1})
+    # sensitivity C·max w = C/2 against noise σC/4: σ_eff = 1 / (4 · 0.5) = 0.5
+    assert skewed.history[0] == (0.5, 1.0, 1)
+    assert skewed.epsilon() > uniform.epsilon()
+    assert skewed.epsilon() == pytest.approx(
+        epsilon_of([(0.5, 1.0, 3)], delta=1e-5, accountant="rdp")
+    )
+
+
+def test_report_and_edge_cases() -> None:
+    accountant = CentralAccountant(noise_multiplier=0.0, num_sampled=2, delta=1e-5)
+    assert accountant.epsilon() == 0.0  # nothing released yet
+    accountant.record_round({})  # a round with nothing aggregated releases nothing
+    assert accountant.history == []
+    accountant.record_round({1: 0.5, 2: 0.5})
+    assert math.isinf(accountant.epsilon())  # no noise: no guarantee
+    assert accountant.report()["history"] == [[0.0, 1.0, 1]]

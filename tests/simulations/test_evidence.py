@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from simulations.evidence import VARIANTS, Cell, load_grid, select
+from simulations.report import markdown_table, write_report
+
+GRIDS = Path(__file__).resolve().parents[2] / "simulations" / "experiments" / "evidence"
+
+
+def test_shipped_grids_expand_to_the_full_design() -> None:
+    grid = load_grid(GRIDS / "synthetic.toml")
+    main = [c for c in grid.cells if c.skew is None]
+    assert len(main) == 7 * 3 * 3  # variants × ε × seeds
+    assert {c.variant for c in main} == set(VARIANTS)
+    assert {c.epsilon for c in main} == {4.0, 8.0, math.inf}
+    skew = [c for c in grid.cells if c.skew is not None]
+    assert {c.skew for c in skew} == {0.1, 0.3, 1.0}
+    for name in ("adult-sex", "adult-race"):
+        adult = load_grid(GRIDS / f"{name}.toml")
+        assert adult.overrides["dataset"] == "adult"
+
+
+def test_cell_overrides_turn_variant_and_epsilon_into_run_config() -> None:
+    dp = Cell("g", "representation+post-clip", 4.0, 2, 0.1).overrides({"dataset": "synthetic"})
+    assert dp == {"dataset": "synthetic", "strategy": "representation",
+                  "fair.local-weighting": "post-clip", "seed": 2, "dp.target-epsilon": 4.0,
+                  "partition.alpha": 0.1}  # fmt: skip
+    no_dp = Cell("g", "fedavg", math.inf, 1, None).overrides({})
+    assert no_dp["dp.mode"] == "off" and "dp.target-epsilon" not in no_dp
+    assert Cell("g", "fedavg", math.inf, 1, None).key == "g-fedavg-epsinf-s1"
+
+
+def test_unknown_variant_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(
+        '[evidence]\nname = "g"\nvariants = ["fedprox"]\nepsilons = [8.0]\nseeds = [1]\n'
+    )
+    with pytest.raises(ValueError, match="unknown variant.*fedprox"):
+        load_grid(path)
+
+
+def test_select_filters_fields() -> None:
+    cells = load_grid(GRIDS / "synthetic.toml").cells
+    chosen = list(select(cells, variant={"fedavg"}, epsilon={8.0}, seed=None))
+    assert {c.variant for c in chosen} == {"fedavg"} and {c.epsilon for c in chosen} == {8.0}
+
+
+def summary(variant: str, seed: int, accuracy: float, gap: float) -> dict:
+    return {"grid": "g", "variant": variant, "epsilon": 8.0, "seed": seed, "skew": None,
+            "wall_s": 60.0, "accuracy": accuracy, "balanced_accuracy": accuracy,
+            "worst_group_accuracy": accuracy - gap, "group_accuracy_gap": gap,
+            "equalized_odds_difference": 0.1, "demographic_parity_difference": 0.2}  # fmt: skip
+
+
+def test_table_reports_mean_and_population_std_over_seeds(tmp_path: Path) -> None:
+    rows = [summary("fedavg", 1, 0.8, 0.4), summary("fedavg", 2, 0.9, 0.2),
+            summary("representation", 1, 0.85, 0.1)]  # fmt: skip
+    table = markdown_table(rows)
+    assert (
+        "| g | fedavg | 8 | 2 | 0.850 ± 0.050 | 0.850 ± 0.050 | 0.550 ± 0.150 | 0.300 ± 0.100 |"
+        in table
+    )
+    report = write_report(rows, tmp_path)
+    assert (tmp_path / "evidence_worst_group_vs_epsilon.png").stat().st_size > 1000
+    assert (tmp_path / "evidence_gap_vs_cost.png").stat().st_size > 1000
+    assert "3 runs" in report.read_text()
