@@ -104,6 +104,7 @@ def run_private_round(
         )
     loader = make_loader(data, weights, cfg.train.batch_size, seed=seed)
     params = [p for p in model.parameters() if p.requires_grad]
+    model.train()  # Opacus refuses a model left in eval mode by the last evaluation
     module, optimizer, dp_loader = make_private(
         model,
         cfg.train.make_optimizer(params),

@@ -130,3 +130,17 @@ def test_dp_with_zero_noise_and_huge_clip_reproduces_the_plain_update(lora_r: in
     for key in plain:
         assert torch.allclose(plain[key], private[key], atol=1e-6, rtol=1e-4), key
     assert not math.isnan(sum(float(v.sum()) for v in private.values()))
+
+
+def test_a_private_round_after_an_evaluation_trains() -> None:
+    """Evaluation leaves the cached model in eval mode; the next DP round must still run."""
+    from clients.rounds import evaluate_round
+
+    cfg = parse_run_config(load_defaults() | SMALL)
+    runtime = runtime_for(cfg)
+    weights = exchanged_state(runtime.model)
+    evaluate_round(runtime, weights)
+    assert not runtime.model.training
+    outcome = train_round(cfg, runtime, weights, {"server-round": 1}, node_id=1, partition_id=0,
+                          ledger_state={})  # fmt: skip
+    assert outcome.metrics["budget-exhausted"] == 0
