@@ -72,9 +72,9 @@ def weights_from_released(
     shares = clipped / clipped.sum()
     raw = shares ** (-alpha)
     per_group = np.minimum(raw / float((shares * raw).sum()), max_weight)
-    per_group = np.maximum(per_group, 0.0)
-    weights = torch.tensor(per_group, dtype=torch.float32)[groups]
-    return weights, max(1.0, float(per_group.max()))
+    # w_max from the float32 values actually used, so no weight rounds up above it.
+    per_group_t = torch.tensor(np.maximum(per_group, 0.0), dtype=torch.float32)
+    return per_group_t[groups], max(1.0, float(per_group_t.max()))
 
 
 def run_private_round(

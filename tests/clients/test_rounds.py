@@ -144,3 +144,12 @@ def test_a_private_round_after_an_evaluation_trains() -> None:
     outcome = train_round(cfg, runtime, weights, {"server-round": 1}, node_id=1, partition_id=0,
                           ledger_state={})  # fmt: skip
     assert outcome.metrics["budget-exhausted"] == 0
+
+
+def test_post_clip_weights_never_exceed_the_reported_maximum() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        released = rng.uniform(1, 500, size=4)
+        groups = torch.tensor(rng.integers(0, 4, size=50))
+        weights, w_max = weights_from_released(released, groups, alpha=1.0, max_weight=1e6)
+        assert float(weights.max()) <= w_max
