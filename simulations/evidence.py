@@ -133,6 +133,10 @@ def run_cells(grid: Grid, cells: list[Cell], output_dir: Path) -> list[Path]:
             tqdm.write(f"{cell.key}: failed: {error}")
             continue
         results = json.loads((run_dir / "results.json").read_text())
+        failures = sum(r["failures"] for r in results["rounds"])
+        if failures:  # a cell is evidence only if every sampled client took part
+            tqdm.write(f"{cell.key}: {failures} client failure(s), not counted; see {run_dir}")
+            continue
         write_json(summaries_dir / f"{cell.key}.json", summarise(cell, results, run_dir))
     return [
         summaries_dir / f"{c.key}.json" for c in cells if (summaries_dir / f"{c.key}.json").exists()
