@@ -8,10 +8,10 @@ from flwr.clientapp import ClientApp
 from clients.local import ClientRuntime, client_runtime
 from clients.rounds import evaluate_round, train_round
 from task.config import RunConfig, parse_run_config
+from task.wire import CLIENT_RECORD
 
 app = ClientApp()
 PRIVACY_STATE = "privacy"
-CLIENT_RECORD = "client"  # node id, bytes sent, privacy report: read by server/recorder.py
 
 
 def _partition(context: Context) -> tuple[int, int]:

@@ -19,8 +19,7 @@ from server.central_dp import CentralAccountant
 from server.evaluation import GlobalEvaluator
 from server.records import RunDirectory
 from task.fairness import client_spread
-
-CLIENT_RECORD = "client"
+from task.wire import CLIENT_RECORD
 
 
 class RoundRecorder:

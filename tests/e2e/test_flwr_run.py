@@ -36,7 +36,13 @@ def processes_started_under(root: Path) -> list[psutil.Process]:
 def test_flwr_run_writes_the_results_contract_and_stops_everything(tmp_path: Path) -> None:
     experiment = build_experiment(
         None,
-        ["num-server-rounds=2", "strategy=representation", "synthetic.num-examples=2000"],
+        [
+            "num-server-rounds=2",
+            "strategy=representation",
+            "synthetic.num-examples=2000",
+            "dp.mode=both",
+            "dp.target-epsilon=4",
+        ],
         supernodes=4,
         output_dir=str(tmp_path),
     )
