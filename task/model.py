@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as LORA_TARGETS
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers.trainers import WordPieceTrainer
 from torch import nn
@@ -131,9 +132,33 @@ def build_model(
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
+            target_modules=lora_targets(model),
         )
         model = get_peft_model(model, lora)
     return model
+
+
+ATTENTION_PROJECTIONS = ("query", "value", "q_lin", "v_lin", "q_proj", "v_proj", "c_attn")
+
+
+def lora_targets(model: nn.Module) -> list[str]:
+    """peft's default targets for the architecture, else its attention query/value layers.
+
+    (peft has no default for some architectures, e.g. DistilBERT in this version, and
+    ``"all-linear"`` collides with the classifier head that SEQ_CLS keeps trainable.)
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    if defaults := LORA_TARGETS.get(model_type):
+        return list(defaults)
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, nn.Linear)}  # fmt: skip
+    found = [name for name in ATTENTION_PROJECTIONS if name in names]
+    if not found:
+        raise ValueError(
+            f"model.lora.r: cannot find attention layers ({', '.join(ATTENTION_PROJECTIONS)}) "
+            f"in {type(model).__name__}; use model.lora.r = 0 for full fine-tuning"
+        )
+    return found
 
 
 def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
