@@ -66,3 +66,20 @@ def test_flwr_run_writes_the_results_contract_and_stops_everything(tmp_path: Pat
     assert json.loads((run_dir / "config.json").read_text())["num-server-rounds"] == 2
     assert len((run_dir / "rounds.csv").read_text().splitlines()) == 3
     assert processes_started_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("strategy", ["qfedavg", "fairfed"])
+def test_baselines_run_end_to_end(strategy: str, tmp_path: Path) -> None:
+    experiment = build_experiment(
+        None,
+        [f"strategy={strategy}", "num-server-rounds=2", "synthetic.num-examples=2000",
+         "dp.mode=off", "train.optimizer=adamw", "train.learning-rate=0.003"],
+        supernodes=4,
+        output_dir=str(tmp_path),
+    )  # fmt: skip
+    results = json.loads((run_experiment(experiment) / "results.json").read_text())
+    assert [r["num_clients"] for r in results["rounds"]] == [4, 4]
+    for record in results["rounds"]:
+        assert sum(record["weights"].values()) == pytest.approx(1.0)
+        assert record["failures"] == 0
+    assert processes_started_under(tmp_path) == []
