@@ -14,6 +14,8 @@ from pathlib import Path
 
 import psutil
 
+from deploy.procs import MARKER_ENV, marked_pids
+
 OFFLINE_ENV = {
     # Without this, `flwr run` makes the SuperLink `uv sync` the app: a 5 GB CUDA torch.
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -26,10 +28,14 @@ OFFLINE_ENV = {
 }
 
 
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    """The environment for Flower processes: project-local FLWR_HOME, offline, no telemetry."""
+def flower_env(flwr_home: Path, marker: str) -> dict[str, str]:
+    """The environment for Flower processes: project-local FLWR_HOME, offline, no telemetry.
+
+    ``marker`` tags every process of the run (children inherit it) for :func:`stop_marked`.
+    """
     env = dict(os.environ)
     env.update(OFFLINE_ENV)
+    env[MARKER_ENV] = marker
     env["FLWR_HOME"] = str(flwr_home)
     # Flower starts its helpers (flower-superexec, flwr-serverapp) by name, from PATH.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -81,6 +87,25 @@ def stop(process: subprocess.Popen, *, grace_s: float = 10.0) -> None:
     psutil.wait_procs(alive, timeout=5)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=5)
+
+
+def stop_marked(marker: str, *, grace_s: float = 10.0) -> None:
+    """Stop every process carrying ``marker`` in its environment, orphans included.
+
+    A SuperLink that died first leaves its detached children (``flwr-simulation``, Ray)
+    re-parented to init, out of reach of :func:`stop`; they still carry the marker.
+    """
+    procs = []
+    for pid in marked_pids(marker):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            procs.append(psutil.Process(pid))
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
 
 
 def wait_healthy(url: str, process: subprocess.Popen, *, timeout_s: float, log_file: Path) -> None:

@@ -13,11 +13,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 from simulations.experiment import Experiment
-from simulations.processes import flower_env, free_port, running, stop, wait_healthy
+from simulations.processes import (
+    flower_env,
+    free_port,
+    running,
+    stop,
+    stop_marked,
+    wait_healthy,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "fedequity"
@@ -95,6 +103,21 @@ def _stream(process: subprocess.Popen, log_path: Path, verbose: bool) -> str | N
     return run_id
 
 
+def _flwr_run(
+    experiment: Experiment, overrides: dict[str, Any], env: dict[str, str], logs: Path,
+    verbose: bool,
+) -> str | None:  # fmt: skip
+    client = subprocess.Popen(
+        flwr_run_command(experiment, overrides),
+        env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        return _stream(client, logs / "flwr-run.log", verbose)
+    finally:
+        stop(client)
+
+
 def _check_complete(run_dir: Path, num_rounds: int, logs: Path) -> None:
     results = run_dir / "results.json"
     if not results.is_file():
@@ -118,23 +141,20 @@ def run_experiment(experiment: Experiment, *, verbose: bool = False) -> Path:
     logs.mkdir(parents=True)
     port, control_port = free_port(), free_port()
     write_connection(flwr_home, port)
-    env = flower_env(flwr_home)
+    marker = uuid.uuid4().hex
+    env = flower_env(flwr_home, marker)
     superlink_log = logs / "superlink.log"
-    with running(
-        superlink_command(port, control_port), env=env, log_file=superlink_log, cwd=PROJECT_ROOT
-    ) as superlink:
-        wait_healthy(
-            f"http://127.0.0.1:{port}/health", superlink, timeout_s=60, log_file=superlink_log
-        )
-        client = subprocess.Popen(
-            flwr_run_command(experiment, overrides),
-            env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True,
-        )  # fmt: skip
-        try:
-            run_id = _stream(client, logs / "flwr-run.log", verbose)
-        finally:
-            stop(client)
+    try:
+        with running(
+            superlink_command(port, control_port), env=env, log_file=superlink_log,
+            cwd=PROJECT_ROOT,
+        ) as superlink:  # fmt: skip
+            wait_healthy(
+                f"http://127.0.0.1:{port}/health", superlink, timeout_s=60, log_file=superlink_log
+            )
+            run_id = _flwr_run(experiment, overrides, env, logs, verbose)
+    finally:
+        stop_marked(marker)
     if run_id is None:
         raise RunFailed(f"`flwr run` did not start a run; see {logs / 'flwr-run.log'}")
     run_dir = output_dir / run_id
