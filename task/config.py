@@ -50,6 +50,7 @@ class ModelConfig:
     num_layers: int
     max_length: int
     vocab_size: int
+    init_range: float
     lora_r: int
     lora_alpha: int
     lora_dropout: float
@@ -169,6 +170,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "model.num-layers": (int, lambda v: None if 1 <= v <= 24 else "an int in [1, 24]"),
     "model.max-length": (int, lambda v: None if 8 <= v <= 512 else "an int in [8, 512]"),
     "model.vocab-size": (int, _at_least(100)),
+    "model.init-range": (float, _above(0)),
     "model.lora.r": (int, _at_least(0)),
     "model.lora.alpha": (int, _at_least(1)),
     "model.lora.dropout": (float, lambda v: None if 0 <= v < 1 else "a number in [0, 1)"),
@@ -283,6 +285,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             num_layers=v["model.num-layers"],
             max_length=v["model.max-length"],
             vocab_size=v["model.vocab-size"],
+            init_range=v["model.init-range"],
             lora_r=v["model.lora.r"],
             lora_alpha=v["model.lora.alpha"],
             lora_dropout=v["model.lora.dropout"],
