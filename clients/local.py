@@ -1,4 +1,9 @@
-"""A client's local state for one process: its partition, tokenizer and model, built once."""
+"""A client's local state for one process: its partition, tokenizer and model, built once.
+
+In simulation one Ray actor serves many nodes in turn, so the (small) encoded partitions
+are cached per partition while the (possibly large) model is built once per process and
+shared: every round starts by loading the global weights into it anyway.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from task.config import RunConfig
 from task.data import Encoded, encode, group_names, label_names, load_partition, load_splits
@@ -23,8 +29,16 @@ class ClientRuntime:
 
 
 @lru_cache(maxsize=1)
+def _tokenizer_and_model(cfg: RunConfig) -> tuple[PreTrainedTokenizerBase, nn.Module]:
+    splits = load_splits(cfg.data, cfg.seed)
+    tokenizer = load_tokenizer(cfg.model, list(splits["train"]["text"]))
+    model = build_model(cfg.model, tokenizer, len(label_names(splits)), seed=cfg.seed)
+    return tokenizer, model
+
+
+@lru_cache(maxsize=64)
 def client_runtime(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientRuntime:
-    """Load this client's partition and build its model (cached per process)."""
+    """This client's encoded partition and the process's model (cached per process)."""
     splits = load_splits(cfg.data, cfg.seed)
     groups = group_names(splits)
     local = load_partition(
@@ -34,8 +48,7 @@ def client_runtime(cfg: RunConfig, partition_id: int, num_partitions: int) -> Cl
         num_partitions=num_partitions,
         seed=cfg.seed,
     )
-    tokenizer = load_tokenizer(cfg.model, list(splits["train"]["text"]))
-    model = build_model(cfg.model, tokenizer, len(label_names(splits)), seed=cfg.seed)
+    tokenizer, model = _tokenizer_and_model(cfg)
     max_length = cfg.model.max_length
     return ClientRuntime(
         model=model,
