@@ -10,6 +10,8 @@ A grid file (``simulations/experiments/evidence/*.toml``)::
     skews = [0.1, 0.3, 1.0]               # partition.alpha, for skew-variants only
     skew-variants = ["fedavg", "representation+post-clip"]
     [evidence.overrides]                  # run-config overrides for every cell
+    [evidence.no-dp-overrides]            # and for ε = ∞ cells (DP-SGD's step size diverges
+                                          # without clipping: a non-private optimiser)
     [federation]
     num-supernodes = 10
 
@@ -32,6 +34,7 @@ from tqdm import tqdm
 from server.records import write_json
 from simulations.experiment import Experiment, build_experiment
 from simulations.runner import RunFailed, run_experiment
+from task.config import flatten
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "fedavg": {"strategy": "fedavg", "fair.local-weighting": "off"},
@@ -59,10 +62,13 @@ class Cell:
         skew = "" if self.skew is None else f"-a{self.skew:g}"
         return f"{self.grid}-{self.variant}-eps{self.epsilon:g}{skew}-s{self.seed}"
 
-    def overrides(self, base: dict[str, Any]) -> dict[str, Any]:
+    def overrides(
+        self, base: dict[str, Any], no_dp: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Run-config of the cell; ``no_dp`` (the grid's optimiser without DP) when ε = ∞."""
         cell = base | VARIANTS[self.variant] | {"seed": self.seed}
         if math.isinf(self.epsilon):
-            cell["dp.mode"] = "off"
+            cell |= {"dp.mode": "off", **(no_dp or {})}
         else:
             cell["dp.target-epsilon"] = self.epsilon
         if self.skew is not None:
@@ -76,6 +82,7 @@ class Grid:
     cells: tuple[Cell, ...]
     overrides: dict[str, Any]
     federation: dict[str, Any]
+    no_dp_overrides: dict[str, Any]
 
 
 def _epsilon(value: Any) -> float:
@@ -102,8 +109,9 @@ def load_grid(path: Path) -> Grid:
         for v in spec.get("skew-variants", []) for a in spec.get("skews", [])
         for s in spec["seeds"]
     ]  # fmt: skip
-    overrides = dict(spec.get("overrides", {}))
-    return Grid(name, tuple(cells), overrides, table.get("federation", {}))
+    overrides = flatten(spec.get("overrides", {}))
+    no_dp = flatten(spec.get("no-dp-overrides", {}))
+    return Grid(name, tuple(cells), overrides, table.get("federation", {}), no_dp)
 
 
 def select(cells: tuple[Cell, ...], **only: set[Any] | None) -> Iterator[Cell]:
@@ -116,7 +124,8 @@ def select(cells: tuple[Cell, ...], **only: set[Any] | None) -> Iterator[Cell]:
 
 
 def _experiment(grid: Grid, cell: Cell, runs_dir: Path) -> Experiment:
-    assignments = [f"{k}={json.dumps(v)}" for k, v in cell.overrides(grid.overrides).items()]
+    cell_config = cell.overrides(grid.overrides, grid.no_dp_overrides)
+    assignments = [f"{k}={json.dumps(v)}" for k, v in cell_config.items()]
     experiment = build_experiment(None, assignments, output_dir=str(runs_dir))
     return Experiment(experiment.overrides, experiment.federation | grid.federation)
 

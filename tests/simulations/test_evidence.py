@@ -68,3 +68,16 @@ def test_table_reports_mean_and_population_std_over_seeds(tmp_path: Path) -> Non
     assert (tmp_path / "evidence_worst_group_vs_epsilon.png").stat().st_size > 1000
     assert (tmp_path / "evidence_gap_vs_cost.png").stat().st_size > 1000
     assert "3 runs" in report.read_text()
+
+
+def test_dotted_overrides_are_flat_run_config_keys_and_no_dp_cells_get_their_optimiser() -> None:
+    adult = load_grid(GRIDS / "adult-sex.toml")
+    assert adult.overrides["data.group-column"] == "sex"
+    assert adult.overrides["model.max-length"] == 96
+    cell = Cell("adult-sex", "fedavg", math.inf, 1, None)
+    config = cell.overrides(adult.overrides, adult.no_dp_overrides)
+    assert config["dp.mode"] == "off" and config["train.optimizer"] == "adamw"
+    dp_config = Cell("adult-sex", "fedavg", 8.0, 1, None).overrides(
+        adult.overrides, adult.no_dp_overrides
+    )
+    assert "train.optimizer" not in dp_config
