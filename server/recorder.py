@@ -107,23 +107,24 @@ class RoundRecorder:
         now = time.perf_counter()
         wall, self._clock = now - self._clock, now
         trace = getattr(self.strategy, "last_round", None)
+        traced: dict[str, Any] = trace.to_json() if trace is not None else {}
         metrics: list[Any] = [next(iter(c.metric_records.values())) for c in self._train_replies]
         record: dict[str, Any] = {
             "round": server_round,
             "wall_s": wall,
             "client_train_s": float(sum(float(m["train-seconds"]) for m in metrics)),
             "num_clients": len(metrics),
-            "failures": int(getattr(trace, "failures", 0)),
+            "failures": int(traced.get("failures", 0)),
             "global": global_metrics,
             "clients": client_spread(self._eval_accuracies) if self._eval_accuracies else {},
-            "weights": {str(k): float(v) for k, v in getattr(trace, "weights", {}).items()},
+            "weights": traced.get("weights", {}),
         }
-        for node in getattr(trace, "skipped_budget", []):
-            if str(node) in self.privacy:
-                self.privacy[str(node)]["stopped_by_budget"] = True
-        for name in ("skipped_budget", "rejected", "prevalence"):
-            if (value := getattr(trace, name, None)) is not None:
-                record[name] = value
+        for name in ("skipped_budget", "rejected", "prevalence", "extras"):
+            if name in traced:
+                record[name] = traced[name]
+        for node in record.get("skipped_budget", []):
+            if node in self.privacy:
+                self.privacy[node]["stopped_by_budget"] = True
         record["bytes_sent"] = self._bytes_sent()
         if self.central is not None:
             self.central.record_round(record["weights"])
