@@ -48,10 +48,15 @@ def toml_value(value: Any) -> str:
 
 
 def run_config_args(overrides: dict[str, Any]) -> list[str]:
-    args: list[str] = []
+    """One ``--run-config`` with every pair: Flower parses each flag as its own TOML document
+    and merges them shallowly, so a second ``dp.*`` flag would drop the first ``dp.*`` key.
+    """
+    pairs = []
     for key, value in overrides.items():
-        args += ["--run-config", f"{key}={toml_value(value)}"]
-    return args
+        if isinstance(value, str) and ('"' in value or "'" in value):
+            raise ValueError(f"run-config key {key!r}: quotes are not supported in values")
+        pairs.append(f"{key}={toml_value(value)}")
+    return ["--run-config", " ".join(pairs)]
 
 
 def write_connection(flwr_home: Path, port: int) -> None:

@@ -58,8 +58,14 @@ def test_run_config_args_round_trip_through_flower_parser() -> None:
     from flwr.common.config import parse_config_args
 
     overrides = {"strategy": "fedavg", "seed": 3, "dp.target-epsilon": 1e-5, "data.path": "/a b/c",
-                 "fair.alpha": 1.0}  # fmt: skip
+                 "dp.mode": "both", "dp.delta": 0.0, "fair.alpha": 1.0, "train.optimizer": "adamw",
+                 "train.learning-rate": 0.001, "train.batch-size": 32}  # fmt: skip
     args = run_config_args(overrides)
-    values = [arg for i, arg in enumerate(args) if i % 2 == 1]
-    assert parse_config_args(values) == overrides
+    assert args[0] == "--run-config" and len(args) == 2
+    assert parse_config_args(args[1:]) == overrides  # keys sharing a prefix all survive
     assert toml_value(True) == "true"
+
+
+def test_quotes_in_values_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="'data.path'"):
+        run_config_args({"data.path": 'a"b'})
