@@ -66,6 +66,18 @@ def start(
     )
 
 
+def _terminate(procs: list[psutil.Process], grace_s: float) -> None:
+    """SIGTERM ``procs``, wait up to ``grace_s``, SIGKILL whatever is left."""
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
 def stop(process: subprocess.Popen, *, grace_s: float = 10.0) -> None:
     """Stop ``process`` and every descendant: SIGTERM, wait ``grace_s``, then SIGKILL.
 
@@ -74,17 +86,9 @@ def stop(process: subprocess.Popen, *, grace_s: float = 10.0) -> None:
     """
     try:
         root = psutil.Process(process.pid)
-        tree = [root, *root.children(recursive=True)]
+        _terminate([root, *root.children(recursive=True)], grace_s)
     except psutil.NoSuchProcess:
-        tree = []
-    for proc in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.terminate()
-    _, alive = psutil.wait_procs(tree, timeout=grace_s)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=5)
+        pass
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=5)
 
@@ -99,13 +103,7 @@ def stop_marked(marker: str, *, grace_s: float = 10.0) -> None:
     for pid in marked_pids(marker):
         with contextlib.suppress(psutil.NoSuchProcess):
             procs.append(psutil.Process(pid))
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
+    _terminate(procs, grace_s)
 
 
 def wait_healthy(url: str, process: subprocess.Popen, *, timeout_s: float, log_file: Path) -> None:
