@@ -24,9 +24,6 @@ class Experiment:
     def run_config(self) -> RunConfig:
         return parse_run_config(load_defaults() | self.overrides)
 
-    def resolved(self) -> dict[str, Any]:
-        return load_defaults() | self.overrides
-
 
 def parse_value(text: str) -> Any:
     """A ``--set`` value typed as in TOML; bare words that TOML rejects stay strings."""
