@@ -1,8 +1,8 @@
 """Group-fairness and client-spread metrics for the results contract.
 
 `group_report` returns the contract's ``"global"`` dict and `client_spread` its
-``"clients"`` dict (see ARCHITECTURE.md, "Results"); `flatten_report` turns either, or a
-whole round record, into scalar columns for ``rounds.csv``.
+``"clients"`` dict (see ARCHITECTURE.md, "Results"); ``server/records.flat_row`` turns a
+round record into ``rounds.csv`` columns.
 
 Demographic parity and equalized odds follow fairlearn's definitions
 (``fairlearn.metrics.demographic_parity_difference`` / ``equalized_odds_difference`` with
@@ -14,15 +14,14 @@ check that the numbers agree.
 
 from __future__ import annotations
 
-import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["client_spread", "flatten_report", "group_report"]
+__all__ = ["client_spread", "group_report"]
 
 # Fraction of clients in `worst10_accuracy`.
 _WORST_FRACTION_DENOMINATOR = 10
@@ -251,44 +250,3 @@ def client_spread(accuracies: Sequence[float]) -> dict[str, float]:
         "std_accuracy": float(arr.std(ddof=0)),
         "worst10_accuracy": float(worst.mean()),
     }
-
-
-def flatten_report(report: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Flatten nested metrics into dotted scalar keys, e.g. for one ``rounds.csv`` row.
-
-    Parameters
-    ----------
-    report : mapping
-        Nested mappings whose leaves are real numbers or ``None``, such as a round record
-        or the dict from `group_report`.
-    prefix : str, default ""
-        Prepended to every key with a dot, e.g. ``"global"`` ->
-        ``"global.per_group.<g>.accuracy"``.
-
-    Returns
-    -------
-    dict of str to float
-        Keys in depth-first insertion order; ints and bools become floats and ``None``
-        becomes NaN, so a column stays present when a value (e.g. ``loss``) is missing.
-        Keys are converted with ``str``; a group name containing a dot makes its key
-        ambiguous to split back, so avoid dots in group names.
-
-    Raises
-    ------
-    ValueError
-        If a leaf is neither a real number nor ``None`` (the message names its key).
-    """
-    flat: dict[str, float] = {}
-    for key, value in report.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            flat.update(flatten_report(value, path))
-        elif value is None:
-            flat[path] = math.nan
-        elif isinstance(value, numbers.Real):
-            flat[path] = float(value)
-        else:
-            raise ValueError(
-                f"report[{path!r}] must be a number, None or a mapping, got {type(value).__name__}"
-            )
-    return flat

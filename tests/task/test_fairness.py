@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 
-from task.fairness import client_spread, flatten_report, group_report
+from task.fairness import client_spread, group_report
 
 CONTRACT_KEYS = {
     "accuracy",
@@ -210,24 +210,3 @@ def test_client_spread_at_least_one_client(n: int, expected: float) -> None:
 def test_client_spread_rejects_bad_input(bad: list) -> None:
     with pytest.raises(ValueError, match="accuracies must be"):
         client_spread(bad)
-
-
-def test_flatten_report_nested_keys_and_types() -> None:
-    record = {
-        "round": 3,
-        "global": group_report([1, 0, 1], [1, 1, 1], ["x", "x", "y"]),
-        "weights": {7: 0.25},
-    }
-    flat = flatten_report(record)
-    assert flat["round"] == 3.0 and type(flat["round"]) is float
-    assert flat["global.per_group.x.accuracy"] == pytest.approx(0.5)
-    assert flat["global.per_group.y.n"] == 1.0
-    assert math.isnan(flat["global.loss"])
-    assert flat["weights.7"] == 0.25
-    assert len(flat) == 1 + (len(CONTRACT_KEYS) - 1 + 2 * 2) + 1
-    assert set(flatten_report({"a": {"b": 1}}, prefix="r")) == {"r.a.b"}
-
-
-def test_flatten_report_rejects_non_numeric_leaf() -> None:
-    with pytest.raises(ValueError, match=r"report\['global.name'\]"):
-        flatten_report({"global": {"name": "fedavg"}})
