@@ -14,8 +14,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from task.config import RunConfig
-from task.data import Encoded, encode, group_names, label_names, load_partition, load_splits
-from task.model import build_model, load_tokenizer
+from task.data import Encoded, encode, group_names, load_partition, load_splits
+from task.model import build_for_run
 
 
 @dataclass
@@ -30,10 +30,7 @@ class ClientRuntime:
 
 @lru_cache(maxsize=1)
 def _tokenizer_and_model(cfg: RunConfig) -> tuple[PreTrainedTokenizerBase, nn.Module]:
-    splits = load_splits(cfg.data, cfg.seed)
-    tokenizer = load_tokenizer(cfg.model, list(splits["train"]["text"]))
-    model = build_model(cfg.model, tokenizer, len(label_names(splits)), seed=cfg.seed)
-    return tokenizer, model
+    return build_for_run(cfg, load_splits(cfg.data, cfg.seed))
 
 
 @lru_cache(maxsize=64)

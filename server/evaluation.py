@@ -10,9 +10,9 @@ from torch import nn
 
 from clients.training import predict
 from task.config import RunConfig
-from task.data import Encoded, encode, group_names, label_names, load_splits
+from task.data import Encoded, encode, group_names, load_splits
 from task.fairness import group_report
-from task.model import build_model, exchanged_state, load_exchanged, load_tokenizer
+from task.model import build_for_run, exchanged_state, load_exchanged
 
 
 @dataclass
@@ -37,7 +37,6 @@ class GlobalEvaluator:
 def build_evaluator(cfg: RunConfig) -> GlobalEvaluator:
     splits = load_splits(cfg.data, cfg.seed)
     groups = group_names(splits)
-    tokenizer = load_tokenizer(cfg.model, list(splits["train"]["text"]))
-    model = build_model(cfg.model, tokenizer, len(label_names(splits)), seed=cfg.seed)
+    tokenizer, model = build_for_run(cfg, splits)
     test = encode(splits["test"], tokenizer, groups, cfg.model.max_length)
     return GlobalEvaluator(model=model, test=test, groups=groups)

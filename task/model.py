@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from datasets import DatasetDict
 from peft import LoraConfig, TaskType, get_peft_model
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as LORA_TARGETS
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -31,7 +32,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from task.config import ModelConfig
+from task.config import ModelConfig, RunConfig
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -143,6 +144,17 @@ def build_model(
 
 
 ATTENTION_PROJECTIONS = ("query", "value", "q_lin", "v_lin", "q_proj", "v_proj", "c_attn")
+
+
+def build_for_run(cfg: RunConfig, splits: DatasetDict) -> tuple[PreTrainedTokenizerBase, nn.Module]:
+    """The run's tokenizer (trained on the training texts for the tiny model) and model.
+
+    Server and clients call this with the same config and data, so they build the same
+    tokenizer and the same seeded initial weights.
+    """
+    tokenizer = load_tokenizer(cfg.model, list(splits["train"]["text"]))
+    num_labels = len(splits["train"].features["label"].names)
+    return tokenizer, build_model(cfg.model, tokenizer, num_labels, seed=cfg.seed)
 
 
 def lora_targets(model: nn.Module) -> list[str]:
