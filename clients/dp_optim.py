@@ -3,7 +3,7 @@
 ``make_private`` wraps a model, optimizer and data loader like
 ``opacus.PrivacyEngine.make_private`` but returns a :class:`WeightedDPOptimizer` and
 attaches no accountant: the caller records ``optimizer.pop_privacy_events()`` in its
-``clients.privacy.PrivacyLedger``.
+``task.privacy.PrivacyLedger``.
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ def make_private(
         gain ``_module.``: exchange ``model.state_dict()``), an optimizer over its
         parameters and a map-style loader whose batch size sets q = 1 / len(loader).
     noise_multiplier, max_grad_norm
-        σ (``clients.privacy.calibrate_noise_multiplier``) and ``dp.max-grad-norm``.
+        σ (``task.privacy.calibrate_noise_multiplier``) and ``dp.max-grad-norm``.
     grad_sample_mode : str
         ``dp.grad-sample-mode``, one of ``VALID_GRAD_SAMPLE_MODES``.
     max_sample_weight : float

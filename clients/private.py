@@ -22,7 +22,10 @@ import torch
 from torch import nn
 
 from clients.dp_optim import make_private
-from clients.privacy import (
+from clients.training import TrainResult, make_loader, train
+from task.config import RunConfig
+from task.data import Encoded
+from task.privacy import (
     PrivacyLedger,
     PrivacyPlan,
     calibrate_noise_multiplier,
@@ -30,9 +33,6 @@ from clients.privacy import (
     release_event,
     resolve_delta,
 )
-from clients.training import TrainResult, make_loader, train
-from task.config import RunConfig
-from task.data import Encoded
 
 
 @dataclass(frozen=True)

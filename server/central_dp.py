@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from clients.privacy import epsilon_of
 from strategies.weighting import effective_noise_multiplier
+from task.privacy import epsilon_of
 
 
 class CentralAccountant:

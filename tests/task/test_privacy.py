@@ -1,4 +1,4 @@
-"""Tests for clients.privacy: golden ε, composition with count releases, calibration, state."""
+"""Tests for task.privacy: golden ε, composition with count releases, calibration, state."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import RDPAccountant
 
-import clients.privacy as privacy
-from clients.privacy import (
+import task.privacy as privacy
+from task.privacy import (
     PrivacyLedger,
     PrivacyPlan,
     calibrate_noise_multiplier,
