@@ -69,14 +69,12 @@ def test_adult_rows_labels_and_text(adult_by_sex: DatasetDict) -> None:
         assert split.features[LABEL].names == ["<=50K", ">50K"]
     first = adult_by_sex["train"][0]
     assert first[TEXT] == (
-        "age: 39, workclass: State-gov, fnlwgt: 77516, education: Bachelors, education-num: 13, "
-        "marital-status: Never-married, occupation: Adm-clerical, relationship: Not-in-family, "
-        "race: White, sex: Male, capital-gain: 2174, capital-loss: 0, hours-per-week: 40, "
-        "native-country: United-States"
+        "39, State-gov, Bachelors, 13, Never-married, Adm-clerical, Not-in-family, White, Male, "
+        "2174, 0, 40, United-States"
     )
     assert (first[LABEL], first[GROUP]) == (0, "Male")
     # Line 28 of adult.data has '?' for workclass and occupation.
-    assert "workclass: unknown, fnlwgt: 180211" in adult_by_sex["train"][27][TEXT]
+    assert adult_by_sex["train"][27][TEXT].startswith("54, unknown, Some-college")
     assert sum(adult_by_sex["test"][LABEL]) == 3846  # ">50K." lines in adult.test
 
 
