@@ -8,7 +8,7 @@ A grid file (``simulations/experiments/evidence/*.toml``)::
     epsilons = [4.0, 8.0, "inf"]          # "inf" = DP off
     seeds = [1, 2, 3]
     skews = [0.1, 0.3, 1.0]               # partition.alpha, for skew-variants only
-    skew-variants = ["fedavg", "representation+post-clip"]
+    skew-variants = ["fedavg", "representation"]
     [evidence.overrides]                  # run-config overrides for every cell
     [evidence.no-dp-overrides]            # and for ε = ∞ cells (DP-SGD's step size diverges
                                           # without clipping: a non-private optimiser)
@@ -34,7 +34,7 @@ from tqdm import tqdm
 from server.records import write_json
 from simulations.experiment import Experiment, build_experiment
 from simulations.runner import RunFailed, run_experiment
-from task.config import flatten
+from task.config import flatten, load_defaults
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "fedavg": {"strategy": "fedavg", "fair.local-weighting": "off"},
@@ -104,12 +104,16 @@ def load_grid(path: Path) -> Grid:
         Cell(name, v, _epsilon(e), int(s), None)
         for v in spec["variants"] for e in spec["epsilons"] for s in spec["seeds"]
     ]  # fmt: skip
+    overrides = flatten(spec.get("overrides", {}))
+    # A skew equal to the grid's own partition.alpha is the main cell: run it once.
+    base_alpha = overrides.get("partition.alpha", load_defaults()["partition.alpha"])
     cells += [
-        Cell(name, v, _epsilon(spec.get("skew-epsilon", 8.0)), int(s), float(a))
+        Cell(name, v, _epsilon(spec.get("skew-epsilon", 8.0)), int(s),
+             None if float(a) == base_alpha else float(a))
         for v in spec.get("skew-variants", []) for a in spec.get("skews", [])
         for s in spec["seeds"]
     ]  # fmt: skip
-    overrides = flatten(spec.get("overrides", {}))
+    cells = list(dict.fromkeys(cells))
     no_dp = flatten(spec.get("no-dp-overrides", {}))
     return Grid(name, tuple(cells), overrides, table.get("federation", {}), no_dp)
 
@@ -160,6 +164,7 @@ def summarise(cell: Cell, results: dict[str, Any], run_dir: Path) -> dict[str, A
         "epsilon": None if math.isinf(cell.epsilon) else cell.epsilon,
         "seed": cell.seed,
         "skew": cell.skew,
+        "partition_alpha": json.loads((run_dir / "config.json").read_text())["partition.alpha"],
         "run_dir": str(run_dir),
         "wall_s": sum(r["wall_s"] for r in results["rounds"]),
         "max_epsilon": final.get("max_epsilon"),

@@ -52,17 +52,20 @@ def markdown_table(summaries: list[dict[str, Any]]) -> str:
 
 
 def skew_table(summaries: list[dict[str, Any]]) -> str:
+    """Skew cells, plus the main cells of the same (data, variant, ε) at the grid's own α."""
     skewed = [s for s in summaries if s["skew"] is not None]
     if not skewed:
         return ""
+    compared = {(s["grid"], s["variant"], _eps(s["epsilon"])) for s in skewed}
     groups: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
-    for s in skewed:
-        groups[(s["grid"], s["variant"], s["skew"])].append(s)
+    for s in summaries:
+        if (s["grid"], s["variant"], _eps(s["epsilon"])) in compared:
+            groups[(s["grid"], s["variant"], float(s["partition_alpha"]))].append(s)
     lines = ["| data | variant | partition α | seeds | accuracy | worst_group_accuracy | gap |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (grid, variant, skew), cells in sorted(groups.items()):
+    for (grid, variant, alpha), cells in sorted(groups.items()):
         lines.append(
-            f"| {grid} | {variant} | {skew:g} | {len(cells)} | "
+            f"| {grid} | {variant} | {alpha:g} | {len(cells)} | "
             f"{_cell([c['accuracy'] for c in cells])} | "
             f"{_cell([c['worst_group_accuracy'] for c in cells])} | "
             f"{_cell([c['group_accuracy_gap'] for c in cells])} |"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from simulations.evidence import VARIANTS, Cell, load_grid, select
-from simulations.report import markdown_table, write_report
+from simulations.report import markdown_table, skew_table, write_report
 
 GRIDS = Path(__file__).resolve().parents[2] / "simulations" / "experiments" / "evidence"
 
@@ -18,7 +18,10 @@ def test_shipped_grids_expand_to_the_full_design() -> None:
     assert {c.variant for c in main} == set(VARIANTS)
     assert {c.epsilon for c in main} == {4.0, 8.0, math.inf}
     skew = [c for c in grid.cells if c.skew is not None]
-    assert {c.skew for c in skew} == {0.1, 0.3, 1.0}
+    # partition.alpha = 0.3 is the grid's own partition: those cells are the main ones.
+    assert {c.skew for c in skew} == {0.1, 1.0}
+    assert len(skew) == 3 * 2 * 3  # skew variants × other skews × seeds
+    assert len(set(grid.cells)) == len(grid.cells)
     for name in ("adult-sex", "adult-race"):
         adult = load_grid(GRIDS / f"{name}.toml")
         assert adult.overrides["dataset"] == "adult"
@@ -49,8 +52,11 @@ def test_select_filters_fields() -> None:
     assert {c.variant for c in chosen} == {"fedavg"} and {c.epsilon for c in chosen} == {8.0}
 
 
-def summary(variant: str, seed: int, accuracy: float, gap: float) -> dict:
-    return {"grid": "g", "variant": variant, "epsilon": 8.0, "seed": seed, "skew": None,
+def summary(
+    variant: str, seed: int, accuracy: float, gap: float, skew: float | None = None
+) -> dict:
+    return {"grid": "g", "variant": variant, "epsilon": 8.0, "seed": seed, "skew": skew,
+            "partition_alpha": 0.3 if skew is None else skew,
             "wall_s": 60.0, "accuracy": accuracy, "balanced_accuracy": accuracy,
             "worst_group_accuracy": accuracy - gap, "group_accuracy_gap": gap,
             "equalized_odds_difference": 0.1, "demographic_parity_difference": 0.2}  # fmt: skip
@@ -70,10 +76,19 @@ def test_table_reports_mean_and_population_std_over_seeds(tmp_path: Path) -> Non
     assert "3 runs" in report.read_text()
 
 
+def test_skew_table_puts_the_main_cells_at_the_grids_own_alpha() -> None:
+    rows = [summary("fedavg", 1, 0.8, 0.4), summary("fedavg", 1, 0.7, 0.5, skew=0.1),
+            summary("representation", 1, 0.85, 0.1)]  # fmt: skip
+    table = skew_table(rows)
+    assert "| g | fedavg | 0.1 | 1 | 0.700 ± 0.000 |" in table
+    assert "| g | fedavg | 0.3 | 1 | 0.800 ± 0.000 |" in table
+    assert "representation" not in table  # no skew cells of its own
+
+
 def test_dotted_overrides_are_flat_run_config_keys_and_no_dp_cells_get_their_optimiser() -> None:
     adult = load_grid(GRIDS / "adult-sex.toml")
     assert adult.overrides["data.group-column"] == "sex"
-    assert adult.overrides["model.max-length"] == 96
+    assert adult.overrides["model.max-length"] == 48
     cell = Cell("adult-sex", "fedavg", math.inf, 1, None)
     config = cell.overrides(adult.overrides, adult.no_dp_overrides)
     assert config["dp.mode"] == "off" and config["train.optimizer"] == "adamw"
