@@ -52,6 +52,7 @@ def _subset(text: str | None, kind: type) -> set | None:  # type: ignore[type-ar
 def evidence_main(args: argparse.Namespace) -> int:
     grids = args.grids or sorted(EVIDENCE_DIR.glob("*.toml"))
     summaries: list[Path] = []
+    coverage: dict[str, tuple[int, int]] = {}
     for path in grids:
         grid = load_grid(path)
         cells = list(select(
@@ -67,7 +68,9 @@ def evidence_main(args: argparse.Namespace) -> int:
             ]
         else:
             summaries += run_cells(grid, cells, args.output_dir)
-    report = write_report(load_summaries(summaries), args.docs)
+        done = sum((args.output_dir / "cells" / f"{c.key}.json").exists() for c in grid.cells)
+        coverage[grid.name] = (done, len(grid.cells))
+    report = write_report(load_summaries(summaries), args.docs, coverage)
     print(report)
     return 0
 

@@ -70,10 +70,11 @@ def test_table_reports_mean_and_population_std_over_seeds(tmp_path: Path) -> Non
         "| g | fedavg | 8 | 2 | 0.850 ± 0.050 | 0.850 ± 0.050 | 0.550 ± 0.150 | 0.300 ± 0.100 |"
         in table
     )
-    report = write_report(rows, tmp_path)
+    report = write_report(rows, tmp_path, {"g": (3, 81)})
     assert (tmp_path / "evidence_worst_group_vs_epsilon.png").stat().st_size > 1000
     assert (tmp_path / "evidence_gap_vs_cost.png").stat().st_size > 1000
     assert "3 runs" in report.read_text()
+    assert "Cells run of the designed grid: g 3 of 81." in report.read_text()
 
 
 def test_skew_table_puts_the_main_cells_at_the_grids_own_alpha() -> None:
