@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from simulations.evidence import load_grid, run_cells, select
+from simulations.evidence import finished, load_grid, run_cells, select
 from simulations.experiment import build_experiment
 from simulations.report import load_summaries, write_report
 from simulations.runner import RunFailed, run_experiment
@@ -62,14 +62,10 @@ def evidence_main(args: argparse.Namespace) -> int:
         if args.no_skew:
             cells = [c for c in cells if c.skew is None]
         if args.report_only:
-            done = args.output_dir / "cells"
-            summaries += [
-                done / f"{c.key}.json" for c in cells if (done / f"{c.key}.json").exists()
-            ]
+            summaries += finished(cells, args.output_dir)
         else:
             summaries += run_cells(grid, cells, args.output_dir)
-        done = sum((args.output_dir / "cells" / f"{c.key}.json").exists() for c in grid.cells)
-        coverage[grid.name] = (done, len(grid.cells))
+        coverage[grid.name] = (len(finished(grid.cells, args.output_dir)), len(grid.cells))
     report = write_report(load_summaries(summaries), args.docs, coverage)
     print(report)
     return 0

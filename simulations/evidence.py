@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,11 +134,20 @@ def _experiment(grid: Grid, cell: Cell, runs_dir: Path) -> Experiment:
     return Experiment(experiment.overrides, experiment.federation | grid.federation)
 
 
+def summary_path(output_dir: Path, cell: Cell) -> Path:
+    return output_dir / "cells" / f"{cell.key}.json"
+
+
+def finished(cells: Iterable[Cell], output_dir: Path) -> list[Path]:
+    """The summaries of the cells that have one."""
+    return [path for c in cells if (path := summary_path(output_dir, c)).exists()]
+
+
 def run_cells(grid: Grid, cells: list[Cell], output_dir: Path) -> list[Path]:
     """Run every cell not done yet; return the summaries of all requested cells."""
-    summaries_dir, runs_dir = output_dir / "cells", output_dir / "runs"
-    summaries_dir.mkdir(parents=True, exist_ok=True)
-    todo = [c for c in cells if not (summaries_dir / f"{c.key}.json").exists()]
+    runs_dir = output_dir / "runs"
+    (output_dir / "cells").mkdir(parents=True, exist_ok=True)
+    todo = [c for c in cells if not summary_path(output_dir, c).exists()]
     for cell in tqdm(todo, desc=f"evidence {grid.name}", unit="run"):
         try:
             run_dir = run_experiment(_experiment(grid, cell, runs_dir))
@@ -150,10 +159,8 @@ def run_cells(grid: Grid, cells: list[Cell], output_dir: Path) -> list[Path]:
         if failures:  # a cell is evidence only if every sampled client took part
             tqdm.write(f"{cell.key}: {failures} client failure(s), not counted; see {run_dir}")
             continue
-        write_json(summaries_dir / f"{cell.key}.json", summarise(cell, results, run_dir))
-    return [
-        summaries_dir / f"{c.key}.json" for c in cells if (summaries_dir / f"{c.key}.json").exists()
-    ]
+        write_json(summary_path(output_dir, cell), summarise(cell, results, run_dir))
+    return finished(cells, output_dir)
 
 
 def summarise(cell: Cell, results: dict[str, Any], run_dir: Path) -> dict[str, Any]:
