@@ -171,7 +171,7 @@ def summarise(cell: Cell, results: dict[str, Any], run_dir: Path) -> dict[str, A
         "epsilon": None if math.isinf(cell.epsilon) else cell.epsilon,
         "seed": cell.seed,
         "skew": cell.skew,
-        "partition_alpha": json.loads((run_dir / "config.json").read_text())["partition.alpha"],
+        "partition_alpha": results["config"]["partition.alpha"],
         "run_dir": str(run_dir),
         "wall_s": sum(r["wall_s"] for r in results["rounds"]),
         "max_epsilon": final.get("max_epsilon"),
