@@ -75,6 +75,6 @@ def _base_strategy(
         return FairFed(beta=cfg.fair.fairfed_beta, **common)
     if cfg.strategy == "qfedavg":
         return TracedQFedAvg(
-            client_learning_rate=cfg.train.learning_rate, q=cfg.fair.qfedavg_q, **common
+            client_learning_rate=cfg.fair.qfedavg_learning_rate, q=cfg.fair.qfedavg_q, **common
         )
     return TracedFedAvg(**common)

@@ -107,6 +107,7 @@ class FairConfig:
     local_max_weight: float
     fairfed_beta: float
     qfedavg_q: float
+    qfedavg_learning_rate: float
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "fair.local-max-weight": (float, _at_least(1)),
     "fair.fairfed-beta": (float, _at_least(0)),
     "qfedavg.q": (float, _at_least(0)),
+    "qfedavg.learning-rate": (float, _above(0)),
 }
 
 
@@ -316,5 +318,6 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             local_max_weight=v["fair.local-max-weight"],
             fairfed_beta=v["fair.fairfed-beta"],
             qfedavg_q=v["qfedavg.q"],
+            qfedavg_learning_rate=v["qfedavg.learning-rate"],
         ),
     )

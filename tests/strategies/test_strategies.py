@@ -20,13 +20,16 @@ from flwr.app import (
 from flwr.app.message.message import make_message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore.privacy_accounting import SamplingMethod
 from flwr.supercore.task_identity import TaskIdentity
 
+from strategies import build_strategy
 from strategies.base import RoundTrace, TracedFedAvg
 from strategies.fairfed import FairFed
 from strategies.qfedavg import TracedQFedAvg
 from strategies.representation import RepresentationAware
+from task.config import load_defaults, parse_run_config
 
 GLOBAL = {"w": np.zeros(2), "b": np.zeros(1)}
 
@@ -271,3 +274,22 @@ def test_traced_qfedavg_by_hand() -> None:
     assert trace.weights == pytest.approx({1: 1 / 3, 2: 2 / 3})
     assert trace.extras["qfedavg-step-scale"] == pytest.approx(3 / 8)
     assert trace.skipped_budget == [3] and trace.rejected == {4: "non-finite values in 'a'"}
+
+
+def test_qfedavg_lipschitz_comes_from_its_own_learning_rate() -> None:
+    # L = 1/lr must not follow train.learning-rate: under AdamW (1e-3) L = 1000 shrank the
+    # step to 0.2 % of the average update (measured), so q-FedAvg never left the start.
+    raw = load_defaults() | {
+        "strategy": "qfedavg",
+        "train.learning-rate": 0.001,
+        "qfedavg.learning-rate": 20.0,
+    }
+    strategy = build_strategy(
+        parse_run_config(raw),
+        ["a", "b"],
+        num_nodes=4,
+        train_metrics_aggr_fn=aggregate_metricrecords,
+        evaluate_metrics_aggr_fn=aggregate_metricrecords,
+    )
+    assert isinstance(strategy, TracedQFedAvg)
+    assert strategy.client_learning_rate == 20.0

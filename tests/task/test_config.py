@@ -39,6 +39,7 @@ def test_defaults_parse_and_cover_every_key() -> None:
         ("fair.cap", 0.5, ">= 1"),
         ("fair.local-weighting", "both", "'post-clip', 'pre-clip', 'off'"),
         ("fair.alpha", -1.0, ">= 0"),
+        ("qfedavg.learning-rate", 0.0, "> 0"),
     ],
 )
 def test_invalid_value_names_key_and_valid_values(key: str, value: Any, valid: str) -> None:
