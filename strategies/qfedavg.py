@@ -40,11 +40,12 @@ class TracedQFedAvg(QFedAvg):
     Parameters
     ----------
     client_learning_rate : float
-        The step size q-FFL assumes the clients took (`qfedavg.learning-rate`, by default
-        `train.learning-rate`); L = 1 / client_learning_rate. The estimate presumes plain
-        SGD on clean gradients: under AdamW or DP-SGD the update is not lr × gradient, the
-        ||Δw||² term of h dominates and the step shrinks to a fraction of a percent
-        (``qfedavg-step-scale`` shows it), so those recipes need their own value.
+        The step size q-FFL assumes the clients took (`qfedavg.learning-rate`, not the
+        clients' own `train.learning-rate`); L = 1 / client_learning_rate. Flower derives
+        it from the clients' rate, which presumes plain SGD on clean gradients: under
+        AdamW or DP-SGD the update is not lr × gradient, the ||Δw||² term of h dominates
+        and the step shrank to 0.2 % (AdamW) / 16 % (DP-SGD) of the average move
+        (``qfedavg-step-scale`` shows it).
     q : float
         Fairness exponent q >= 0 (`qfedavg.q`); 0 averages client models uniformly.
     train_loss_key : str (default: "train-loss")
@@ -65,8 +66,7 @@ class TracedQFedAvg(QFedAvg):
             raise ValueError(f"qfedavg.q must be a finite number >= 0, got {q}")
         if not np.isfinite(client_learning_rate) or client_learning_rate <= 0:
             raise ValueError(
-                "qfedavg.learning-rate (or train.learning-rate) must be a finite number > 0, "
-                f"got {client_learning_rate}"
+                f"qfedavg.learning-rate must be a finite number > 0, got {client_learning_rate}"
             )
         super().__init__(
             client_learning_rate=client_learning_rate,
