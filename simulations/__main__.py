@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from simulations.evidence import finished, load_grid, run_cells, select
+from simulations.evidence import finished, load_grid, run_cells, select, stale
 from simulations.experiment import build_experiment
 from simulations.report import load_summaries, write_report
 from simulations.runner import RunFailed, run_experiment
@@ -62,10 +62,14 @@ def evidence_main(args: argparse.Namespace) -> int:
         if args.no_skew:
             cells = [c for c in cells if c.skew is None]
         if args.report_only:
-            summaries += finished(cells, args.output_dir)
+            summaries += finished(grid, cells, args.output_dir)
         else:
             summaries += run_cells(grid, cells, args.output_dir)
-        coverage[grid.name] = (len(finished(grid.cells, args.output_dir)), len(grid.cells))
+        if outdated := stale(grid, cells, args.output_dir):
+            print(f"{grid.name}: {len(outdated)} cell(s) ran with another config than today's "
+                  f"and are left out; run the sweep again to redo them: "
+                  f"{', '.join(c.key for c in outdated)}", file=sys.stderr)  # fmt: skip
+        coverage[grid.name] = (len(finished(grid, grid.cells, args.output_dir)), len(grid.cells))
     report = write_report(load_summaries(summaries), args.docs, coverage)
     print(report)
     return 0

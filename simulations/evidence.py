@@ -16,7 +16,9 @@ A grid file (``simulations/experiments/evidence/*.toml``)::
     num-supernodes = 10
 
 Finished cells are kept under ``<output-dir>/cells/`` and skipped on the next call, so a
-sweep can be run in pieces and resumed.
+sweep can be run in pieces and resumed. A summary counts only while the run config and
+federation it records equal what the cell resolves to now (defaults, grid and variant): after
+a default or a grid file changes, the affected cells are stale, re-run, and not reported.
 """
 
 from __future__ import annotations
@@ -138,19 +140,57 @@ def summary_path(output_dir: Path, cell: Cell) -> Path:
     return output_dir / "cells" / f"{cell.key}.json"
 
 
-def finished(cells: Iterable[Cell], output_dir: Path) -> list[Path]:
-    """The summaries of the cells that have one."""
-    return [path for c in cells if (path := summary_path(output_dir, c)).exists()]
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a run config that decide its results.
+
+    Left out: where outputs go, and keys the run never reads given its strategy and local
+    weighting, so that adding or changing, say, a q-FedAvg default does not void FedAvg cells.
+    """
+    unread = {"output-dir"}
+    if config.get("strategy") != "qfedavg":
+        unread |= {"qfedavg.q", "qfedavg.learning-rate"}
+    if config.get("strategy") != "fairfed":
+        unread.add("fair.fairfed-beta")
+    if config.get("fair.local-weighting") == "off":
+        unread |= {"fair.local-alpha", "fair.local-max-weight"}
+    return {key: value for key, value in config.items() if key not in unread}
+
+
+def is_current(grid: Grid, cell: Cell, output_dir: Path) -> bool:
+    """Has the cell a summary of a run with the config the cell resolves to today?"""
+    path = summary_path(output_dir, cell)
+    if not path.exists():
+        return False
+    recorded = json.loads(path.read_text())
+    today = _experiment(grid, cell, output_dir / "runs")
+    return (
+        comparable(recorded.get("config", {})) == comparable(load_defaults() | today.overrides)
+        and recorded.get("federation") == today.federation
+    )
+
+
+def finished(grid: Grid, cells: Iterable[Cell], output_dir: Path) -> list[Path]:
+    """The summaries of the cells that have a current one."""
+    return [summary_path(output_dir, c) for c in cells if is_current(grid, c, output_dir)]
+
+
+def stale(grid: Grid, cells: Iterable[Cell], output_dir: Path) -> list[Cell]:
+    """Cells with a summary from a run whose config is no longer the cell's."""
+    return [
+        c for c in cells
+        if summary_path(output_dir, c).exists() and not is_current(grid, c, output_dir)
+    ]  # fmt: skip
 
 
 def run_cells(grid: Grid, cells: list[Cell], output_dir: Path) -> list[Path]:
-    """Run every cell not done yet; return the summaries of all requested cells."""
+    """Run every cell without a current summary; return the current summaries of all cells."""
     runs_dir = output_dir / "runs"
     (output_dir / "cells").mkdir(parents=True, exist_ok=True)
-    todo = [c for c in cells if not summary_path(output_dir, c).exists()]
+    todo = [c for c in cells if not is_current(grid, c, output_dir)]
     for cell in tqdm(todo, desc=f"evidence {grid.name}", unit="run"):
+        experiment = _experiment(grid, cell, runs_dir)
         try:
-            run_dir = run_experiment(_experiment(grid, cell, runs_dir))
+            run_dir = run_experiment(experiment)
         except RunFailed as error:
             tqdm.write(f"{cell.key}: failed: {error}")
             continue
@@ -159,8 +199,10 @@ def run_cells(grid: Grid, cells: list[Cell], output_dir: Path) -> list[Path]:
         if failures:  # a cell is evidence only if every sampled client took part
             tqdm.write(f"{cell.key}: {failures} client failure(s), not counted; see {run_dir}")
             continue
-        write_json(summary_path(output_dir, cell), summarise(cell, results, run_dir))
-    return finished(cells, output_dir)
+        write_json(summary_path(output_dir, cell), summarise(cell, results, run_dir) | {
+            "config": results["config"], "federation": experiment.federation,
+        })  # fmt: skip
+    return finished(grid, cells, output_dir)
 
 
 def summarise(cell: Cell, results: dict[str, Any], run_dir: Path) -> dict[str, Any]:

@@ -1,12 +1,28 @@
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
 
-from simulations.evidence import VARIANTS, Cell, load_grid, select
+from server.records import write_json
+from simulations.__main__ import main
+from simulations.evidence import (
+    VARIANTS,
+    Cell,
+    Grid,
+    _experiment,
+    comparable,
+    finished,
+    is_current,
+    load_grid,
+    select,
+    stale,
+    summary_path,
+)
 from simulations.report import markdown_table, skew_table, write_report
+from task.config import load_defaults
 
 GRIDS = Path(__file__).resolve().parents[2] / "simulations" / "experiments" / "evidence"
 
@@ -97,3 +113,86 @@ def test_dotted_overrides_are_flat_run_config_keys_and_no_dp_cells_get_their_opt
         adult.overrides, adult.no_dp_overrides
     )
     assert "train.optimizer" not in dp_config
+
+
+GRID_TOML = """
+[evidence]
+name = "g"
+variants = ["fedavg", "qfedavg"]
+epsilons = [8.0]
+seeds = [1]
+[evidence.overrides]
+dataset = "synthetic"
+[federation]
+num-supernodes = 4
+"""
+
+
+def record_cell(output_dir: Path, grid: Grid, cell: Cell, **config_changes: object) -> Path:
+    """Write a summary as `run_cells` does, for a run whose config differs by `config_changes`."""
+    experiment = _experiment(grid, cell, output_dir / "runs")
+    config = load_defaults() | experiment.overrides | config_changes
+    path = summary_path(output_dir, cell)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, summary(cell.variant, cell.seed, 0.8, 0.3) | {
+        "config": config, "federation": experiment.federation})  # fmt: skip
+    return path
+
+
+@pytest.fixture
+def grid(tmp_path: Path) -> Grid:
+    path = tmp_path / "g.toml"
+    path.write_text(GRID_TOML)
+    return load_grid(path)
+
+
+def test_a_summary_counts_only_while_its_run_config_is_the_cells_config(
+    tmp_path: Path, grid: Grid
+) -> None:
+    fedavg, qfedavg = grid.cells
+    out = tmp_path / "evidence"
+    record_cell(out, grid, fedavg)
+    assert is_current(grid, fedavg, out)
+    record_cell(out, grid, fedavg, **{"dp.max-grad-norm": 0.5})  # a key FedAvg reads
+    assert not is_current(grid, fedavg, out)
+    assert stale(grid, grid.cells, out) == [fedavg]
+    record_cell(out, grid, fedavg, **{"qfedavg.learning-rate": 1.0, "output-dir": "elsewhere"})
+    assert is_current(grid, fedavg, out)  # q-FedAvg's keys and output paths do not decide it
+    record_cell(out, grid, qfedavg, **{"qfedavg.learning-rate": 1.0})  # but q-FedAvg reads it
+    assert not is_current(grid, qfedavg, out)
+    assert finished(grid, grid.cells, out) == [summary_path(out, fedavg)]
+
+
+def test_a_summary_without_config_or_from_another_federation_is_stale(
+    tmp_path: Path, grid: Grid
+) -> None:
+    cell = grid.cells[0]
+    path = record_cell(tmp_path, grid, cell)
+    recorded = json.loads(path.read_text())
+    write_json(path, recorded | {"federation": {"num-supernodes": 10, "client-cpus": 1}})
+    assert not is_current(grid, cell, tmp_path)
+    write_json(path, {k: v for k, v in recorded.items() if k != "config"})
+    assert not is_current(grid, cell, tmp_path)
+
+
+def test_local_weighting_keys_decide_a_run_only_when_it_weights() -> None:
+    base = load_defaults() | {"strategy": "representation"}
+    off = base | {"fair.local-weighting": "off"}
+    assert comparable(off) == comparable(off | {"fair.local-max-weight": 8.0})
+    post = base | {"fair.local-weighting": "post-clip"}
+    assert comparable(post) != comparable(post | {"fair.local-max-weight": 8.0})
+
+
+def test_report_only_leaves_stale_cells_out_and_names_them(
+    tmp_path: Path, grid: Grid, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fedavg, qfedavg = grid.cells
+    out = tmp_path / "evidence"
+    record_cell(out, grid, fedavg)
+    record_cell(out, grid, qfedavg, **{"seed": 99})
+    argv = ["evidence", str(tmp_path / "g.toml"), "--report-only",
+            "--output-dir", str(out), "--docs", str(tmp_path / "docs")]  # fmt: skip
+    assert main(argv) == 0
+    assert "g-qfedavg-eps8-s1" in capsys.readouterr().err
+    report = (tmp_path / "docs" / "evidence.md").read_text()
+    assert "1 runs" in report and "g 1 of 2" in report
