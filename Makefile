@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy server clients strategies simulations task deploy docker/export_requirements.py
+	$(VENV)/bin/mypy server clients strategies simulations task deploy tests docker/export_requirements.py
 
 check: lint typecheck test
 

@@ -12,6 +12,8 @@ from transformers import (
     DistilBertForSequenceClassification,
     GPT2Config,
     GPT2ForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
 )
 
 from clients.dp_optim import make_private
@@ -26,6 +28,8 @@ TEXTS = [f"yall reckon the food was great {i}" for i in range(64)]
 def checkpoint(arch: str, path: Path) -> Path:
     tokenizer = train_wordpiece(TEXTS, 200)
     vocab = len(tokenizer)
+    config: PretrainedConfig
+    model: PreTrainedModel
     if arch == "distilbert":
         config = DistilBertConfig(vocab_size=vocab, dim=32, n_layers=1, n_heads=2, hidden_dim=64,
                                   max_position_embeddings=32, pad_token_id=0)  # fmt: skip

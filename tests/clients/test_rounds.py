@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,7 +31,8 @@ def runtime_for(cfg: RunConfig) -> ClientRuntime:
 def test_budget_holds_and_a_participation_beyond_the_plan_is_refused() -> None:
     cfg = parse_run_config(load_defaults() | SMALL | {"dp.target-epsilon": 4.0})
     runtime = runtime_for(cfg)
-    weights, state, epsilons = exchanged_state(runtime.model), {}, []
+    weights, epsilons = exchanged_state(runtime.model), []
+    state: dict[str, Any] = {}
     for server_round in (1, 2, 3):  # the plan has 2 participations; the 3rd must not fit
         outcome = train_round(cfg, runtime, weights, {"server-round": server_round},
                               node_id=7, partition_id=0, ledger_state=state)  # fmt: skip

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -50,14 +51,15 @@ def test_tiny_model_is_seeded_and_small() -> None:
     first = build_model(CFG, tokenizer, num_labels=2, seed=1)
     again = build_model(CFG, tokenizer, num_labels=2, seed=1)
     assert torch.equal(logits(first, tokenizer, TEXTS[:4]), logits(again, tokenizer, TEXTS[:4]))
-    assert first.config.hidden_size == CFG.hidden_size
-    assert first.config.num_hidden_layers == CFG.num_layers
+    config: Any = first.config  # build_model returns nn.Module; the config is a BertConfig
+    assert config.hidden_size == CFG.hidden_size
+    assert config.num_hidden_layers == CFG.num_layers
     assert sum(p.numel() for p in first.parameters()) < 500_000
 
 
 def test_save_pretrained_folder_loads_by_name(tmp_path: Path) -> None:
     tokenizer = load_tokenizer(CFG, TEXTS)
-    model = build_model(CFG, tokenizer, num_labels=2, seed=0)
+    model: Any = build_model(CFG, tokenizer, num_labels=2, seed=0)
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     by_path = replace(CFG, name=str(tmp_path))
