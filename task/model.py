@@ -178,7 +178,11 @@ def lora_targets(model: nn.Module) -> list[str]:
 
 
 def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What travels: the trainable weights with LoRA, else the whole state dict."""
+    """What travels: the trainable weights with LoRA, else the whole state dict.
+
+    Detached views of the live tensors, not copies (the model is shared per process): turn
+    them into a message, or clone them, before the model trains again.
+    """
     if hasattr(model, "peft_config"):
         return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     return {n: t.detach() for n, t in model.state_dict().items()}
