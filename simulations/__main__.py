@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from simulations.evidence import finished, load_grid, run_cells, select, stale
+from simulations.evidence import current_and_stale, load_grid, run_cells, select, summary_path
 from simulations.experiment import build_experiment
 from simulations.report import load_summaries, write_report
 from simulations.runner import RunFailed, run_experiment
@@ -61,15 +61,16 @@ def evidence_main(args: argparse.Namespace) -> int:
         ))  # fmt: skip
         if args.no_skew:
             cells = [c for c in cells if c.skew is None]
-        if args.report_only:
-            summaries += finished(grid, cells, args.output_dir)
-        else:
-            summaries += run_cells(grid, cells, args.output_dir)
-        if outdated := stale(grid, cells, args.output_dir):
+        if not args.report_only:
+            run_cells(grid, cells, args.output_dir)
+        current, stale = current_and_stale(grid, grid.cells, args.output_dir)
+        selected = set(cells)
+        summaries += [summary_path(args.output_dir, c) for c in current if c in selected]
+        if outdated := [c for c in stale if c in selected]:
             print(f"{grid.name}: {len(outdated)} cell(s) ran with another config than today's "
                   f"and are left out; run the sweep again to redo them: "
                   f"{', '.join(c.key for c in outdated)}", file=sys.stderr)  # fmt: skip
-        coverage[grid.name] = (len(finished(grid, grid.cells, args.output_dir)), len(grid.cells))
+        coverage[grid.name] = (len(current), len(grid.cells))
     report = write_report(load_summaries(summaries), args.docs, coverage)
     print(report)
     return 0

@@ -169,21 +169,23 @@ def is_current(grid: Grid, cell: Cell, output_dir: Path) -> bool:
     )
 
 
-def finished(grid: Grid, cells: Iterable[Cell], output_dir: Path) -> list[Path]:
-    """The summaries of the cells that have a current one."""
-    return [summary_path(output_dir, c) for c in cells if is_current(grid, c, output_dir)]
+def current_and_stale(
+    grid: Grid, cells: Iterable[Cell], output_dir: Path
+) -> tuple[list[Cell], list[Cell]]:
+    """In one pass: cells with a current summary, and cells whose summary is of a run at a
+    config that is no longer the cell's."""
+    current: list[Cell] = []
+    stale: list[Cell] = []
+    for cell in cells:
+        if is_current(grid, cell, output_dir):
+            current.append(cell)
+        elif summary_path(output_dir, cell).exists():
+            stale.append(cell)
+    return current, stale
 
 
-def stale(grid: Grid, cells: Iterable[Cell], output_dir: Path) -> list[Cell]:
-    """Cells with a summary from a run whose config is no longer the cell's."""
-    return [
-        c for c in cells
-        if summary_path(output_dir, c).exists() and not is_current(grid, c, output_dir)
-    ]  # fmt: skip
-
-
-def run_cells(grid: Grid, cells: list[Cell], output_dir: Path) -> list[Path]:
-    """Run every cell without a current summary; return the current summaries of all cells."""
+def run_cells(grid: Grid, cells: list[Cell], output_dir: Path) -> None:
+    """Run every cell without a current summary."""
     runs_dir = output_dir / "runs"
     (output_dir / "cells").mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells if not is_current(grid, c, output_dir)]
@@ -202,7 +204,6 @@ def run_cells(grid: Grid, cells: list[Cell], output_dir: Path) -> list[Path]:
         write_json(summary_path(output_dir, cell), summarise(cell, results, run_dir) | {
             "config": results["config"], "federation": experiment.federation,
         })  # fmt: skip
-    return finished(grid, cells, output_dir)
 
 
 def summarise(cell: Cell, results: dict[str, Any], run_dir: Path) -> dict[str, Any]:

@@ -14,11 +14,10 @@ from simulations.evidence import (
     Grid,
     _experiment,
     comparable,
-    finished,
+    current_and_stale,
     is_current,
     load_grid,
     select,
-    stale,
     summary_path,
 )
 from simulations.report import markdown_table, skew_table, write_report
@@ -155,12 +154,12 @@ def test_a_summary_counts_only_while_its_run_config_is_the_cells_config(
     assert is_current(grid, fedavg, out)
     record_cell(out, grid, fedavg, **{"dp.max-grad-norm": 0.5})  # a key FedAvg reads
     assert not is_current(grid, fedavg, out)
-    assert stale(grid, grid.cells, out) == [fedavg]
+    assert current_and_stale(grid, grid.cells, out) == ([], [fedavg])
     record_cell(out, grid, fedavg, **{"qfedavg.learning-rate": 1.0, "output-dir": "elsewhere"})
     assert is_current(grid, fedavg, out)  # q-FedAvg's keys and output paths do not decide it
     record_cell(out, grid, qfedavg, **{"qfedavg.learning-rate": 1.0})  # but q-FedAvg reads it
     assert not is_current(grid, qfedavg, out)
-    assert finished(grid, grid.cells, out) == [summary_path(out, fedavg)]
+    assert current_and_stale(grid, grid.cells, out) == ([fedavg], [qfedavg])
 
 
 def test_a_summary_without_config_or_from_another_federation_is_stale(
