@@ -6,6 +6,11 @@ aggregate by at most C·max_k w_k, so each round is a Gaussian mechanism with no
 multiplier σ_eff = σ / (m · max_k w_k) (``strategies.weighting.effective_noise_multiplier``).
 Flower samples a fixed number of clients without replacement; we take no amplification
 from that sampling (sample rate 1), which is conservative.
+
+Neighbouring runs differ by *zeroing out* one client's update, the aggregation weights
+being fixed by the clients' reports (treated as public, as Flower's σ·C/m for the uniform
+mean does). Under add/remove with renormalised weights the sensitivity is up to twice this
+(see docs/privacy.md).
 """
 
 from __future__ import annotations

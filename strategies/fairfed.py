@@ -26,11 +26,14 @@ class FairFed(TracedFedAvg):
         Δ_k = |F_k - F|,   w_k ← w_k - β (Δ_k - mean_i Δ_i),   w ← max(w, 0) / Σ,
 
     so clients whose local fairness departs most from the global one lose influence.
-    Weights start at FedAvg (n_k / n) and are kept across rounds by node id. Beyond
-    :func:`~strategies.weighting.fairfed_weights`: a node seen for the first time starts
-    from its FedAvg share among this round's participants, and the participants'
-    previous weights are renormalised among themselves (the paper assumes full
-    participation). F is computed in the clear, not by secure aggregation.
+    Weights start at FedAvg (n_k / n). The paper assumes full participation; so that
+    changing participants (sampling, failures, exhausted budgets) do not distort the
+    weights, each node's adjustment is kept across rounds as a factor w_k / FedAvg_k,
+    applied next round to its FedAvg share among that round's participants (1 for a new
+    node), then renormalised. With a fixed set of participants this is the paper's
+    update, and β = 0 is FedAvg exactly, whoever takes part. F is the n-weighted mean of
+    the local metrics, computed in the clear (the paper computes the global model's
+    metric from securely aggregated local statistics).
 
     Parameters
     ----------
@@ -45,7 +48,7 @@ class FairFed(TracedFedAvg):
             raise ValueError(f"fair.fairfed-beta must be a finite number >= 0, got {beta}")
         super().__init__(**fedavg_kwargs)
         self.beta = beta
-        self.node_weights: dict[int, float] = {}
+        self.node_factors: dict[int, float] = {}
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""
@@ -63,13 +66,11 @@ class FairFed(TracedFedAvg):
         n = np.array([number(c, self.weighted_by_key) for c in contents])
         local = np.array([number(c, FAIR_METRIC_KEY) for c in contents])
         global_metric = float(n @ local / n.sum())
+        fedavg = fedavg_weights(n)
         previous = None
-        if any(node in self.node_weights for node in node_ids):
-            start = fedavg_weights(n)
-            previous = np.array(
-                [self.node_weights.get(node, start[i]) for i, node in enumerate(node_ids)]
-            )
+        if any(node in self.node_factors for node in node_ids):
+            previous = fedavg * [self.node_factors.get(node, 1.0) for node in node_ids]
         weights = fairfed_weights(previous, local, global_metric, beta=self.beta, num_examples=n)
-        self.node_weights.update(zip(node_ids, map(float, weights), strict=True))
+        self.node_factors.update(zip(node_ids, map(float, weights / fedavg), strict=True))
         self.last_round.extras["fair-global-metric"] = global_metric
         return weights

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 
 #: Smallest prevalence a group can get. A group that no client reports (after clipping
-#: the DP noise at 0) would have p = 0 and 1/p = inf; no client then has mass in it, so
-#: the floor only keeps the arithmetic finite and never changes a weight.
+#: the DP noise at 0) would have p = 0 and 1/p = inf; no client has mass in it (a client
+#: that reports nothing takes the mix of the reported groups, see :func:`group_shares`),
+#: so the floor only keeps the arithmetic finite and never changes a weight.
 PREVALENCE_FLOOR = 1e-6
 
 _TOL = 1e-12
@@ -68,14 +69,18 @@ def group_shares(counts: np.ndarray, prevalence: np.ndarray) -> np.ndarray:
     """Return each client's group shares s_kg (rows sum to 1).
 
     Noisy counts are clipped at 0 and each row normalised. A client whose clipped counts
-    are all zero carries no information, so it is given the population mix ``prevalence``
-    (which keeps α = 0 equal to FedAvg for it too).
+    are all zero carries no information, so it is given the population mix: ``prevalence``
+    over the groups some client reported (which keeps α = 0 equal to FedAvg for it too).
+    Groups nobody reported are left out of that mix: their floored prevalence would give
+    the client a weight (1/floor)^α from a group it may not hold.
     """
     c = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
     totals = c.sum(axis=1, keepdims=True)
     empty = totals[:, 0] <= 0
     shares = np.divide(c, totals, out=np.zeros_like(c), where=totals > 0)
-    shares[empty] = prevalence
+    reported = c.sum(axis=0) > 0
+    mix = np.where(reported, prevalence, 0.0) if reported.any() else np.asarray(prevalence)
+    shares[empty] = mix / mix.sum()
     return shares
 
 
@@ -262,8 +267,11 @@ def reject_reason(
 ) -> str | None:
     """Say why a client's arrays must not be aggregated, or None if they are fine.
 
-    Checks the number of arrays, each shape against the global model sent this round,
-    and finiteness. ``names`` label the arrays in messages (default: their index).
+    Checks the number of arrays, each shape and dtype against the global model sent this
+    round, and finiteness. A dtype mismatch is rejected rather than cast: an integer or
+    non-numeric array in place of a float one is a malformed reply, and the average would
+    otherwise take the first reply's dtype. ``names`` label the arrays in messages
+    (default: their index).
     """
     if len(arrays) != len(reference):
         return f"wrong number of arrays: expected {len(reference)} got {len(arrays)}"
@@ -271,6 +279,8 @@ def reject_reason(
     for label, arr, ref in zip(labels, arrays, reference, strict=True):
         if arr.shape != ref.shape:
             return f"shape mismatch for '{label}': expected {ref.shape} got {arr.shape}"
+        if arr.dtype != ref.dtype:
+            return f"dtype mismatch for '{label}': expected {ref.dtype} got {arr.dtype}"
         if np.issubdtype(arr.dtype, np.number) and not np.all(np.isfinite(arr)):
             return f"non-finite values in '{label}'"
     return None

@@ -77,12 +77,13 @@ def summary(
             "equalized_odds_difference": 0.1, "demographic_parity_difference": 0.2}  # fmt: skip
 
 
-def test_table_reports_mean_and_population_std_over_seeds(tmp_path: Path) -> None:
+def test_table_reports_mean_and_sample_std_over_seeds(tmp_path: Path) -> None:
     rows = [summary("fedavg", 1, 0.8, 0.4), summary("fedavg", 2, 0.9, 0.2),
             summary("representation", 1, 0.85, 0.1)]  # fmt: skip
     table = markdown_table(rows)
     assert (
-        "| g | fedavg | 8 | 2 | 0.850 ± 0.050 | 0.850 ± 0.050 | 0.550 ± 0.150 | 0.300 ± 0.100 |"
+        # sample std of (.8, .9) = .1/√2; of worst (.4, .7) = .3/√2; of gaps (.4, .2) = .2/√2
+        "| g | fedavg | 8 | 2 | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.550 ± 0.212 | 0.300 ± 0.141 |"
         in table
     )
     report = write_report(rows, tmp_path, {"g": (3, 81)})

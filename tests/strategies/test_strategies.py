@@ -255,6 +255,43 @@ def test_fairfed_two_rounds_by_hand() -> None:
     assert strategy.last_round.extras["fair-global-metric"] == pytest.approx(0.25)
 
 
+def test_fairfed_keeps_relative_weights_when_participants_change() -> None:
+    strategy = FairFed(beta=1.0)
+    n = {1: 100, 2: 100, 3: 200, 4: 100}
+
+    def replies(nodes: list[int], fair: dict[int, float]) -> list[Message]:
+        return [
+            reply(k, {"w": [0.0, 0.0], "b": [0.0]}, num_examples=n[k], fair_metric=fair[k])
+            for k in nodes
+        ]
+
+    configure(strategy, [1, 2, 3])
+    strategy.aggregate_train(1, replies([1, 2, 3], {1: 0.1, 2: 0.3, 3: 0.2}))
+    assert strategy.last_round.weights == pytest.approx({1: 13 / 60, 2: 13 / 60, 3: 34 / 60})
+    # Factors w/FedAvg: (13/60)/(1/4) = 52/60 for 1 and 2, (34/60)/(1/2) = 68/60 for 3.
+    # Node 2 drops out, node 4 joins (factor 1); equal metrics, so Δ = 0, no update.
+    # FedAvg of {1, 3, 4} = (1/4, 1/2, 1/4) × factors = (13, 34, 15)/60 → /62.
+    configure(strategy, [1, 3, 4])
+    strategy.aggregate_train(2, replies([1, 3, 4], {1: 0.2, 3: 0.2, 4: 0.2}))
+    assert strategy.last_round.weights == pytest.approx({1: 13 / 62, 3: 34 / 62, 4: 15 / 62})
+
+
+def test_fairfed_beta_zero_is_fedavg_whoever_takes_part() -> None:
+    strategy = FairFed(beta=0.0)
+    n = {1: 10, 2: 90, 3: 10}
+    for server_round, nodes in enumerate(([1, 2], [1, 3], [1, 2, 3]), start=1):
+        configure(strategy, nodes)
+        strategy.aggregate_train(
+            server_round,
+            [
+                reply(k, {"w": [0.0, 0.0], "b": [0.0]}, num_examples=n[k], fair_metric=0.1 * k)
+                for k in nodes
+            ],
+        )
+        total = sum(n[k] for k in nodes)
+        assert strategy.last_round.weights == pytest.approx({k: n[k] / total for k in nodes})
+
+
 def test_traced_qfedavg_by_hand() -> None:
     strategy = TracedQFedAvg(client_learning_rate=1.0, q=1.0)
     global_ = {"a": [0.0], "b": [0.0]}

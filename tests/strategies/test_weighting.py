@@ -54,6 +54,17 @@ def test_representation_hand_worked_three_clients() -> None:
     np.testing.assert_allclose(capped, [43 / 110, 55 / 110, 12 / 110])
 
 
+def test_client_reporting_nothing_takes_the_mix_of_reported_groups() -> None:
+    # Group 2 is reported by nobody (floored p); client 3's noisy counts all clip to 0.
+    # p = (110, 90)/200 over the reported groups, α = 1: raw_3 = 100·(p_0/p_0 + p_1/p_1)
+    # = 200 and raw_1 + raw_2 = 100·(110/110 + 90/90)·2 = 400, so w_3 = 1/3 exactly (the
+    # floored group would otherwise add 100·floor/floor and lift it to 3/7).
+    counts = np.array([[50.0, 50.0, 0.0], [60.0, 40.0, 0.0], [-3.0, -5.0, -1.0]])
+    w = representation_weights(counts, [100, 100, 100], alpha=1.0, cap=4.0)
+    assert w[2] == pytest.approx(1 / 3)
+    assert w.sum() == pytest.approx(1.0)
+
+
 def test_alpha_zero_is_fedavg_exactly_even_with_noisy_counts() -> None:
     noisy = COUNTS + np.array([[3.2, -4.1], [-60.0, 7.7], [1.5, -30.0]])
     for cap in (1.0, 2.0):
@@ -167,6 +178,13 @@ def test_reject_reason() -> None:
         "shape mismatch for 'w': expected (2, 3) got (3, 2)"
     )
     assert reject_reason([np.ones((2, 3))], ref) == ("wrong number of arrays: expected 2 got 1")
+    # An integer or non-numeric array in place of a float one is rejected, not cast.
+    assert reject_reason([np.ones((2, 3)), np.ones(4, dtype=np.int64)], ref) == (
+        "dtype mismatch for '1': expected float64 got int64"
+    )
+    assert reject_reason([np.ones((2, 3)), np.array(list("abcd"))], ref) == (
+        "dtype mismatch for '1': expected float64 got <U1"
+    )
 
 
 def test_weighted_average_by_hand() -> None:
