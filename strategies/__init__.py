@@ -6,9 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 from flwr.app import MetricRecord, RecordDict
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
+from flwr.serverapp.strategy import Strategy
 
 from strategies.base import TracedFedAvg
+from strategies.central_dp import ScreenedFixedClipping
 from strategies.fairfed import FairFed
 from strategies.qfedavg import TracedQFedAvg
 from strategies.representation import RepresentationAware
@@ -32,7 +33,8 @@ def build_strategy(
 ) -> Strategy:
     """The strategy named by ``strategy``, wrapped in central DP when ``dp.mode`` asks.
 
-    Central DP uses Flower's server-side fixed-clipping wrapper without its accountant
+    Central DP uses Flower's server-side fixed-clipping wrapper (screening replies before
+    it clips, see :class:`ScreenedFixedClipping`) without its accountant
     (which only accepts unweighted FedAvg); ``server/central_dp.py`` accounts for the
     weights actually used, round by round.
     """
@@ -44,7 +46,7 @@ def build_strategy(
     )
     if not cfg.dp.central:
         return inner
-    return DifferentialPrivacyServerSideFixedClipping(
+    return ScreenedFixedClipping(
         inner,
         noise_multiplier=cfg.dp.central_noise,
         clipping_norm=cfg.dp.central_clip,

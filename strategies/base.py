@@ -102,8 +102,10 @@ def count_problem(metrics: MetricRecord, key: str) -> str | None:
     return problem
 
 
-def _array_problem(content: RecordDict, reference: ArrayRecord) -> str | None:
-    """Check a reply's arrays against the global arrays sent this round."""
+def array_problem(content: RecordDict, reference: ArrayRecord) -> str | None:
+    """Check a reply's (single) ArrayRecord against the global arrays sent this round."""
+    if len(content.array_records) != 1:
+        return f"expected exactly one ArrayRecord, got {len(content.array_records)}"
     record = next(iter(content.array_records.values()))
     keys = list(reference.keys())
     if set(record.keys()) != set(keys):
@@ -123,8 +125,7 @@ def screen_replies(
 ) -> list[Message]:
     """Drop budget-exhausted replies and reject malformed ones, recording both in ``trace``.
 
-    Accepted replies get their ArrayRecord re-keyed in the global model's key order, so
-    order-based aggregators (q-FedAvg) cannot mix up layers.
+    Accepted replies get their ArrayRecord re-keyed in the global model's key order.
     """
     accepted: list[Message] = []
     for msg in replies:
@@ -138,15 +139,21 @@ def screen_replies(
                 trace.skipped_budget.append(node)
                 log(INFO, "aggregate_train: node %d skipped (DP budget exhausted)", node)
                 continue
-            reason = metric_problem(metrics) or _array_problem(content, reference)
+            reason = metric_problem(metrics) or array_problem(content, reference)
         if reason is not None:
             trace.rejected[node] = reason
             log(WARNING, "aggregate_train: rejected reply from node %d: %s", node, reason)
             continue
-        key, record = next(iter(content.array_records.items()))
-        content[key] = ArrayRecord({k: record[k] for k in reference})
+        rekey_like(content, reference)
         accepted.append(msg)
     return accepted
+
+
+def rekey_like(content: RecordDict, reference: ArrayRecord) -> None:
+    """Put the reply's ArrayRecord in the global model's key order, so that order-based
+    code (q-FedAvg, Flower's clipping) cannot mix up layers."""
+    key, record = next(iter(content.array_records.items()))
+    content[key] = ArrayRecord({k: record[k] for k in reference})
 
 
 def average_arrays(contents: list[RecordDict], weights: np.ndarray, keys: list[str]) -> ArrayRecord:

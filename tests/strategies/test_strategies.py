@@ -26,6 +26,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from strategies import build_strategy
 from strategies.base import RoundTrace, TracedFedAvg
+from strategies.central_dp import ScreenedFixedClipping
 from strategies.fairfed import FairFed
 from strategies.qfedavg import TracedQFedAvg
 from strategies.representation import RepresentationAware
@@ -213,6 +214,32 @@ def test_representation_under_central_dp_wrapper() -> None:
     np.testing.assert_allclose(as_numpy(arrays)["w"], [43 / 110 + s, 55 / 110 + s])
     assert inner.last_round.weights == pytest.approx({1: 43 / 110, 2: 0.5, 3: 12 / 110})
     assert inner.last_round.rejected == {4: "non-finite values in 'w'"}  # NaN survives clipping
+
+
+def test_central_dp_screens_replies_before_flower_clips_them() -> None:
+    # Flower clips by array position: without screening, node 5's shape crashes the
+    # round and node 2's key order would clip 'w' against 'b'.
+    inner = RepresentationAware(alpha=1.0, cap=1.2, group_names=["a", "b"])
+    dp = ScreenedFixedClipping(
+        inner, noise_multiplier=0.0, clipping_norm=1.0, num_sampled_clients=3
+    )
+    configure(dp, [1, 2, 3, 5])
+    first, _, third = representation_replies()
+    reordered = reply(2, {"b": [0.0], "w": [0.0, 1.0]}, num_examples=100, group_counts=[50, 50])
+    wrong_shape = reply(5, {"w": [1.0, 0.0, 0.0], "b": [0.0]}, group_counts=[1.0, 1.0])
+    arrays, _ = dp.aggregate_train(1, [first, reordered, third, wrong_shape])
+    s = 12 / 110 / np.sqrt(2)  # as in the test above: the same three updates
+    np.testing.assert_allclose(as_numpy(arrays)["w"], [43 / 110 + s, 55 / 110 + s])
+    assert inner.last_round.rejected == {5: "shape mismatch for 'w': expected (2,) got (3,)"}
+
+
+def test_central_dp_mode_builds_the_screened_wrapper() -> None:
+    strategy = build_strategy(
+        parse_run_config(load_defaults() | {"dp.mode": "central"}), ["a", "b"], num_nodes=4,
+        train_metrics_aggr_fn=aggregate_metricrecords,
+        evaluate_metrics_aggr_fn=aggregate_metricrecords,
+    )  # fmt: skip
+    assert isinstance(strategy, ScreenedFixedClipping)
 
 
 def test_central_dp_accountant_refuses_weighted_strategies() -> None:
