@@ -49,7 +49,9 @@ class TracedQFedAvg(QFedAvg):
     q : float
         Fairness exponent q >= 0 (`qfedavg.q`); 0 averages client models uniformly.
     train_loss_key : str (default: "train-loss")
-        Metric carrying the client's training loss F_k.
+        Metric carrying the client's training loss F_k. The paper's F_k is the loss of
+        the *received* global model on the client's data; clients send the mean loss over
+        their local steps (what Flower's examples send), which is lower after progress.
     **fedavg_kwargs
         Passed to Flower's ``QFedAvg`` / ``FedAvg``.
     """
