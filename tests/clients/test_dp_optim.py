@@ -93,10 +93,7 @@ def test_weight_is_applied_after_the_clip() -> None:
     opt.step()
     expected = sum(w * clip * g / (g.norm() + 1e-6) for w, g in zip(weights, grads, strict=True))
     summed = _flat([p.summed_grad for p in opt.params])
-    torch.testing.assert_close(summed, expected)
-    # a pre-clip weight would have been undone: every term would have norm `clip`
-    for w, g in zip(weights, grads, strict=True):
-        assert float((w * clip * g / g.norm()).norm()) == pytest.approx(float(w) * clip, rel=1e-5)
+    torch.testing.assert_close(summed, expected)  # a pre-clip weight would be clipped away
 
 
 def test_noise_std_is_sigma_clip_max_weight_over_expected_batch() -> None:

@@ -153,5 +153,61 @@ def test_post_clip_weights_never_exceed_the_reported_maximum() -> None:
     for _ in range(200):
         released = rng.uniform(1, 500, size=4)
         groups = torch.tensor(rng.integers(0, 4, size=50))
-        weights, w_max = weights_from_released(released, groups, alpha=1.0, max_weight=1e6)
-        assert float(weights.max()) <= w_max
+        weights, w_max = weights_from_released(released, groups, alpha=1.0, max_weight=1.5)
+        assert float(weights.max()) <= w_max <= 1.5
+    # a group at 1 % of the release would get weight ≫ 1.5: the cap binds and is reported
+    weights, w_max = weights_from_released(
+        np.array([99.0, 1.0]), torch.tensor([0, 1]), alpha=1.0, max_weight=1.5
+    )
+    assert w_max == pytest.approx(1.5) and float(weights[1]) == pytest.approx(1.5)
+
+
+def test_local_weighting_modes_reach_the_optimizer_and_keep_epsilon(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """post-clip hands w_max to the optimizer (noise σ·C·w_max), pre-clip does not; both
+    change the update (a repeated run does not), and neither changes the recorded ε."""
+    import clients.private as private
+
+    real_make_private = private.make_private
+    seen: dict[str, float] = {}
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        module, optimizer, loader = real_make_private(*args, **kwargs)
+        seen["max_sample_weight"] = optimizer.max_sample_weight
+        seen["noise_std"] = (
+            optimizer.noise_multiplier * optimizer.max_grad_norm * optimizer.max_sample_weight
+        )
+        return module, optimizer, loader
+
+    monkeypatch.setattr(private, "make_private", spy)
+
+    def config(mode: str) -> RunConfig:
+        return parse_run_config(load_defaults() | SMALL | {
+            "num-server-rounds": 1, "fair.local-weighting": mode, "fair.local-alpha": 1.0,
+            "fair.local-max-weight": 2.0,
+        })  # fmt: skip
+
+    model = runtime_for(config("off")).model
+    start = {k: v.clone() for k, v in exchanged_state(model).items()}
+    outcomes, used = {}, {}
+    for mode in ("off", "off", "pre-clip", "post-clip"):
+        cfg = config(mode)
+        runtime = runtime_for(cfg)
+        key = f"{mode}-again" if mode in outcomes else mode
+        outcomes[key] = train_round(cfg, runtime, start, {"server-round": 1}, node_id=1,
+                                    partition_id=0, ledger_state={})  # fmt: skip
+        used[key] = dict(seen)
+    # The partition's rarest group is far below its share, so the cap w_max = 2 binds.
+    assert used["post-clip"]["max_sample_weight"] == pytest.approx(2.0)
+    assert used["pre-clip"]["max_sample_weight"] == used["off"]["max_sample_weight"] == 1.0
+    assert used["post-clip"]["noise_std"] == pytest.approx(2.0 * used["off"]["noise_std"])
+
+    def same(a: str, b: str) -> bool:
+        return all(torch.equal(outcomes[a].weights[k], outcomes[b].weights[k]) for k in start)
+
+    assert same("off", "off-again")  # seeded: a difference below is the weighting's doing
+    assert not same("off", "pre-clip") and not same("off", "post-clip")
+    assert not same("pre-clip", "post-clip")
+    epsilons = {key: outcome.metrics["epsilon"] for key, outcome in outcomes.items()}
+    assert epsilons["pre-clip"] == epsilons["post-clip"] == epsilons["off"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import psutil
@@ -79,7 +80,10 @@ def test_baselines_run_end_to_end(strategy: str, tmp_path: Path) -> None:
     )  # fmt: skip
     results = json.loads((run_experiment(experiment) / "results.json").read_text())
     assert [r["num_clients"] for r in results["rounds"]] == [4, 4]
+    marker = {"qfedavg": "qfedavg-step-scale", "fairfed": "fair-global-metric"}[strategy]
     for record in results["rounds"]:
+        assert len(record["weights"]) == 4 and record["rejected"] == {}
         assert sum(record["weights"].values()) == pytest.approx(1.0)
         assert record["failures"] == 0
+        assert math.isfinite(record["extras"][marker])  # the named strategy aggregated
     assert processes_started_under(tmp_path) == []

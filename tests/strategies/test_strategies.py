@@ -233,6 +233,22 @@ def test_central_dp_screens_replies_before_flower_clips_them() -> None:
     assert inner.last_round.rejected == {5: "shape mismatch for 'w': expected (2,) got (3,)"}
 
 
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("fedavg", TracedFedAvg), ("representation", RepresentationAware), ("fairfed", FairFed)],
+)
+def test_build_strategy_builds_the_named_strategy(name: str, expected: type) -> None:
+    strategy = build_strategy(
+        parse_run_config(load_defaults() | {"strategy": name, "fair.fairfed-beta": 0.5}),
+        ["a", "b"], num_nodes=4,
+        train_metrics_aggr_fn=aggregate_metricrecords,
+        evaluate_metrics_aggr_fn=aggregate_metricrecords,
+    )  # fmt: skip
+    assert type(strategy) is expected
+    if isinstance(strategy, FairFed):
+        assert strategy.beta == 0.5
+
+
 def test_central_dp_mode_builds_the_screened_wrapper() -> None:
     strategy = build_strategy(
         parse_run_config(load_defaults() | {"dp.mode": "central"}), ["a", "b"], num_nodes=4,

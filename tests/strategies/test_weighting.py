@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from strategies.weighting import (
@@ -83,7 +83,9 @@ def test_cap_stops_a_lying_client() -> None:
     assert uncapped[-1] == pytest.approx(50 / 132)  # ≈ 0.379, almost 2× its share
     w = representation_weights(counts, n, alpha=1, cap=1.5)
     assert w[-1] == pytest.approx(1.5 * ref[-1])  # pinned at exactly cap × its share
-    assert w[:-1].sum() >= 1 - 1.5 * ref[-1] - 1e-12
+    # the honest clients share the rest in their uncapped ratios, each within its own cap
+    np.testing.assert_allclose(w[:-1] / w[:-1].sum(), uncapped[:-1] / uncapped[:-1].sum())
+    assert np.all(w[:-1] <= 1.5 * ref[:-1])
     # honest clients keep their relative order (more rare-group data → more weight)
     assert np.argsort(w[:-1]).tolist() == np.argsort(honest[:, 1]).tolist()
 
@@ -101,7 +103,7 @@ def test_cap_rejects_cap_below_one() -> None:
         cap_weights(np.array([0.5, 0.5]), np.array([0.5, 0.5]), 0.9)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(
     counts=st.lists(st.lists(st.floats(-50, 500), min_size=3, max_size=3), min_size=1, max_size=8),
     sizes=st.lists(st.integers(1, 1000), min_size=8, max_size=8),
@@ -119,13 +121,14 @@ def test_weights_sum_to_one_and_respect_cap(
     assert np.all(w <= cap * fedavg_weights(n) + 1e-9)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(
     raw=st.lists(st.floats(0, 1e3), min_size=2, max_size=10),
     cap=st.floats(1, 5),
 )
 def test_cap_weights_law(raw: list[float], cap: float) -> None:
-    w0 = np.array(raw) + 1e-3
+    assume(sum(raw) > 0)  # exact zeros allowed: free clients may have no weight at all
+    w0 = np.array(raw)
     ref = np.linspace(1, 2, w0.size)
     w = cap_weights(w0, ref, cap)
     assert w.sum() == pytest.approx(1.0, abs=1e-12)
