@@ -5,7 +5,7 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import QFedAvg
 from flwr.supercore import log
 
@@ -98,7 +98,15 @@ class TracedQFedAvg(QFedAvg):
             log(WARNING, "aggregate_train: no reply left to aggregate in round %d", server_round)
             return None, None
         self._record_weights(accepted, self.current_arrays)
-        return super().aggregate_train(server_round, accepted)
+        dtypes = {k: self.current_arrays[k].numpy().dtype for k in self.current_arrays}
+        arrays, metrics = super().aggregate_train(server_round, accepted)
+        if arrays is not None:
+            # Flower's step divides by a Python float, which makes every array float64; the
+            # global model keeps its dtypes, so next round's replies still match it.
+            arrays = ArrayRecord(
+                {k: Array(arrays[k].numpy().astype(dtypes[k], copy=False)) for k in dtypes}
+            )
+        return arrays, metrics
 
     def _record_weights(self, accepted: list[Message], reference: ArrayRecord) -> None:
         """Put relative influence and step scale of q-FedAvg in the trace."""
