@@ -198,7 +198,7 @@ def run_cells(grid: Grid, cells: list[Cell], output_dir: Path) -> None:
             continue
         results = json.loads((run_dir / "results.json").read_text())
         failures = sum(r["failures"] for r in results["rounds"])
-        if failures:  # not evidence if a client failed (rejected/budget-skipped replies count)
+        if failures:  # a failed client disqualifies a cell; a rejected or skipped reply does not
             tqdm.write(f"{cell.key}: {failures} client failure(s), not counted; see {run_dir}")
             continue
         write_json(summary_path(output_dir, cell), summarise(cell, results, run_dir) | {
