@@ -174,7 +174,8 @@ def cap_weights(weights: np.ndarray, reference: np.ndarray, cap: float) -> np.nd
         remaining = max(1.0 - limit[pinned].sum(), 0.0)
         basis = w[free] if w[free].sum() > 0 else ref[free]
         out[pinned] = limit[pinned]
-        out[free] = remaining * basis / basis.sum() if basis.sum() > 0 else 0.0
+        # divide first: remaining · basis loses precision when basis is subnormal
+        out[free] = remaining * (basis / basis.sum()) if basis.sum() > 0 else 0.0
     return out if not pinned.any() else out / out.sum()
 
 
