@@ -25,13 +25,12 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
         kept: list[Message] = []
         held_back: dict[int, str] = {}
         for msg in replies:
-            reason = None if msg.has_error() else array_problem(msg.content, self.current_arrays)
-            if reason is None:
-                if not msg.has_error():
-                    rekey_like(msg.content, self.current_arrays)
-                kept.append(msg)
-            else:
-                held_back[msg.metadata.src_node_id] = reason
+            if not msg.has_error():  # error replies go on: Flower counts and skips them
+                if reason := array_problem(msg.content, self.current_arrays):
+                    held_back[msg.metadata.src_node_id] = reason
+                    continue
+                rekey_like(msg.content, self.current_arrays)
+            kept.append(msg)
         result = super().aggregate_train(server_round, kept)
         trace = getattr(self.strategy, "last_round", None)
         if held_back and isinstance(trace, RoundTrace):

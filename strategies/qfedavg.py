@@ -98,7 +98,7 @@ class TracedQFedAvg(QFedAvg):
             log(WARNING, "aggregate_train: no reply left to aggregate in round %d", server_round)
             return None, None
         self._record_weights(accepted, self.current_arrays)
-        dtypes = {k: self.current_arrays[k].numpy().dtype for k in self.current_arrays}
+        dtypes = {k: np.dtype(self.current_arrays[k].dtype) for k in self.current_arrays}
         arrays, metrics = super().aggregate_train(server_round, accepted)
         if arrays is not None:
             # Flower's step divides by a Python float, which makes every array float64; the

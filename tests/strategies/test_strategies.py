@@ -52,8 +52,11 @@ class FakeGrid:
         return self.nodes
 
 
-def record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.asarray(v, dtype=np.float64)) for k, v in arrays.items()})
+def record(arrays: dict[str, Any]) -> ArrayRecord:
+    """Arrays as sent: NumPy arrays keep their dtype, lists become float64."""
+    return ArrayRecord(
+        {k: Array(np.asarray(v, dtype=getattr(v, "dtype", np.float64))) for k, v in arrays.items()}
+    )
 
 
 def reply(node: int, arrays: dict[str, Any], **metrics: Any) -> Message:
@@ -356,25 +359,14 @@ def test_traced_qfedavg_by_hand() -> None:
     assert trace.skipped_budget == [3] and trace.rejected == {4: "non-finite values in 'a'"}
 
 
-def reply32(node: int, arrays: dict[str, np.ndarray]) -> Message:
-    """A minimal q-FedAvg reply that keeps its arrays' dtypes (``reply`` makes float64)."""
-    metrics = MetricRecord({"num-examples": 10, "train-loss": 1.0})
-    arrays_record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
-    content = RecordDict({"arrays": arrays_record, "metrics": metrics})
-    return make_message(metadata=_metadata(node), content=content)
-
-
 def test_qfedavg_keeps_the_global_dtype_so_the_next_round_is_accepted() -> None:
     # Flower's q-FedAvg step returns float64 arrays; a float32 model must stay float32, or
     # every float32 reply of the next round would be rejected as a dtype mismatch.
     strategy = TracedQFedAvg(client_learning_rate=1.0, q=1.0)
     as32 = {"a": np.zeros(2, dtype=np.float32), "b": np.zeros(1, dtype=np.float32)}
     for server_round in (1, 2):
-        strategy.configure_train(
-            server_round, ArrayRecord({k: Array(v) for k, v in as32.items()}), ConfigRecord(),
-            cast(Grid, FakeGrid([1, 2])),
-        )  # fmt: skip
-        replies = [reply32(node, {k: v + node for k, v in as32.items()}) for node in (1, 2)]
+        configure(strategy, [1, 2], as32)
+        replies = [reply(node, {k: v + node for k, v in as32.items()}) for node in (1, 2)]
         arrays, _ = strategy.aggregate_train(server_round, replies)
         assert strategy.last_round.rejected == {}
         assert arrays is not None
