@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -43,12 +42,6 @@ def flower_env(flwr_home: Path, marker: str) -> dict[str, str]:
         env.pop("HF_HUB_OFFLINE")
         env.pop("HF_DATASETS_OFFLINE")
     return env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(

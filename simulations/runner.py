@@ -17,15 +17,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from deploy.procs import free_ports
 from simulations.experiment import Experiment
-from simulations.processes import (
-    flower_env,
-    free_port,
-    running,
-    stop,
-    stop_marked,
-    wait_healthy,
-)
+from simulations.processes import flower_env, running, stop, stop_marked, wait_healthy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "fedequity"
@@ -144,7 +138,7 @@ def run_experiment(experiment: Experiment, *, verbose: bool = False) -> Path:
     work = Path(tempfile.mkdtemp(prefix="fedequity-", dir=output_dir))
     flwr_home, logs = work / "flwr-home", work / "logs"
     logs.mkdir(parents=True)
-    port, control_port = free_port(), free_port()
+    port, control_port = free_ports(2)  # bound together, so never the same port twice
     write_connection(flwr_home, port)
     marker = uuid.uuid4().hex
     env = flower_env(flwr_home, marker)
