@@ -21,6 +21,7 @@ from opacus.optimizers.optimizer import (
     _generate_noise,
     _mark_as_processed,
 )
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.optim import Optimizer
@@ -231,6 +232,15 @@ def _check_make_private_args(model: nn.Module, optimizer: Optimizer, mode: str) 
         raise ValueError("optimizer parameters must belong to the model being made private")
 
 
+def poisson_steps_per_epoch(sample_rate: float) -> int:
+    """Steps per epoch of Opacus' Poisson sampler at rate q, asked of the sampler itself.
+
+    That is ``int(1/q)``, which for q = 1/b rounds down to b - 1 for some b (93, 99, 105…):
+    the privacy plan must count the steps that will run, not ``b``.
+    """
+    return len(UniformWithReplacementSampler(num_samples=1, sample_rate=sample_rate))
+
+
 def make_private(
     model: nn.Module,
     optimizer: Optimizer,
@@ -272,12 +282,14 @@ def make_private(
     _check_dp_args(noise_multiplier, max_grad_norm, max_sample_weight)
     ModuleValidator.validate(model, strict=True)  # as PrivacyEngine._prepare_model
     module = prepare_module(model, grad_sample_mode, batch_first=True, loss_reduction="mean")
+    # q from the loader as given, as Opacus' own make_private does: the Poisson loader's
+    # length is int(1/q), one short of it for 93, 99, 105… batches.
+    sample_rate = 1 / len(data_loader)
     if poisson_sampling:
         module.forbid_grad_accumulation()
         data_loader = DPDataLoader.from_data_loader(data_loader)
     else:
         logger.warning("poisson_sampling=False: the recorded (σ, q) events overstate privacy")
-    sample_rate = 1 / len(data_loader)
     dp_optimizer = WeightedDPOptimizer(
         optimizer,
         noise_multiplier=noise_multiplier,

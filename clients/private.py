@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clients.dp_optim import make_private
+from clients.dp_optim import make_private, poisson_steps_per_epoch
 from clients.training import TrainResult, make_loader, train
 from task.config import RunConfig
 from task.data import Encoded
@@ -48,12 +48,12 @@ class PrivateRound:
 
 def plan_for(cfg: RunConfig, num_examples: int) -> PrivacyPlan:
     """The whole-run plan: expected participations × local steps at the Poisson rate."""
-    batches = max(1, math.ceil(num_examples / cfg.train.batch_size))
+    sample_rate = 1 / max(1, math.ceil(num_examples / cfg.train.batch_size))
     return PrivacyPlan(
         target_epsilon=cfg.dp.target_epsilon,
         delta=resolve_delta(cfg.dp.delta, num_examples=num_examples),
-        sample_rate=1 / batches,
-        steps_per_round=cfg.train.local_epochs * batches,
+        sample_rate=sample_rate,
+        steps_per_round=cfg.train.local_epochs * poisson_steps_per_epoch(sample_rate),
         planned_rounds=max(1, math.ceil(cfg.num_server_rounds * cfg.fraction_train)),
         accountant=cfg.dp.accountant,
         stats_noise=cfg.dp.stats_noise,

@@ -10,15 +10,17 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from clients.dp_optim import make_private
 from clients.local import ClientRuntime, client_runtime
-from clients.private import weights_from_released
+from clients.private import plan_for, weights_from_released
 from clients.rounds import train_round
 from clients.training import make_loader, per_example_loss
 from task.config import RunConfig, load_defaults, parse_run_config
 from task.data import Encoded, load_splits
 from task.model import build_model, exchanged_state, load_tokenizer
+from task.privacy import PrivacyLedger, calibrate_noise_multiplier, release_event
 
 SMALL = {"synthetic.num-examples": 1000, "num-server-rounds": 2, "train.batch-size": 32}
 
@@ -211,3 +213,27 @@ def test_local_weighting_modes_reach_the_optimizer_and_keep_epsilon(
     assert not same("pre-clip", "post-clip")
     epsilons = {key: outcome.metrics["epsilon"] for key, outcome in outcomes.items()}
     assert epsilons["pre-clip"] == epsilons["post-clip"] == epsilons["off"]
+
+
+@pytest.mark.parametrize("batches", [92, 93, 99, 100])
+def test_the_plan_and_the_ledger_count_the_steps_opacus_runs(batches: int) -> None:
+    """With 93 or 99 batches Opacus' Poisson loader runs one step fewer (int(1/q)); q stays
+    1/b. Plan, recorded events and what runs must agree, or a planned round is refused."""
+    cfg = parse_run_config(load_defaults() | {"train.batch-size": 4, "train.local-epochs": 2})
+    n = 4 * batches
+    plan = plan_for(cfg, n)
+    loader = DataLoader(TensorDataset(torch.randn(n, 4), torch.randint(0, 2, (n,))), batch_size=4)
+    model = torch.nn.Linear(4, 2)
+    _, optimizer, dp_loader = make_private(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
+        noise_multiplier=1.0, max_grad_norm=1.0,
+    )  # fmt: skip
+    assert optimizer.sample_rate == plan.sample_rate == 1 / batches
+    assert plan.steps_per_round == cfg.train.local_epochs * len(dp_loader)
+    sigma = calibrate_noise_multiplier(plan)
+    ledger = PrivacyLedger(accountant=cfg.dp.accountant)
+    ran = [(sigma, optimizer.sample_rate, cfg.train.local_epochs * len(dp_loader))]
+    for _ in range(plan.planned_rounds):  # every planned participation fits the budget
+        assert not ledger.would_exceed(plan.round_events(sigma), budget=8.0, delta=plan.delta)
+        ledger.record([release_event(plan.stats_noise), *ran])
+    assert ledger.epsilon(plan.delta) == pytest.approx(8.0, abs=0.05)
