@@ -55,7 +55,7 @@ class RunDirectory:
         self.path.mkdir(parents=True)
         self.config = dict(config)
         write_json(self.path / "config.json", self.config)
-        self._columns: list[str] | None = None
+        self._rows: list[dict[str, Any]] = []
         self._point_latest()
 
     def _point_latest(self) -> None:
@@ -69,12 +69,18 @@ class RunDirectory:
         write_json(self.path / "results.json", results)
 
     def append_round(self, record: Mapping[str, Any]) -> None:
-        row = flat_row(record)
+        """Rewrite ``rounds.csv`` with every round so far (rows are few), atomically.
+
+        A later round can bring new columns (``weights.<node>`` of a node not sampled
+        before, ``clients.*`` once clients evaluate): the header is the union, in order
+        of first appearance, and a row lacking a column leaves its cell empty.
+        """
+        self._rows.append(flat_row(record))
+        columns = list(dict.fromkeys(name for row in self._rows for name in row))
         path = self.path / "rounds.csv"
-        if self._columns is None:
-            self._columns = list(row)
-            with path.open("w", newline="") as handle:
-                csv.DictWriter(handle, fieldnames=self._columns).writeheader()
-        with path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self._columns, extrasaction="ignore")
-            writer.writerow(row)
+        staging = path.with_suffix(".csv.tmp")
+        with staging.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self._rows)
+        os.replace(staging, path)

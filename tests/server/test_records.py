@@ -23,6 +23,20 @@ def test_run_directory_writes_contract_files_and_latest(tmp_path: Path) -> None:
     assert (tmp_path / "latest").resolve() == second.path
 
 
+def test_rounds_csv_keeps_columns_that_appear_after_round_one(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path, "9", {})
+    run.append_round({"round": 1, "weights": {"11": 0.25, "22": 0.75}})
+    run.append_round({"round": 2, "weights": {"33": 0.5, "44": 0.5}, "clients": {"mean": 0.5}})
+    rows = list(csv.DictReader((run.path / "rounds.csv").open()))
+    assert rows == [
+        {"round": "1", "weights.11": "0.25", "weights.22": "0.75", "weights.33": "",
+         "weights.44": "", "clients.mean": ""},
+        {"round": "2", "weights.11": "", "weights.22": "", "weights.33": "0.5",
+         "weights.44": "0.5", "clients.mean": "0.5"},
+    ]  # fmt: skip
+    assert not list(run.path.glob("*.tmp"))
+
+
 def test_existing_run_directory_is_never_overwritten(tmp_path: Path) -> None:
     RunDirectory(tmp_path, "7", {"seed": 1})
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
