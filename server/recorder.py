@@ -8,7 +8,7 @@ client replies. The recorder evaluates the global model, writes results, logs on
 from __future__ import annotations
 
 import time
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
@@ -56,8 +56,6 @@ class RoundRecorder:
     def aggregate_train_metrics(self, contents: list[RecordDict], key: str) -> MetricRecord:
         """Flower's weighted metric average, keeping the replies for the round record."""
         self._train_replies = list(contents)
-        for content in contents:
-            self._observe_privacy(content)
         return aggregate_metricrecords(contents, key)
 
     def aggregate_eval_metrics(self, contents: list[RecordDict], key: str) -> MetricRecord:
@@ -65,11 +63,19 @@ class RoundRecorder:
         self._eval_accuracies = [float(r["eval-accuracy"]) for r in records]
         return aggregate_metricrecords(contents, key)
 
-    def _observe_privacy(self, content: RecordDict) -> None:
-        record: Any = content.config_records.get(CLIENT_RECORD)
-        if record is None or "epsilon" not in record:
-            return
-        self.privacy[str(record["node-id"])] = {
+    def _observe_privacy(self, node: int, record: dict[str, Any]) -> None:
+        """Keep a client's latest privacy report, under the node id Flower saw it from;
+        a malformed report is logged, not fatal."""
+        if "epsilon" not in record:
+            return  # no local DP
+        try:
+            self.privacy[str(node)] = self._privacy_entry(record)
+        except (KeyError, TypeError, ValueError) as error:
+            log(WARNING, "node %d sent a malformed privacy record (%r): not reported", node, error)
+
+    @staticmethod
+    def _privacy_entry(record: dict[str, Any]) -> dict[str, Any]:
+        return {
             "epsilon": float(record["epsilon"]),
             "delta": float(record["delta"]),
             "budget_epsilon": float(record["budget-epsilon"]),
@@ -108,6 +114,8 @@ class RoundRecorder:
         wall, self._clock = now - self._clock, now
         trace = getattr(self.strategy, "last_round", None)
         traced: dict[str, Any] = trace.to_json() if trace is not None else {}
+        for node, client_record in getattr(trace, "client_records", {}).items():
+            self._observe_privacy(node, client_record)
         metrics: list[Any] = [next(iter(c.metric_records.values())) for c in self._train_replies]
         record: dict[str, Any] = {
             "round": server_round,

@@ -16,6 +16,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from strategies.weighting import fedavg_weights, reject_reason, weighted_average
+from task.wire import CLIENT_RECORD
 
 MetricValue = int | float | list[int] | list[float]
 
@@ -44,6 +45,10 @@ class RoundTrace:
         Error replies (the node failed or timed out).
     client_metrics : dict[int, dict[str, MetricValue]]
         The MetricRecord of every non-error reply, including skipped and rejected ones.
+    client_records : dict[int, dict[str, Any]]
+        The client ConfigRecord (node id, privacy ledger) of every non-error reply,
+        rejected ones included: their ε was spent too. Not in :meth:`to_json`; the
+        server reports it under ``privacy``.
     prevalence : dict[str, float]
         Estimated population group shares (representation-aware strategy only).
     extras : dict[str, float]
@@ -56,6 +61,7 @@ class RoundTrace:
     rejected: dict[int, str] = field(default_factory=dict)
     failures: int = 0
     client_metrics: dict[int, dict[str, MetricValue]] = field(default_factory=dict)
+    client_records: dict[int, dict[str, Any]] = field(default_factory=dict)
     prevalence: dict[str, float] = field(default_factory=dict)
     extras: dict[str, float] = field(default_factory=dict)
 
@@ -130,6 +136,8 @@ def screen_replies(
     accepted: list[Message] = []
     for msg in replies:
         node, content = msg.metadata.src_node_id, msg.content
+        if (client_record := content.config_records.get(CLIENT_RECORD)) is not None:
+            trace.client_records[node] = dict(client_record)
         if len(content.array_records) != 1 or len(content.metric_records) != 1:
             reason: str | None = "expected exactly one ArrayRecord and one MetricRecord"
         else:

@@ -1,0 +1,63 @@
+"""RoundRecorder: the privacy report covers every client that spent ε, accepted or not."""
+
+import json
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message
+from flwr.supercore.task_identity import TaskIdentity
+
+from server.evaluation import GlobalEvaluator
+from server.recorder import RoundRecorder
+from server.records import RunDirectory
+from strategies.base import TracedFedAvg
+from task.wire import CLIENT_RECORD
+from tests.strategies.test_strategies import GLOBAL, configure, record, reply
+
+
+@pytest.fixture(autouse=True)
+def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    for attr in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+
+
+class FixedEvaluator:
+    """Global metrics are not under test here: a fixed report."""
+
+    def evaluate(self, weights: Any) -> dict[str, Any]:
+        return {"accuracy": 0.5, "balanced_accuracy": 0.5, "worst_group_accuracy": 0.5,
+                "group_accuracy_gap": 0.0}  # fmt: skip
+
+
+def private_reply(node: int, arrays: dict[str, Any], epsilon: float, **record: Any) -> Message:
+    message = reply(node, arrays, epsilon=epsilon)
+    fields: dict[str, Any] = {
+        "node-id": str(node), "bytes-sent": 24, "epsilon": epsilon, "delta": 1e-5,
+        "budget-epsilon": 8.0, "accountant": "rdp", "noise-multiplier": 1.1,
+        "history-sigma": [1.1], "history-q": [0.1], "history-steps": [10],
+        "budget-exhausted": False,
+    }  # fmt: skip
+    message.content[CLIENT_RECORD] = ConfigRecord(fields | record)
+    return message
+
+
+def test_a_rejected_reply_still_reports_the_epsilon_its_client_spent(tmp_path: Path) -> None:
+    run_dir = RunDirectory(tmp_path, "1", {})
+    evaluator = cast(GlobalEvaluator, FixedEvaluator())
+    recorder = RoundRecorder(run_dir, evaluator, num_rounds=1)
+    strategy = TracedFedAvg(train_metrics_aggr_fn=recorder.aggregate_train_metrics)
+    recorder.watch(strategy)
+    configure(strategy, [1, 2, 3])
+    replies = [
+        private_reply(1, {"w": [1.0, 2.0], "b": [1.0]}, 2.0),
+        private_reply(2, {"w": [np.nan, 0.0], "b": [0.0]}, 3.5),  # trained, then rejected
+        private_reply(3, GLOBAL, 4.0, **{"history-steps": "ten"}),  # malformed report
+    ]
+    strategy.aggregate_train(1, replies)
+    recorder.evaluate(1, record(GLOBAL))
+    results = json.loads((run_dir.path / "results.json").read_text())
+    assert strategy.last_round.rejected == {2: "non-finite values in 'w'"}
+    assert {node: p["epsilon"] for node, p in results["privacy"].items()} == {"1": 2.0, "2": 3.5}
+    assert results["final"]["max_epsilon"] == 3.5
