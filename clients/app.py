@@ -19,6 +19,15 @@ def _partition(context: Context) -> tuple[int, int]:
     return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
 
 
+def _secure_rng(context: Context) -> bool:
+    """The node's own choice (node-config ``secure-rng``): DP noise from OS entropy, not
+    the run seed the server chose. Off in simulation, on in every shipped deployment."""
+    value = context.node_config.get("secure-rng", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"node-config 'secure-rng' must be true or false, got {value!r}")
+    return value
+
+
 def _runtime(context: Context) -> tuple[RunConfig, ClientRuntime]:
     cfg = parse_run_config(context.run_config)
     return cfg, client_runtime(cfg, *_partition(context))
@@ -38,6 +47,7 @@ def train(msg: Message, context: Context) -> Message:
         node_id=context.node_id,
         partition_id=_partition(context)[0],
         ledger_state=dict(ledger),
+        secure_rng=_secure_rng(context),
     )
     if outcome.ledger_state is not None:  # the accountant's history outlives the process
         context.state[PRIVACY_STATE] = ConfigRecord(outcome.ledger_state)

@@ -251,6 +251,8 @@ def make_private(
     grad_sample_mode: str = "hooks",
     max_sample_weight: float = 1.0,
     poisson_sampling: bool = True,
+    noise_generator: torch.Generator | None = None,
+    secure_mode: bool = False,
 ) -> tuple[AbstractGradSampleModule, WeightedDPOptimizer, DataLoader]:
     """Wrap model, optimizer and loader for weighted DP-SGD (no accountant attached).
 
@@ -272,6 +274,10 @@ def make_private(
         Largest post-clip weight ``w_max >= 1``; noise std is ``σ·C·w_max``.
     poisson_sampling : bool
         Use Opacus' ``DPDataLoader``; ``False`` (tests only) breaks the accounting.
+        Batches are drawn with the given loader's generator.
+    noise_generator, secure_mode
+        Source of the Gaussian noise (None: torch's global RNG) and Opacus' noise
+        generation that resists floating-point attacks, as in ``DPOptimizer``.
 
     Returns
     -------
@@ -297,5 +303,7 @@ def make_private(
         expected_batch_size=int(len(data_loader.dataset) * sample_rate),  # type: ignore[arg-type]
         max_sample_weight=max_sample_weight,
         sample_rate=sample_rate,
+        generator=noise_generator,
+        secure_mode=secure_mode,
     )
     return module, dp_optimizer, data_loader

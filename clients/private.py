@@ -14,6 +14,7 @@ Order within a participation, each step accounted in the same ledger:
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,32 @@ class PrivateRound:
     ledger: PrivacyLedger
     delta: float
     noise_multiplier: float
+
+
+@dataclass(frozen=True)
+class DPRandomness:
+    """Where a participation's DP randomness comes from: count noise, batches, DP-SGD noise.
+
+    ``secure`` (a SuperNode's ``secure-rng`` node-config): fresh OS entropy, so nobody who
+    knows the public run seed can replay the noise and subtract it. Otherwise the run seed,
+    so a simulation is reproducible; its operator holds every partition anyway. torch has
+    no CSPRNG (Opacus' ``secure_mode`` needs torchcsprng, not built for this torch): the
+    noise comes from a Mersenne Twister with a 63-bit OS-entropy seed, summed the
+    floating-point-attack-resistant way of Opacus' ``secure_mode``.
+    """
+
+    seed: int
+    secure: bool = False
+
+    def counts_rng(self) -> np.random.Generator:
+        return np.random.default_rng(None if self.secure else self.seed)
+
+    def batch_seed(self) -> int:
+        return secrets.randbits(63) if self.secure else self.seed
+
+    def noise_generator(self) -> torch.Generator | None:
+        """None: torch's global RNG, which the round seeds with the run seed."""
+        return torch.Generator().manual_seed(secrets.randbits(63)) if self.secure else None
 
 
 def plan_for(cfg: RunConfig, num_examples: int) -> PrivacyPlan:
@@ -84,7 +111,7 @@ def run_private_round(
     counts: np.ndarray,
     *,
     ledger_state: dict[str, Any],
-    seed: int,
+    randomness: DPRandomness,
 ) -> PrivateRound:
     """Train ``model`` in place with DP-SGD if the budget allows this participation."""
     plan = plan_for(cfg, len(data))
@@ -93,8 +120,7 @@ def run_private_round(
     budget = cfg.dp.target_epsilon
     if ledger.would_exceed(plan.round_events(sigma), budget=budget, delta=plan.delta):
         return PrivateRound(None, None, ledger, plan.delta, sigma)
-    rng = np.random.default_rng(seed)
-    released = noise_group_counts(counts, sigma=plan.stats_noise, rng=rng)
+    released = noise_group_counts(counts, sigma=plan.stats_noise, rng=randomness.counts_rng())
     ledger.record([release_event(plan.stats_noise)])
     weighting = cfg.fair.local_weighting if cfg.fair.local_alpha > 0 else "off"
     weights, w_max = torch.ones(len(data)), 1.0
@@ -102,7 +128,7 @@ def run_private_round(
         weights, w_max = weights_from_released(
             released, data.groups, alpha=cfg.fair.local_alpha, max_weight=cfg.fair.local_max_weight
         )
-    loader = make_loader(data, weights, cfg.train.batch_size, seed=seed)
+    loader = make_loader(data, weights, cfg.train.batch_size, seed=randomness.batch_seed())
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()  # Opacus refuses a model left in eval mode by the last evaluation
     module, optimizer, dp_loader = make_private(
@@ -113,6 +139,8 @@ def run_private_round(
         max_grad_norm=cfg.dp.max_grad_norm,
         grad_sample_mode=cfg.dp.grad_sample_mode,
         max_sample_weight=w_max if weighting == "post-clip" else 1.0,
+        noise_generator=randomness.noise_generator(),
+        secure_mode=randomness.secure,
     )
     try:
         result = train(

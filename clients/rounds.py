@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from clients.local import ClientRuntime
-from clients.private import PrivateRound, run_private_round, weights_from_released
+from clients.private import DPRandomness, PrivateRound, run_private_round, weights_from_released
 from clients.training import TrainResult, make_loader, predict, train
 from task.config import RunConfig
 from task.data import Encoded, group_counts
@@ -75,7 +75,7 @@ def _metrics(
     }
 
 
-def _privacy_record(cfg: RunConfig, private: PrivateRound) -> dict[str, Any]:
+def _privacy_record(cfg: RunConfig, private: PrivateRound, secure_rng: bool) -> dict[str, Any]:
     history = private.ledger.history
     return {
         "epsilon": private.ledger.epsilon(private.delta),
@@ -87,6 +87,7 @@ def _privacy_record(cfg: RunConfig, private: PrivateRound) -> dict[str, Any]:
         "history-q": [float(q) for _, q, _ in history],
         "history-steps": [int(n) for _, _, n in history],
         "budget-exhausted": private.result is None,
+        "secure-rng": secure_rng,
     }
 
 
@@ -99,12 +100,14 @@ def train_round(
     node_id: int,
     partition_id: int,
     ledger_state: dict[str, Any],
+    secure_rng: bool = False,
 ) -> TrainOutcome:
     """Load the global weights, train locally (with DP-SGD when ``dp.mode`` is local).
 
     Randomness (batches, dropout, DP noise) is seeded from the run seed, the round and the
     partition — not the node id, which Flower draws anew per registration — so simulation
-    and deployment train identically.
+    and deployment train identically; with ``secure_rng`` the DP randomness (count noise,
+    Poisson batches, DP-SGD noise) comes from OS entropy instead (:class:`DPRandomness`).
     """
     load_exchanged(runtime.model, global_weights)
     server_round = int(server_config.get("server-round", 0))
@@ -116,11 +119,12 @@ def train_round(
     new_state = None
     if cfg.dp.local:
         private = run_private_round(
-            cfg, runtime.model, runtime.train, counts, ledger_state=ledger_state, seed=seed
-        )
+            cfg, runtime.model, runtime.train, counts, ledger_state=ledger_state,
+            randomness=DPRandomness(seed, secure=secure_rng),
+        )  # fmt: skip
         result, new_state = private.result, private.ledger.to_state()
         sent_counts = private.released_counts if result else np.zeros_like(counts)
-        record |= _privacy_record(cfg, private)
+        record |= _privacy_record(cfg, private, secure_rng)
     else:
         result, sent_counts = _plain_round(cfg, runtime, counts, seed), counts
     weights = exchanged_state(runtime.model)

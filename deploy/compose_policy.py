@@ -106,7 +106,8 @@ def check_offline(compose: Compose) -> list[str]:
 
 
 def check_topology(compose: Compose) -> list[str]:
-    """One SuperLink + ServerApp SuperExec; SuperNode i: partition i of N, its own SuperExec."""
+    """One SuperLink + ServerApp SuperExec; SuperNode i: partition i of N, its own SuperExec,
+    DP noise from OS entropy (``secure-rng=true``)."""
     parsed, problems = parsed_commands(compose)
     kinds = _kinds(compose)
     supernodes = sorted(n for n, k in kinds.items() if k == "supernode")
@@ -130,6 +131,8 @@ def check_topology(compose: Compose) -> list[str]:
                 f"{name}: num-partitions={pairs.get('num-partitions')}, "
                 f"expected {len(supernodes)} (one per SuperNode)"
             )
+        if pairs.get("secure-rng") != "true":  # else DP noise is replayable from the run seed
+            problems.append(f"{name}: node-config must set secure-rng=true")
         partitions.add(pairs.get("partition-id"))
     if partitions != {str(i) for i in range(len(supernodes))}:
         problems.append(f"partition-ids {sorted(map(str, partitions))} are not 0..N-1")

@@ -124,7 +124,7 @@ def supernode_cmd(dep: Deployment, index: int, num: int) -> list[str]:
         f"--superlink={dep.address}",
         f"--root-certificates={dep.tls.ca_cert}",
         f"--auth-supernode-private-key={node.auth_key}",
-        f"--node-config=partition-id={index} num-partitions={num}",
+        f"--node-config=partition-id={index} num-partitions={num} secure-rng=true",
         "--isolation=process",
         f"--host={HOST}",
         f"--port={dep.supernode_ports[index]}",

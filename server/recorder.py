@@ -91,6 +91,7 @@ class RoundRecorder:
             ],
             "noise_multiplier": float(record["noise-multiplier"]),
             "stopped_by_budget": bool(record["budget-exhausted"]),
+            "secure_rng": bool(record.get("secure-rng", False)),
         }
 
     # --- evaluate_fn -----------------------------------------------------------------

@@ -237,3 +237,24 @@ def test_the_plan_and_the_ledger_count_the_steps_opacus_runs(batches: int) -> No
         assert not ledger.would_exceed(plan.round_events(sigma), budget=8.0, delta=plan.delta)
         ledger.record([release_event(plan.stats_noise), *ran])
     assert ledger.epsilon(plan.delta) == pytest.approx(8.0, abs=0.05)
+
+
+@pytest.mark.parametrize("secure_rng", [False, True])
+def test_secure_rng_makes_dp_noise_unreplayable_from_the_run_seed(secure_rng: bool) -> None:
+    """Seeded (simulation): the same seed, round and partition give the same released
+    counts and update, so anyone knowing the public seed could replay and subtract the
+    noise. secure-rng: two identical participations differ; ε is the same either way."""
+    cfg = parse_run_config(load_defaults() | SMALL | {"num-server-rounds": 1})
+    runtime = runtime_for(cfg)
+    start = copy.deepcopy(exchanged_state(runtime.model))
+    outcomes, updates = [], []
+    for _ in range(2):
+        outcome = train_round(cfg, runtime, start, {"server-round": 1}, node_id=1,
+                              partition_id=0, ledger_state={}, secure_rng=secure_rng)  # fmt: skip
+        outcomes.append(outcome)
+        updates.append({k: v.clone() for k, v in outcome.weights.items()})  # the model's own
+    same_counts = outcomes[0].metrics["group-counts"] == outcomes[1].metrics["group-counts"]
+    same_update = all(torch.equal(updates[0][k], updates[1][k]) for k in start)
+    assert (same_counts, same_update) == (not secure_rng, not secure_rng)
+    assert outcomes[0].metrics["epsilon"] == outcomes[1].metrics["epsilon"] > 0
+    assert outcomes[0].client_record["secure-rng"] is secure_rng

@@ -108,6 +108,13 @@ MUTATIONS: list[tuple[str, str, str, Check, str]] = [
         "supernode-0: num-partitions=2, expected 3",
     ),
     (
+        "seeded DP noise",
+        "secure-rng=true",
+        "secure-rng=false",
+        cp.check_topology,
+        "supernode-0: node-config must set secure-rng=true",
+    ),
+    (
         "orphan SuperNode",
         "--runtime-api-address=supernode-2:9094",
         "--runtime-api-address=supernode-1:9094",

@@ -48,6 +48,8 @@ def test_deploy_local_runs_two_rounds_on_two_authenticated_supernodes(tmp_path: 
         assert len(record["weights"]) == 2
         assert 0.0 <= record["global"]["accuracy"] <= 1.0
     assert set(results["rounds"][0]["weights"]) == set(results["rounds"][1]["weights"])
+    privacy = results["privacy"]  # each deployed node drew its DP noise from OS entropy
+    assert len(privacy) == 2 and all(p["secure_rng"] is True for p in privacy.values())
     logs = tmp_path / "work" / "logs"
     superlink = (logs / "superlink.log").read_text()
     assert "SuperNode authentication is disabled" not in superlink
