@@ -87,6 +87,16 @@ def plan_for(cfg: RunConfig, num_examples: int) -> PrivacyPlan:
     )
 
 
+def check_release_budget(cfg: RunConfig) -> None:
+    """Raise before any training if the count releases alone cannot fit ``dp.target-epsilon``.
+
+    Each client checks its own plan (δ = 1/(10·n) by default) when it first trains; the
+    server does not know n, so it checks at the largest δ a client can get (``dp.delta``,
+    or 0.1 at n = 1), where the releases cost least: what fails here fails on every client.
+    """
+    calibrate_noise_multiplier(plan_for(cfg, num_examples=1))
+
+
 def weights_from_released(
     released: np.ndarray, groups: torch.Tensor, *, alpha: float, max_weight: float
 ) -> tuple[torch.Tensor, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from clients.private import check_release_budget
 from server.central_dp import CentralAccountant
 from server.evaluation import build_evaluator
 from server.recorder import RoundRecorder
@@ -19,6 +20,8 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Federate ``num-server-rounds`` rounds and write the run directory."""
     cfg = parse_run_config(context.run_config)
+    if cfg.dp.local:
+        check_release_budget(cfg)
     evaluator = build_evaluator(cfg)
     run_dir = RunDirectory(cfg.output_dir, str(context.run_id), dict(context.run_config))
     num_nodes = len(list(grid.get_node_ids()))

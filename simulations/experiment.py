@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clients.private import check_release_budget
 from task.config import RunConfig, flatten, load_defaults, parse_run_config
 
 FEDERATION_KEYS = {"num-supernodes": int, "client-cpus": int}
@@ -83,5 +84,7 @@ def build_experiment(
     if supernodes is not None:
         federation["num-supernodes"] = supernodes
     experiment = Experiment(overrides=overrides, federation=_check_federation(federation))
-    experiment.run_config  # noqa: B018  (validates every key now, before anything starts)
+    cfg = experiment.run_config  # validates every key now, before anything starts
+    if cfg.dp.local:
+        check_release_budget(cfg)  # as the ServerApp will, but before a SuperLink starts
     return experiment

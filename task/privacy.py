@@ -222,7 +222,7 @@ def calibrate_noise_multiplier(plan: PrivacyPlan) -> float:
             raise ValueError(
                 f"dp.stats-noise={plan.stats_noise} alone costs ε={eps_stats:.3f} over "
                 f"{plan.planned_rounds} releases, not below dp.target-epsilon="
-                f"{plan.target_epsilon}: raise dp.stats-noise, or 0 to release nothing"
+                f"{plan.target_epsilon}: raise dp.stats-noise or dp.target-epsilon"
             )
 
     def eps_at(sigma: float) -> float:

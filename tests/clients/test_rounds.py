@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from clients.dp_optim import make_private
 from clients.local import ClientRuntime, client_runtime
-from clients.private import plan_for, weights_from_released
+from clients.private import check_release_budget, plan_for, weights_from_released
 from clients.rounds import train_round
 from clients.training import make_loader, per_example_loss
 from task.config import RunConfig, load_defaults, parse_run_config
@@ -258,3 +258,10 @@ def test_secure_rng_makes_dp_noise_unreplayable_from_the_run_seed(secure_rng: bo
     assert (same_counts, same_update) == (not secure_rng, not secure_rng)
     assert outcomes[0].metrics["epsilon"] == outcomes[1].metrics["epsilon"] > 0
     assert outcomes[0].client_record["secure-rng"] is secure_rng
+
+
+def test_the_server_refuses_a_release_noise_that_no_client_budget_can_hold() -> None:
+    """8 releases at σ_s = 1 cost ε = 8.44 even at δ = 0.1 (n = 1, the cheapest case)."""
+    check_release_budget(parse_run_config(load_defaults()))
+    with pytest.raises(ValueError, match=r"dp.stats-noise=1.0 alone costs ε=8.4\d+ over 8"):
+        check_release_budget(parse_run_config(load_defaults() | {"dp.stats-noise": 1.0}))

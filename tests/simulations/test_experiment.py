@@ -40,6 +40,9 @@ def test_bad_key_fails_before_anything_runs() -> None:
         build_experiment(None, ["strategy=fedsgd"])
     with pytest.raises(ValueError, match="--set expects key=value"):
         build_experiment(None, ["strategy"])
+    with pytest.raises(ValueError, match="dp.stats-noise=0.5 alone costs"):  # no budget fits
+        build_experiment(None, ["dp.stats-noise=0.5"])
+    build_experiment(None, ["dp.stats-noise=0.5", "dp.mode=off"])  # nothing is released
 
 
 def test_missing_experiment_file_is_named(tmp_path: Path) -> None:
