@@ -7,7 +7,16 @@ import signal
 import sys
 from pathlib import Path
 
-from simulations.evidence import current_and_stale, load_grid, run_cells, select, summary_path
+from simulations.evidence import (
+    Cell,
+    Grid,
+    current_and_stale,
+    infeasible,
+    load_grid,
+    run_cells,
+    select,
+    summary_path,
+)
 from simulations.experiment import build_experiment
 from simulations.report import load_summaries, write_report
 from simulations.runner import RunFailed, run_experiment
@@ -43,34 +52,59 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _subset(text: str | None, kind: type) -> set | None:  # type: ignore[type-arg]
+def _subset(text: str | None, kind: type, valid: set, flag: str) -> set | None:  # type: ignore[type-arg]
     if text is None:
         return None
-    return {kind("inf") if kind is float and v == "inf" else kind(v) for v in text.split(",")}
+    values = {kind("inf") if kind is float and v == "inf" else kind(v) for v in text.split(",")}
+    if unknown := values - valid:
+        shown = sorted(str(v) for v in valid)
+        raise ValueError(f"{flag}: {sorted(map(str, unknown))} not in any grid; valid: {shown}")
+    return values
+
+
+def _selected(grid: Grid, args: argparse.Namespace, grids: list[Grid]) -> list[Cell]:
+    """The cells of ``grid`` the command-line filters select."""
+    every = [c for g in grids for c in g.cells]
+    cells = list(select(
+        grid.cells,
+        variant=_subset(args.variants, str, {c.variant for c in every}, "--variants"),
+        epsilon=_subset(args.epsilons, float, {c.epsilon for c in every}, "--epsilons"),
+        seed=_subset(args.seeds, int, {c.seed for c in every}, "--seeds"),
+    ))  # fmt: skip
+    return [c for c in cells if c.skew is None] if args.no_skew else cells
+
+
+def _load_grids(paths: list[Path]) -> list[Grid]:
+    grids = [load_grid(path) for path in paths]
+    names = [g.name for g in grids]
+    if duplicated := sorted({n for n in names if names.count(n) > 1}):
+        raise ValueError(f"grid name(s) {duplicated} used by more than one grid file: "
+                         "cells are stored by name, so names must be unique")  # fmt: skip
+    return grids
 
 
 def evidence_main(args: argparse.Namespace) -> int:
-    grids = args.grids or sorted(EVIDENCE_DIR.glob("*.toml"))
+    """Run the selected cells of the named grids (default: all); then rebuild the report
+    from every current cell of every grid, so a partial command never shrinks it."""
+    to_run = [p.resolve() for p in args.grids] or sorted(EVIDENCE_DIR.resolve().glob("*.toml"))
+    paths = list(dict.fromkeys([*sorted(EVIDENCE_DIR.resolve().glob("*.toml")), *to_run]))
+    grids = _load_grids(paths)
+    selected = {path: _selected(g, args, grids) for path, g in zip(paths, grids, strict=True)}
     summaries: list[Path] = []
-    coverage: dict[str, tuple[int, int]] = {}
-    for path in grids:
-        grid = load_grid(path)
-        cells = list(select(
-            grid.cells, variant=_subset(args.variants, str), epsilon=_subset(args.epsilons, float),
-            seed=_subset(args.seeds, int),
-        ))  # fmt: skip
-        if args.no_skew:
-            cells = [c for c in cells if c.skew is None]
-        if not args.report_only:
-            run_cells(grid, cells, args.output_dir)
+    coverage: dict[str, tuple[int, int, int]] = {}
+    for path, grid in zip(paths, grids, strict=True):
+        if path in to_run and not args.report_only:
+            run_cells(grid, selected[path], args.output_dir)
         current, stale = current_and_stale(grid, grid.cells, args.output_dir)
-        selected = set(cells)
-        summaries += [summary_path(args.output_dir, c) for c in current if c in selected]
-        if outdated := [c for c in stale if c in selected]:
+        summaries += [summary_path(args.output_dir, c) for c in current]
+        if outdated := [c for c in stale if c in selected[path]]:
             print(f"{grid.name}: {len(outdated)} cell(s) ran with another config than today's "
                   f"and are left out; run the sweep again to redo them: "
                   f"{', '.join(c.key for c in outdated)}", file=sys.stderr)  # fmt: skip
-        coverage[grid.name] = (len(current), len(grid.cells))
+        impossible = infeasible(grid, [c for c in grid.cells if c not in current])
+        for cell, reason in impossible.items():
+            print(f"{cell.key}: cannot run: {reason}", file=sys.stderr)
+        coverage[grid.name] = (len(current), len(grid.cells), len(impossible))
     report = write_report(load_summaries(summaries), args.docs, coverage)
     print(report)
     return 0

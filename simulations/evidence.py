@@ -87,30 +87,53 @@ class Grid:
     no_dp_overrides: dict[str, Any]
 
 
-def _epsilon(value: Any) -> float:
-    return math.inf if value == "inf" else float(value)
+REQUIRED = ("name", "variants", "epsilons", "seeds")
+# Keys each cell sets itself: a grid override of one would make cells lie about their label.
+SET_BY_CELL = ("strategy", "fair.local-weighting", "seed", "dp.mode", "dp.target-epsilon")
+
+
+def _epsilon(value: Any, path: Path) -> float:
+    if value == "inf":
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f'{path}: epsilons must be numbers > 0 or "inf", got {value!r}')
+    return float(value)
+
+
+def _check_spec(spec: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Required keys, known variants, and overrides that leave the cells' own keys alone."""
+    if missing := [key for key in REQUIRED if not spec.get(key)]:
+        raise ValueError(f"{path}: [evidence] needs {missing} (all of {list(REQUIRED)})")
+    unknown = sorted((set(spec["variants"]) | set(spec.get("skew-variants", []))) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"{path}: unknown variant(s) {unknown}; valid: {sorted(VARIANTS)}")
+    overrides = flatten(spec.get("overrides", {}))
+    for table, keys in (
+        ("overrides", overrides),
+        ("no-dp-overrides", spec.get("no-dp-overrides", {})),
+    ):
+        if clash := sorted(set(keys) & set(SET_BY_CELL)):
+            raise ValueError(f"{path}: [evidence.{table}] may not set {clash}: each cell sets them")
+    return overrides
 
 
 def load_grid(path: Path) -> Grid:
-    """Read a grid file and expand it into cells; unknown variants are named."""
+    """Read a grid file and expand it into cells; a bad file is named with the key."""
     with path.open("rb") as handle:
         table = tomllib.load(handle)
     spec = table.get("evidence")
     if spec is None:
         raise ValueError(f"{path}: missing [evidence] table")
+    overrides = _check_spec(spec, path)
     name = spec["name"]
-    unknown = sorted((set(spec["variants"]) | set(spec.get("skew-variants", []))) - set(VARIANTS))
-    if unknown:
-        raise ValueError(f"{path}: unknown variant(s) {unknown}; valid: {sorted(VARIANTS)}")
     cells = [
-        Cell(name, v, _epsilon(e), int(s), None)
+        Cell(name, v, _epsilon(e, path), int(s), None)
         for v in spec["variants"] for e in spec["epsilons"] for s in spec["seeds"]
     ]  # fmt: skip
-    overrides = flatten(spec.get("overrides", {}))
     # A skew equal to the grid's own partition.alpha is the main cell: run it once.
     base_alpha = overrides.get("partition.alpha", load_defaults()["partition.alpha"])
     cells += [
-        Cell(name, v, _epsilon(spec.get("skew-epsilon", 8.0)), int(s),
+        Cell(name, v, _epsilon(spec.get("skew-epsilon", 8.0), path), int(s),
              None if float(a) == base_alpha else float(a))
         for v in spec.get("skew-variants", []) for a in spec.get("skews", [])
         for s in spec["seeds"]
@@ -129,11 +152,34 @@ def select(cells: tuple[Cell, ...], **only: set[Any] | None) -> Iterator[Cell]:
             yield cell
 
 
-def _experiment(grid: Grid, cell: Cell, runs_dir: Path) -> Experiment:
+def _experiment(grid: Grid, cell: Cell, runs_dir: Path, *, check_data: bool = True) -> Experiment:
     cell_config = cell.overrides(grid.overrides, grid.no_dp_overrides)
     assignments = [f"{k}={json.dumps(v)}" for k, v in cell_config.items()]
-    experiment = build_experiment(None, assignments, output_dir=str(runs_dir))
-    return Experiment(experiment.overrides, experiment.federation | grid.federation)
+    return build_experiment(
+        None, assignments, output_dir=str(runs_dir), federation=grid.federation,
+        check_data=check_data,
+    )  # fmt: skip
+
+
+def infeasible(grid: Grid, cells: Iterable[Cell]) -> dict[Cell, str]:
+    """Cells that can never run, with the reason: their config or data is refused.
+
+    Checked once per (ε, seed, skew), what decides it: the data and its partition depend
+    on seed and skew, the budget check on ε.
+    """
+    reasons: dict[tuple[float, int, float | None], str | None] = {}
+    found: dict[Cell, str] = {}
+    for cell in cells:
+        pattern = (cell.epsilon, cell.seed, cell.skew)
+        if pattern not in reasons:
+            try:
+                _experiment(grid, cell, Path("outputs"))
+                reasons[pattern] = None
+            except ValueError as error:
+                reasons[pattern] = str(error)
+        if (reason := reasons[pattern]) is not None:
+            found[cell] = reason
+    return found
 
 
 def summary_path(output_dir: Path, cell: Cell) -> Path:
@@ -162,7 +208,7 @@ def is_current(grid: Grid, cell: Cell, output_dir: Path) -> bool:
     if not path.exists():
         return False
     recorded = json.loads(path.read_text())
-    today = _experiment(grid, cell, output_dir / "runs")
+    today = _experiment(grid, cell, output_dir / "runs", check_data=False)
     return (
         comparable(recorded.get("config", {})) == comparable(load_defaults() | today.overrides)
         and recorded.get("federation") == today.federation
@@ -190,10 +236,14 @@ def run_cells(grid: Grid, cells: list[Cell], output_dir: Path) -> None:
     (output_dir / "cells").mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells if not is_current(grid, c, output_dir)]
     for cell in tqdm(todo, desc=f"evidence {grid.name}", unit="run"):
-        experiment = _experiment(grid, cell, runs_dir)
+        try:
+            experiment = _experiment(grid, cell, runs_dir)
+        except ValueError as error:
+            tqdm.write(f"{cell.key}: cannot run: {error}")
+            continue
         try:
             run_dir = run_experiment(experiment)
-        except RunFailed as error:
+        except (RunFailed, RuntimeError, TimeoutError) as error:  # one cell, not the sweep
             tqdm.write(f"{cell.key}: failed: {error}")
             continue
         results = json.loads((run_dir / "results.json").read_text())

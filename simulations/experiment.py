@@ -9,6 +9,7 @@ from typing import Any
 
 from clients.private import check_release_budget
 from task.config import RunConfig, flatten, load_defaults, parse_run_config
+from task.data import check_partitions
 
 FEDERATION_KEYS = {"num-supernodes": int, "client-cpus": int}
 DEFAULT_FEDERATION = {"num-supernodes": 10, "client-cpus": 1}
@@ -73,9 +74,14 @@ def build_experiment(
     *,
     supernodes: int | None = None,
     output_dir: str | None = None,
+    federation: dict[str, Any] | None = None,
+    check_data: bool = True,
 ) -> Experiment:
-    """Experiment file, then ``--set``, then the dedicated flags; validated before any run."""
-    overrides, federation = load_experiment_file(path) if path else ({}, {})
+    """Experiment file, then ``--set`` and ``federation``, then the dedicated flags;
+    validated before any run: keys, budget and (``check_data``) that the data loads and
+    partitions."""
+    overrides, file_federation = load_experiment_file(path) if path else ({}, {})
+    federation = file_federation | (federation or {})
     overrides |= parse_assignments(assignments)
     if output_dir is not None:
         overrides["output-dir"] = output_dir
@@ -87,4 +93,6 @@ def build_experiment(
     cfg = experiment.run_config  # validates every key now, before anything starts
     if cfg.dp.local:
         check_release_budget(cfg)  # as the ServerApp will, but before a SuperLink starts
+    if check_data and cfg.data.dataset != "hf":  # a hub dataset would download: clients check
+        check_partitions(cfg.data, cfg.partition, experiment.federation["num-supernodes"], cfg.seed)
     return experiment

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers or in CI
 import matplotlib.pyplot as plt
 
-from simulations.evidence import REPORTED
+from simulations.evidence import REPORTED, VARIANTS
 
 Key = tuple[str, str, float]  # grid, variant, epsilon (inf = DP off)
 
@@ -76,60 +76,85 @@ def skew_table(summaries: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _colour(variant: str) -> str:
+    """One colour per variant in every panel, so one legend is true for all of them."""
+    return f"C{list(VARIANTS).index(variant) % 10}"
+
+
 def plot_worst_group_vs_epsilon(summaries: list[dict[str, Any]], path: Path) -> None:
     groups = group_cells(summaries)
     grids = sorted({g for g, _, _ in groups})
-    fig, axes = plt.subplots(1, len(grids), figsize=(5 * len(grids), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(grids), figsize=(5 * len(grids), 4.6), squeeze=False)
     for ax, grid in zip(axes[0], grids, strict=True):
         for variant in sorted({v for g, v, _ in groups if g == grid}):
             points = sorted((e, c) for (g, v, e), c in groups.items() if g == grid and v == variant)
             xs = [e if math.isfinite(e) else 16.0 for e, _ in points]
             ys = [mean(x["worst_group_accuracy"] for x in c) for _, c in points]
-            ax.plot(xs, ys, marker="o", label=variant)
+            ax.plot(xs, ys, marker="o", color=_colour(variant))
         ax.set_title(grid)
         ax.set_xlabel("ε (16 = no DP)")
         ax.set_ylabel("worst-group accuracy")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    shown = sorted({v for _, v, _ in groups}, key=list(VARIANTS).index)
+    handles = [plt.Line2D([], [], color=_colour(v), marker="o") for v in shown]
+    fig.legend(handles, shown, loc="lower center", ncol=4, fontsize=7)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def gap_vs_cost(summaries: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
+    """``(grid/variant/ε, accuracy cost in points, gap reduction in %)`` vs FedAvg at the
+    same (data, ε), over the seeds both have: a seed changes the data, so unpaired means
+    would be biased."""
+    groups = group_cells(summaries)
+    points: list[tuple[str, float, float]] = []
+    for (grid, variant, eps), all_cells in sorted(groups.items()):
+        base_cells = groups.get((grid, "fedavg", eps), [])
+        seeds = {c["seed"] for c in all_cells} & {c["seed"] for c in base_cells}
+        if variant == "fedavg" or not seeds:
+            continue
+        base = [c for c in base_cells if c["seed"] in seeds]
+        cells = [c for c in all_cells if c["seed"] in seeds]
+        base_gap = mean(c["group_accuracy_gap"] for c in base)
+        reduction = 1 - mean(c["group_accuracy_gap"] for c in cells) / base_gap if base_gap else 0.0
+        cost = mean(c["accuracy"] for c in base) - mean(c["accuracy"] for c in cells)
+        label = f"{grid}/{variant}/ε={'∞' if math.isinf(eps) else f'{eps:g}'}"
+        points.append((label, 100 * cost, 100 * reduction))
+    return points
 
 
 def plot_gap_vs_cost(summaries: list[dict[str, Any]], path: Path) -> None:
-    """Gap reduction vs population-accuracy cost, relative to FedAvg at the same (data, ε)."""
-    groups = group_cells(summaries)
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for (grid, variant, eps), cells in sorted(groups.items()):
-        base = groups.get((grid, "fedavg", eps))
-        if variant == "fedavg" or not base:
-            continue
-        base_gap = mean(c["group_accuracy_gap"] for c in base)
-        reduction = 1 - mean(c["group_accuracy_gap"] for c in cells) / base_gap if base_gap else 0
-        cost = mean(c["accuracy"] for c in base) - mean(c["accuracy"] for c in cells)
-        ax.scatter(100 * cost, 100 * reduction, s=25)
-        label = f"{grid}/{variant}/ε={'∞' if math.isinf(eps) else f'{eps:g}'}"
-        ax.annotate(label, (100 * cost, 100 * reduction), fontsize=6)
+    for label, cost, reduction in gap_vs_cost(summaries):
+        ax.scatter(cost, reduction, s=25)
+        ax.annotate(label, (cost, reduction), fontsize=6)
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
     ax.set_xlabel("population-accuracy cost vs FedAvg (points)")
-    ax.set_ylabel("worst-group gap reduction vs FedAvg (%)")
+    ax.set_ylabel("group-accuracy gap (max − min) reduction vs FedAvg (%)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def coverage_line(coverage: dict[str, tuple[int, int]]) -> str:
-    """``grid: done of designed cells`` for every grid, so a partial sweep says so."""
-    parts = [f"{name} {done} of {designed}" for name, (done, designed) in sorted(coverage.items())]
+def coverage_line(coverage: dict[str, tuple[int, int, int]]) -> str:
+    """``grid: done of designed cells`` (and how many can never run), so a partial sweep
+    says so."""
+    parts = [
+        f"{name} {done} of {designed}" + (f" ({impossible} cannot run)" if impossible else "")
+        for name, (done, designed, impossible) in sorted(coverage.items())
+    ]
     return "Cells run of the designed grid: " + "; ".join(parts) + ".\n\n" if parts else ""
 
 
 def write_report(
     summaries: list[dict[str, Any]],
     docs: Path,
-    coverage: dict[str, tuple[int, int]] | None = None,
+    coverage: dict[str, tuple[int, int, int]] | None = None,
 ) -> Path:
+    if not group_cells(summaries):  # before anything in ``docs`` is touched
+        raise ValueError("no finished main-grid cell to report yet: run the sweep first")
     docs.mkdir(parents=True, exist_ok=True)
     plot_worst_group_vs_epsilon(summaries, docs / "evidence_worst_group_vs_epsilon.png")
     plot_gap_vs_cost(summaries, docs / "evidence_gap_vs_cost.png")

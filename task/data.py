@@ -70,9 +70,35 @@ def make_partitioner(cfg: PartitionConfig, num_partitions: int, seed: int) -> Pa
 def _partitioner(
     data: DataConfig, cfg: PartitionConfig, num_partitions: int, seed: int
 ) -> Partitioner:
+    """The partitioner with its partition map drawn, or a ValueError naming the keys.
+
+    The map is drawn here, eagerly: the Dirichlet draw gives up after 10 tries for some
+    (α, seed), and a lazy draw that failed would go on from its advanced RNG at the next
+    call, giving this process a different map than the other clients'. A failure here is
+    not cached, so it repeats identically.
+    """
     partitioner = make_partitioner(cfg, num_partitions, seed)
-    partitioner.dataset = load_splits(data, seed)["train"]
+    train = load_splits(data, seed)["train"]
+    # IidPartitioner takes contiguous shards; FederatedDataset shuffles first, and so do we,
+    # or a dataset stored sorted (by label, by source) gives one-label clients.
+    partitioner.dataset = train.shuffle(seed=seed) if cfg.method == "iid" else train
+    try:
+        partitioner.load_partition(0)
+    except ValueError as error:
+        raise ValueError(
+            f"cannot split the training data into {num_partitions} partitions of >= "
+            f"{MIN_PARTITION_SIZE} examples with partition.method={cfg.method!r}, "
+            f"partition.alpha={cfg.alpha}, seed={seed} ({error}): raise partition.alpha, "
+            "use fewer clients or another seed"
+        ) from error
     return partitioner
+
+
+def check_partitions(
+    data: DataConfig, cfg: PartitionConfig, num_partitions: int, seed: int
+) -> None:
+    """Raise the ValueError a client would, before any run starts."""
+    _partitioner(data, cfg, num_partitions, seed)
 
 
 def load_partition(

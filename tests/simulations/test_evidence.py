@@ -15,12 +15,14 @@ from simulations.evidence import (
     _experiment,
     comparable,
     current_and_stale,
+    infeasible,
     is_current,
     load_grid,
+    run_cells,
     select,
     summary_path,
 )
-from simulations.report import markdown_table, skew_table, write_report
+from simulations.report import gap_vs_cost, markdown_table, skew_table, write_report
 from task.config import load_defaults
 
 GRIDS = Path(__file__).resolve().parents[2] / "simulations" / "experiments" / "evidence"
@@ -86,11 +88,13 @@ def test_table_reports_mean_and_sample_std_over_seeds(tmp_path: Path) -> None:
         "| g | fedavg | 8 | 2 | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.550 ± 0.212 | 0.300 ± 0.141 |"
         in table
     )
-    report = write_report(rows, tmp_path, {"g": (3, 81)})
+    report = write_report(rows, tmp_path, {"g": (3, 81, 0), "h": (0, 9, 2)})
     assert (tmp_path / "evidence_worst_group_vs_epsilon.png").stat().st_size > 1000
     assert (tmp_path / "evidence_gap_vs_cost.png").stat().st_size > 1000
     assert "3 runs" in report.read_text()
-    assert "Cells run of the designed grid: g 3 of 81." in report.read_text()
+    assert (
+        "Cells run of the designed grid: g 3 of 81; h 0 of 9 (2 cannot run)." in report.read_text()
+    )
 
 
 def test_skew_table_puts_the_main_cells_at_the_grids_own_alpha() -> None:
@@ -196,3 +200,84 @@ def test_report_only_leaves_stale_cells_out_and_names_them(
     assert "g-qfedavg-eps8-s1" in capsys.readouterr().err
     report = (tmp_path / "docs" / "evidence.md").read_text()
     assert "1 runs" in report and "g 1 of 2" in report
+    # A command naming one grid still reports every shipped grid: docs never shrink to it.
+    assert "synthetic 0 of 81" in report and "adult-sex 0 of 81 (3 cannot run)" in report
+
+
+def write_grid(tmp_path: Path, text: str, name: str = "g.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("seeds = [1]\n", ""), r"\[evidence\] needs \['seeds'\]"),
+        (("epsilons = [8.0]", 'epsilons = ["eight"]'), 'epsilons must be numbers > 0 or "inf"'),
+        (
+            ('dataset = "synthetic"', 'dataset = "synthetic"\ndp.mode = "off"'),
+            r"\[evidence.overrides\] may not set \['dp.mode'\]",
+        ),
+    ],
+)
+def test_a_bad_grid_file_is_named_with_the_key(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    path = write_grid(tmp_path, GRID_TOML.replace(*change))
+    with pytest.raises(ValueError, match=message) as error:
+        load_grid(path)
+    assert str(path) in str(error.value)
+
+
+def test_a_grid_federation_is_validated_like_an_experiments(tmp_path: Path) -> None:
+    grid = load_grid(write_grid(tmp_path, GRID_TOML.replace("num-supernodes", "num-supernode")))
+    with pytest.raises(ValueError, match=r"unknown \[federation\] key\(s\) \['num-supernode'\]"):
+        _experiment(grid, grid.cells[0], tmp_path)
+
+
+def test_cells_whose_data_cannot_be_partitioned_are_skipped_and_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """160 training rows cannot give 30 clients >= 10 each: every cell is refused, before
+    any flwr run, and the sweep goes on."""
+    text = GRID_TOML.replace("num-supernodes = 4", "num-supernodes = 30").replace(
+        'dataset = "synthetic"', 'dataset = "synthetic"\nsynthetic.num-examples = 200'
+    )
+    grid = load_grid(write_grid(tmp_path, text))
+    reasons = infeasible(grid, grid.cells)
+    assert set(reasons) == set(grid.cells)
+    assert "into 30 partitions of >= 10 examples" in reasons[grid.cells[0]]
+    run_cells(grid, list(grid.cells), tmp_path / "out")
+    assert capsys.readouterr().out.count("cannot run: cannot split the training data") == 2
+    assert not list((tmp_path / "out" / "cells").iterdir())
+
+
+def test_filters_and_grid_names_are_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_grid(tmp_path, GRID_TOML)
+    base = ["evidence", str(path), "--report-only", "--output-dir", str(tmp_path / "out"),
+            "--docs", str(tmp_path / "docs")]  # fmt: skip
+    assert main([*base, "--variants", "fedvg"]) == 2
+    assert "--variants: ['fedvg'] not in any grid" in capsys.readouterr().err
+    twin = write_grid(tmp_path, GRID_TOML, "twin.toml")
+    assert main([*base[:2], str(twin), *base[2:]]) == 2
+    assert "grid name(s) ['g'] used by more than one grid file" in capsys.readouterr().err
+    assert not (tmp_path / "docs").exists()
+
+
+def test_no_main_cell_means_no_report_and_docs_untouched(tmp_path: Path) -> None:
+    (tmp_path / "evidence.md").write_text("published")
+    with pytest.raises(ValueError, match="no finished main-grid cell"):
+        write_report([summary("fedavg", 1, 0.8, 0.4, skew=0.1)], tmp_path)
+    assert (tmp_path / "evidence.md").read_text() == "published"
+
+
+def test_gap_vs_cost_compares_the_seeds_both_sides_have() -> None:
+    rows = [summary("fedavg", 1, 0.80, 0.40), summary("fedavg", 2, 0.90, 0.10),
+            summary("representation", 1, 0.78, 0.20)]  # fmt: skip
+    # seed 1 only: cost 0.80 − 0.78 = 2 points, reduction 1 − 0.2/0.4 = 50 %
+    [(label, cost, reduction)] = gap_vs_cost(rows)
+    assert label == "g/representation/ε=8"
+    assert (cost, reduction) == (pytest.approx(2.0), pytest.approx(50.0))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,7 @@ from task.config import load_defaults, parse_run_config
 from task.data import encode, group_names, load_partition, load_splits
 from task.model import load_tokenizer
 
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 CFG = parse_run_config(load_defaults() | {"synthetic.num-examples": 2000})
 
 
@@ -57,3 +60,26 @@ def test_encode_maps_groups_in_sorted_order() -> None:
     encoded = encode(splits["test"].select(range(20)), tokenizer, names, max_length=16)
     assert encoded.input_ids.shape == (20, 16)
     assert [names[i] for i in encoded.groups.tolist()] == list(splits["test"]["group"][:20])
+
+
+def test_iid_partitions_mix_a_training_split_stored_in_order() -> None:
+    """HateCheck's training split keeps the file's order (hateful cases first): contiguous
+    IID shards gave clients 100 % and 0 % hateful; shuffled first, as FederatedDataset does."""
+    cfg = parse_run_config(load_defaults() | {
+        "dataset": "hatecheck", "data.path": str(DATA / "hatecheck"), "partition.method": "iid",
+    })  # fmt: skip
+    train = load_splits(cfg.data, cfg.seed)["train"]
+    overall = float(np.mean(train["label"]))
+    for partition_id in (0, 5, 9):
+        local = load_partition(cfg.data, cfg.partition, partition_id=partition_id,
+                               num_partitions=10, seed=cfg.seed)  # fmt: skip
+        labels = list(local["train"]["label"]) + list(local["eval"]["label"])
+        assert abs(float(np.mean(labels)) - overall) < 0.1
+
+
+def test_a_partition_that_cannot_be_drawn_names_the_keys_and_fails_the_same_way_twice() -> None:
+    cfg = parse_run_config(load_defaults() | {"synthetic.num-examples": 200})
+    for _ in range(2):  # a failed draw is not cached, so no process continues its RNG
+        with pytest.raises(ValueError, match=r"partition.alpha=0.3, seed=42 \(The max number"):
+            load_partition(cfg.data, cfg.partition, partition_id=0, num_partitions=30,
+                           seed=cfg.seed)  # fmt: skip
