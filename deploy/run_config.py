@@ -12,18 +12,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from task.config import flatten
+
 NOT_RUN_CONFIG = ("federation", "experiment")
-
-
-def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{name}.")
-        else:
-            flat[name] = value
-    return flat
 
 
 def toml_value(value: Any) -> str:
@@ -47,4 +38,17 @@ def experiment_items(path: Path) -> list[str]:
     table = tomllib.loads(path.read_text())
     for key in NOT_RUN_CONFIG:
         table.pop(key, None)
-    return [f"{k}={toml_value(v)}" for k, v in _flatten(table).items()]
+    return [f"{k}={toml_value(v)}" for k, v in flatten(table).items()]
+
+
+def run_config_flag(overrides: dict[str, Any]) -> list[str]:
+    """One ``--run-config`` with every pair: Flower parses each flag as its own TOML document
+    and merges them shallowly, so a second ``dp.*`` flag would drop the first ``dp.*`` key.
+    """
+    pairs = []
+    for key, value in overrides.items():
+        try:
+            pairs.append(f"{key}={toml_value(value)}")
+        except ValueError as error:
+            raise ValueError(f"run-config key {key!r}: {error}") from None
+    return ["--run-config", " ".join(pairs)]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from clients.private import check_release_budget
+from deploy.run_config import run_config_flag
 from task.config import RunConfig, flatten, load_defaults, parse_run_config
 from task.data import check_partitions
 
@@ -91,6 +92,7 @@ def build_experiment(
         federation["num-supernodes"] = supernodes
     experiment = Experiment(overrides=overrides, federation=_check_federation(federation))
     cfg = experiment.run_config  # validates every key now, before anything starts
+    run_config_flag(overrides)  # and that each value survives Flower's key=value parser
     if cfg.dp.local:
         check_release_budget(cfg)  # as the ServerApp will, but before a SuperLink starts
     if check_data and cfg.data.dataset != "hf":  # a hub dataset would download: clients check

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.procs import free_ports
+from deploy.run_config import run_config_flag
 from simulations.experiment import Experiment
 from simulations.processes import flower_env, running, stop, stop_marked, wait_healthy
 
@@ -31,26 +32,6 @@ SHOWN = re.compile(r"round \d+/\d+ acc=|ERROR|Traceback|Exception")
 
 class RunFailed(RuntimeError):
     """The federated run did not complete all its rounds."""
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string uses JSON's escapes
-    return repr(value)
-
-
-def run_config_args(overrides: dict[str, Any]) -> list[str]:
-    """One ``--run-config`` with every pair: Flower parses each flag as its own TOML document
-    and merges them shallowly, so a second ``dp.*`` flag would drop the first ``dp.*`` key.
-    """
-    pairs = []
-    for key, value in overrides.items():
-        if isinstance(value, str) and ('"' in value or "'" in value):
-            raise ValueError(f"run-config key {key!r}: quotes are not supported in values")
-        pairs.append(f"{key}={toml_value(value)}")
-    return ["--run-config", " ".join(pairs)]
 
 
 def write_connection(flwr_home: Path, port: int) -> None:
@@ -83,7 +64,7 @@ def flwr_run_command(experiment: Experiment, overrides: dict[str, Any]) -> list[
         str(Path(sys.executable).parent / "flwr"),
         "run", str(PROJECT_ROOT), CONNECTION,
         "--federation-config", federation,
-        *run_config_args(overrides),
+        *run_config_flag(overrides),
         "--stream",
     ]  # fmt: skip
 

@@ -167,7 +167,15 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "partition.method": (str, _one_of(*PARTITION_METHODS)),
     "partition.alpha": (float, _above(0)),
     "model.name": (str, lambda v: None if v else f"{TINY_MODEL!r}, a local path or a hub name"),
-    "model.hidden-size": (int, lambda v: None if 16 <= v <= 1024 else "an int in [16, 1024]"),
+    # tiny-bert has one attention head per 32 dims, and the heads must divide the width
+    "model.hidden-size": (
+        int,
+        lambda v: (
+            None
+            if 16 <= v < 32 or (32 <= v <= 1024 and v % 32 == 0)
+            else "an int in [16, 31] or a multiple of 32 up to 1024"
+        ),
+    ),
     "model.num-layers": (int, lambda v: None if 1 <= v <= 24 else "an int in [1, 24]"),
     "model.max-length": (int, lambda v: None if 8 <= v <= 512 else "an int in [8, 512]"),
     "model.vocab-size": (int, _at_least(100)),

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from deploy.run_config import run_config_flag, toml_value
 from simulations.experiment import build_experiment, parse_value
-from simulations.runner import run_config_args, toml_value
 
 
 @pytest.mark.parametrize(
@@ -63,12 +63,13 @@ def test_run_config_args_round_trip_through_flower_parser() -> None:
     overrides = {"strategy": "fedavg", "seed": 3, "dp.target-epsilon": 1e-5, "data.path": "/a b/c",
                  "dp.mode": "both", "dp.delta": 0.0, "fair.alpha": 1.0, "train.optimizer": "adamw",
                  "train.learning-rate": 0.001, "train.batch-size": 32}  # fmt: skip
-    args = run_config_args(overrides)
+    args = run_config_flag(overrides)
     assert args[0] == "--run-config" and len(args) == 2
     assert parse_config_args(args[1:]) == overrides  # keys sharing a prefix all survive
     assert toml_value(True) == "true"
 
 
-def test_quotes_in_values_are_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="'data.path'"):
-        run_config_args({"data.path": 'a"b'})
+def test_a_value_flowers_parser_cannot_keep_is_refused_by_name_before_anything_runs() -> None:
+    assert run_config_flag({"data.path": 'a"b'}) == ["--run-config", "data.path='a\"b'"]
+    with pytest.raises(ValueError, match="run-config key 'data.path'"):
+        build_experiment(None, ["data.path=\"a\\\"b'c\""])  # both quote kinds: a"b'c

@@ -27,7 +27,8 @@ def test_defaults_parse_and_cover_every_key() -> None:
         ("data.test-fraction", 1.0, "strictly between 0 and 1"),
         ("partition.method", "shards", "'dirichlet', 'iid', 'label'"),
         ("partition.alpha", 0.0, "> 0"),
-        ("model.hidden-size", 8, "[16, 1024]"),
+        ("model.hidden-size", 8, "[16, 31] or a multiple of 32"),
+        ("model.hidden-size", 100, "[16, 31] or a multiple of 32"),  # 3 heads do not divide 100
         ("model.lora.dropout", 1.0, "[0, 1)"),
         ("train.batch-size", 0, ">= 1"),
         ("train.learning-rate", -0.1, "> 0"),
