@@ -97,10 +97,15 @@ def _normalise_san(entry: str) -> str:
 
 
 def _write(path: Path, data: bytes, private: bool) -> None:
+    """Write atomically; a private file is created 0600, never readable by others even
+    for the moment between create and chmod."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o600 if private else 0o644)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    tmp.chmod(0o600 if private else 0o644)  # the umask may have narrowed 0644
     os.replace(tmp, path)
 
 
@@ -195,7 +200,13 @@ class _Issuer:
     def __init__(self, certs_dir: Path, force: bool) -> None:
         self.dir, self.force = certs_dir, force
         self.ca_cert, self.ca_key = certs_dir / "ca.crt", certs_dir / "ca.key"
-        self.renew = force or not (self.ca_cert.exists() and self.ca_key.exists())
+        if self.ca_cert.exists() and not self.ca_key.exists() and not force:
+            raise ValueError(
+                f"{self.ca_cert} exists but {self.ca_key} does not (kept off this host?): "
+                "issuing would replace the CA every SuperNode trusts; restore ca.key, or "
+                "pass --force to start a new chain of trust"
+            )
+        self.renew = force or not self.ca_cert.exists()
         if self.renew:
             key, cert = make_ca()
             _write(self.ca_key, _key_pem(key), private=True)

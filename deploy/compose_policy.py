@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 
+from click import ClickException
+from flwr.common.config import parse_config_args
+
 from deploy.compose_checks import Compose, component, parsed_commands
 
 ONE_SHOT_RESTART = "no"
@@ -125,15 +128,20 @@ def check_topology(compose: Compose) -> list[str]:
     partitions = set()
     for name in supernodes:
         config = parsed[name].node_config if name in parsed else ""
-        pairs = dict(item.split("=", 1) for item in str(config).split())
-        if pairs.get("num-partitions") != str(len(supernodes)):
+        # As the SuperNode will read it: `secure-rng = true` (spaces) silently drops the key.
+        try:
+            pairs = parse_config_args([str(config or "")])
+        except ClickException:
+            problems.append(f"{name}: --node-config {config!r} is not key=value pairs")
+            continue
+        if pairs.get("num-partitions") != len(supernodes):
             problems.append(
                 f"{name}: num-partitions={pairs.get('num-partitions')}, "
                 f"expected {len(supernodes)} (one per SuperNode)"
             )
-        if pairs.get("secure-rng") != "true":  # else DP noise is replayable from the run seed
+        if pairs.get("secure-rng") is not True:  # else DP noise is replayable from the run seed
             problems.append(f"{name}: node-config must set secure-rng=true")
         partitions.add(pairs.get("partition-id"))
-    if partitions != {str(i) for i in range(len(supernodes))}:
+    if partitions != set(range(len(supernodes))):
         problems.append(f"partition-ids {sorted(map(str, partitions))} are not 0..N-1")
     return problems

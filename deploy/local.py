@@ -23,12 +23,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from flwr.common.config import parse_config_args
 
 from deploy import flwr_cli
 from deploy.certs import DEFAULT_CERTS_DIR, DEFAULT_KEYS_DIR, TlsBundle, generate
 from deploy.flwr_cli import tool
 from deploy.procs import Interrupted, ProcessSupervisor, free_ports, signals_raise
-from deploy.run_config import experiment_items, toml_value
+from deploy.run_config import experiment_items, run_config_flag, toml_value
 
 REPO = Path(__file__).resolve().parent.parent
 CONNECTION = "fedequity-local"
@@ -73,7 +76,8 @@ class Deployment:
 
 
 def base_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for every Flower process: local FLWR_HOME, no installs, no telemetry."""
+    """Environment for every Flower process: local FLWR_HOME, no installs, no telemetry,
+    offline Hugging Face unless ``FEDEQUITY_ONLINE=1``."""
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     env.update(
@@ -82,9 +86,12 @@ def base_env(flwr_home: Path) -> dict[str, str]:
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_UPDATE_CHECK="1",  # else every Flower process asks the network
         PYTHONUNBUFFERED="1",
+        TOKENIZERS_PARALLELISM="false",
         # SuperLink/SuperNode spawn `flower-superexec`, `flwr-serverapp` by bare name.
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
     )
+    if os.environ.get("FEDEQUITY_ONLINE") != "1":  # as in simulation: the hub only when named
+        env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     return env
 
 
@@ -165,12 +172,17 @@ def start_supernodes(dep: Deployment, num: int, timeout: float) -> list[str]:
 
 
 def run_config_args(opts: Options) -> list[str]:
-    """``--run-config`` items, later ones winning: the experiment's overrides, the user's,
-    then rounds and the absolute output dir."""
+    """One ``--run-config`` flag, later items winning: the experiment's overrides, the
+    user's, then rounds and the absolute output dir. Each item is parsed by Flower on its
+    own and merged key by key: Flower merges separate flags by top-level table, so a later
+    ``train.*`` flag would drop every earlier ``train.*`` key."""
     out = str(opts.output_dir.resolve()).replace("\\", "/")
     items = experiment_items(opts.experiment) if opts.experiment else []
     items += [*opts.run_config, f"num-server-rounds={opts.rounds}", f"output-dir={toml_value(out)}"]
-    return [arg for item in items for arg in ("--run-config", item)]
+    merged: dict[str, Any] = {}
+    for item in items:
+        merged |= parse_config_args([item])
+    return run_config_flag(merged)
 
 
 def deploy_local(opts: Options) -> Path:

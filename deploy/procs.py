@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -137,8 +138,13 @@ class ProcessSupervisor:
     def stop_all(self, grace: float = 8.0) -> list[int]:
         """SIGTERM everything we started (and its descendants), then SIGKILL what is left.
 
-        Returns the PIDs that needed SIGKILL (normally none).
+        A second Ctrl-C or SIGTERM meanwhile is ignored, or it would cut the clean-up short
+        before the SIGKILL. Returns the PIDs that needed SIGKILL (normally none).
         """
+        with signals_ignored():
+            return self._stop_all(grace)
+
+    def _stop_all(self, grace: float) -> list[int]:
         for proc in reversed(self.procs):  # SuperNodes first, SuperLink last
             if proc.popen.poll() is None:
                 _signal_pid(-proc.popen.pid, signal.SIGTERM)  # its process group
@@ -162,6 +168,23 @@ class ProcessSupervisor:
 
     def _live_roots(self) -> list[int]:
         return [p.popen.pid for p in self.procs if p.popen.poll() is None]
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Ignore SIGINT/SIGTERM/SIGHUP in the block (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class Interrupted(Exception):

@@ -122,7 +122,8 @@ def structural_problems(base: Path = BASE, insecure: Path = INSECURE) -> list[st
     problems += cp.check_offline(compose)
     problems += cp.check_topology(compose)
     merged = cc.load(base, insecure)
-    problems += [f"insecure override: {p}" for p in cp.check_insecure_override(merged)]
+    override = cp.check_insecure_override(merged) + cp.check_topology(merged)
+    problems += [f"insecure override: {p}" for p in override]
     return sorted(set(problems))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -98,3 +99,34 @@ def test_bad_san_is_rejected(tmp_path: Path, san: str) -> None:
 def test_zero_supernodes_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--supernodes"):
         generate(0, tmp_path / "c", tmp_path / "k")
+
+
+def test_a_missing_ca_key_stops_instead_of_replacing_the_chain_of_trust(tmp_path: Path) -> None:
+    first = generate(1, tmp_path / "c", tmp_path / "k")
+    ca_cert = first.ca_cert.read_bytes()
+    first.ca_key.unlink()  # kept off this host, as docs/deployment.md advises
+    with pytest.raises(ValueError, match=r"ca.key does not .*--force"):
+        generate(1, tmp_path / "c", tmp_path / "k")
+    assert first.ca_cert.read_bytes() == ca_cert
+    renewed = generate(1, tmp_path / "c", tmp_path / "k", force=True)
+    assert renewed.ca_cert.read_bytes() != ca_cert
+
+
+def test_private_files_are_never_created_readable_by_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Created 0600, not chmod-ed there after a moment at the umask's 0644."""
+    import os
+
+    modes: dict[str, int] = {}
+    real_open = os.open
+
+    def spy(path: Any, flags: int, mode: int = 0o777, **kwargs: Any) -> int:
+        if str(path).endswith(".tmp"):
+            modes[Path(path).name] = mode
+        return real_open(path, flags, mode, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    generate(1, tmp_path / "c", tmp_path / "k")
+    assert modes["ca.key.tmp"] == modes["server.key.tmp"] == 0o600
+    assert modes["ca.crt.tmp"] == 0o644

@@ -115,6 +115,13 @@ MUTATIONS: list[tuple[str, str, str, Check, str]] = [
         "supernode-0: node-config must set secure-rng=true",
     ),
     (
+        "node-config Flower reads differently",
+        "num-partitions=${FEDEQUITY_NUM_PARTITIONS:-3} secure-rng=true",
+        "num-partitions=${FEDEQUITY_NUM_PARTITIONS:-3} secure-rng = true",
+        cp.check_topology,
+        "supernode-0: node-config must set secure-rng=true",
+    ),
+    (
         "orphan SuperNode",
         "--runtime-api-address=supernode-2:9094",
         "--runtime-api-address=supernode-1:9094",
@@ -199,6 +206,20 @@ def test_insecure_override_turns_everything_insecure(tmp_path: Path) -> None:
     assert cp.check_insecure_override(merged) == [
         "superexec-clientapp-1: the insecure override leaves it on TLS (mixed setup)"
     ]
+
+
+def test_the_insecure_override_is_held_to_the_same_topology(tmp_path: Path) -> None:
+    override = tmp_path / "override.yml"
+    text = (REPO / "docker-compose.insecure.yml").read_text()
+    override.write_text(text.replace(
+        "partition-id=2 num-partitions=${FEDEQUITY_NUM_PARTITIONS:-3} secure-rng=true",
+        "partition-id=1 num-partitions=7"))  # fmt: skip
+    problems = vc.structural_problems(insecure=override)
+    assert "insecure override: supernode-2: node-config must set secure-rng=true" in problems
+    assert (
+        "insecure override: supernode-2: num-partitions=7, expected 3 (one per SuperNode)"
+        in problems
+    )
 
 
 def test_interpolation_defaults_and_overrides() -> None:

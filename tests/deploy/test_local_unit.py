@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from flwr.common.config import parse_config_args
 
 from deploy import compose_checks as cc
 from deploy.certs import generate
@@ -72,8 +73,13 @@ def test_secure_by_construction(dep: Deployment) -> None:
     assert link.database.endswith("superlink-state.db")
 
 
-def test_environment_is_offline_and_finds_flower_helpers(tmp_path: Path) -> None:
+def test_environment_is_offline_and_finds_flower_helpers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FEDEQUITY_ONLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     env = base_env(tmp_path / "home")
+    assert env["HF_HUB_OFFLINE"] == env["HF_DATASETS_OFFLINE"] == "1"  # also without make
     assert env["FLWR_HOME"] == str(tmp_path / "home")
     assert env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
     assert env["FLWR_TELEMETRY_ENABLED"] == "0" and env["FLWR_DISABLE_UPDATE_CHECK"] == "1"
@@ -95,12 +101,20 @@ def test_run_config_items_later_ones_win(tmp_path: Path) -> None:
     opts = Options(rounds=2, output_dir=tmp_path / "out", experiment=experiment,
                    run_config=("seed=7",))  # fmt: skip
     args = run_config_args(opts)
-    items = args[1::2]
-    assert args[::2] == ["--run-config"] * len(items)
-    assert items == [
-        "num-server-rounds=9", "strategy='fairfed'", "dp.mode='local'", "dp.target-epsilon=4.0",
-        "seed=7", "num-server-rounds=2", f"output-dir='{tmp_path / 'out'}'",
-    ]  # fmt: skip
+    assert args[0] == "--run-config" and len(args) == 2  # one flag: see run_config_args
+    assert parse_config_args(args[1:]) == {
+        "num-server-rounds": 2, "strategy": "fairfed", "dp.mode": "local",
+        "dp.target-epsilon": 4.0, "seed": 7, "output-dir": str(tmp_path / "out"),
+    }  # fmt: skip
+
+
+def test_keys_sharing_a_table_all_reach_flower(tmp_path: Path) -> None:
+    """Separate flags would merge by table: the later train.* flag dropped the earlier."""
+    opts = Options(output_dir=tmp_path, experiment=REPO / "simulations/experiments/no-dp.toml",
+                   run_config=("train.batch-size=16",))  # fmt: skip
+    parsed = parse_config_args(run_config_args(opts)[1:])
+    assert parsed["train.optimizer"] == "adamw" and parsed["train.learning-rate"] == 0.001
+    assert parsed["train.batch-size"] == 16 and parsed["dp.mode"] == "off"
 
 
 def test_default_experiment_is_the_repositorys() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,3 +57,29 @@ def test_free_ports_are_distinct_and_bindable() -> None:
     ports = free_ports(5)
     assert len(set(ports)) == 5
     assert all(1024 < p < 65536 for p in ports)
+
+
+def test_a_second_sigterm_during_stop_all_does_not_cut_the_clean_up_short(tmp_path: Path) -> None:
+    """stop_all waits out a grace period for a parent that ignores SIGTERM; a second
+    SIGTERM to us meanwhile must not leave it running."""
+    sup = ProcessSupervisor(env=dict(os.environ), log_dir=tmp_path)
+    proc = sup.start("parent", [sys.executable, "-c", PARENT], cwd=tmp_path)
+    _wait_for(lambda: len(marked_pids(sup.marker)) == 2)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+
+    def interrupted(*_: object) -> None:
+        raise RuntimeError("second SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupted)
+    try:
+        timer.start()
+        killed = sup.stop_all(grace=1.0)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, previous)
+        left = marked_pids(sup.marker)
+        sup.stop_all(grace=0.1)  # whatever happened above, leave nothing running
+    assert left == []
+    assert proc.popen.pid in killed
+    _wait_for(lambda: not marked_pids(sup.marker))
+    assert marked_pids(sup.marker) == []
