@@ -72,4 +72,4 @@ def test_run_config_args_round_trip_through_flower_parser() -> None:
 def test_a_value_flowers_parser_cannot_keep_is_refused_by_name_before_anything_runs() -> None:
     assert run_config_flag({"data.path": 'a"b'}) == ["--run-config", "data.path='a\"b'"]
     with pytest.raises(ValueError, match="run-config key 'data.path'"):
-        build_experiment(None, ["data.path=\"a\\\"b'c\""])  # both quote kinds: a"b'c
+        build_experiment(None, ['data.path="a\\"b\'c"'])  # both quote kinds: a"b'c
