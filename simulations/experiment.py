@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from clients.private import check_release_budget
 from deploy.run_config import run_config_flag
 from task.config import RunConfig, flatten, load_defaults, parse_run_config
 from task.data import check_partitions
+from task.model import check_model_source
 
 FEDERATION_KEYS = {"num-supernodes": int, "client-cpus": int}
 DEFAULT_FEDERATION = {"num-supernodes": 10, "client-cpus": 1}
@@ -97,4 +99,5 @@ def build_experiment(
         check_release_budget(cfg)  # as the ServerApp will, but before a SuperLink starts
     if check_data and cfg.data.dataset != "hf":  # a hub dataset would download: clients check
         check_partitions(cfg.data, cfg.partition, experiment.federation["num-supernodes"], cfg.seed)
+    check_model_source(cfg.model, online=os.environ.get("FEDEQUITY_ONLINE") == "1")
     return experiment

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 from datasets import DatasetDict
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
 from peft import LoraConfig, TaskType, get_peft_model
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as LORA_TARGETS
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -87,6 +89,19 @@ def local_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
         except OSError:  # another process won the race; its copy is identical
             shutil.rmtree(staging, ignore_errors=True)
     return PreTrainedTokenizerFast.from_pretrained(target)
+
+
+def check_model_source(cfg: ModelConfig, *, online: bool) -> None:
+    """Raise before any run if ``model.name`` can only come from the hub and we are offline."""
+    if cfg.is_tiny or Path(cfg.name).expanduser().is_dir() or online:
+        return
+    try:
+        snapshot_download(cfg.name, local_files_only=True)
+    except LocalEntryNotFoundError:
+        raise ValueError(
+            f"model.name={cfg.name!r} is neither 'tiny-bert', a local save_pretrained folder "
+            "nor in the Hugging Face cache; set FEDEQUITY_ONLINE=1 to download it"
+        ) from None
 
 
 def load_tokenizer(cfg: ModelConfig, train_texts: Sequence[str]) -> PreTrainedTokenizerBase:

@@ -73,3 +73,13 @@ def test_a_value_flowers_parser_cannot_keep_is_refused_by_name_before_anything_r
     assert run_config_flag({"data.path": 'a"b'}) == ["--run-config", "data.path='a\"b'"]
     with pytest.raises(ValueError, match="run-config key 'data.path'"):
         build_experiment(None, ['data.path="a\\"b\'c"'])  # both quote kinds: a"b'c
+
+
+def test_a_hub_model_that_is_not_cached_fails_offline_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("FEDEQUITY_ONLINE", raising=False)
+    with pytest.raises(ValueError, match="model.name='nobody/no-model' is neither"):
+        build_experiment(None, ["model.name=nobody/no-model"])
+    monkeypatch.setenv("FEDEQUITY_ONLINE", "1")  # the user named the hub: clients download
+    build_experiment(None, ["model.name=nobody/no-model"])
