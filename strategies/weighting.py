@@ -55,9 +55,10 @@ def estimate_prevalence(counts: np.ndarray) -> np.ndarray:
     np.ndarray
         Shape (G,), sums to 1, every entry > 0.
     """
-    c = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
-    if c.ndim != 2 or c.shape[1] == 0 or not np.all(np.isfinite(c)):
-        raise ValueError(f"group-counts must be a finite (clients, groups) matrix, got {c}")
+    raw = np.asarray(counts, dtype=np.float64)
+    if raw.ndim != 2 or raw.shape[1] == 0 or not np.all(np.isfinite(raw)):  # before clipping
+        raise ValueError(f"group-counts must be a finite (clients, groups) matrix, got {raw}")
+    c = np.clip(raw, 0.0, None)
     mass = c.sum(axis=0)
     if mass.sum() <= 0:
         return np.full(c.shape[1], 1.0 / c.shape[1])
@@ -195,8 +196,9 @@ def fairfed_weights(
     send (here their local group-accuracy gap; the paper uses EOD/SPD and falls back
     to the accuracy gap when the metric is undefined); (2) weights are clipped at 0
     before normalising (the paper leaves negative weights undiscussed); if every weight
-    hits 0 we restart from FedAvg; (3) F_global is computed in the clear on the server
-    from clients' reports, not by secure aggregation.
+    hits 0 we restart from FedAvg; (3) F_global is the n-weighted mean of the clients'
+    reported local gaps, computed in the clear on the server (the paper aggregates the
+    global metric's components by secure aggregation); it is not the global model's gap.
 
     Parameters
     ----------
@@ -255,6 +257,9 @@ def effective_noise_multiplier(
     σ times the sensitivity C/m of a *uniform* mean of m clipped updates. A weighted
     mean Σ w_k Δ_k has sensitivity C · max_k w_k, so the guarantee is that of
     σ_eff = σ / (m · max_k w_k) (McMahan et al., ICLR 2018, weighted estimator).
+    That holds under zero-out adjacency (a client's update replaced by zeros) with the
+    weights fixed; under add/remove adjacency, renormalised weights move by up to
+    2 · w_k · C (docs/privacy.md, central DP).
     """
     w = np.asarray(weights, dtype=np.float64)
     return float(noise_multiplier / (num_sampled_clients * w.max()))

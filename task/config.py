@@ -200,7 +200,8 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "dp.central-noise": (float, _at_least(0)),
     "dp.central-clip": (float, _above(0)),
     "dp.central-delta": (float, _open_unit),
-    "fair.alpha": (float, _at_least(0)),
+    # (1/p)^α with p floored at 1e-6 overflows float64 for α above ~51; 10 is far past 1
+    "fair.alpha": (float, lambda v: None if 0 <= v <= 10 else "a number in [0, 10]"),
     "fair.cap": (float, _at_least(1)),
     "fair.local-weighting": (str, _one_of(*LOCAL_WEIGHTINGS)),
     "fair.local-alpha": (float, _at_least(0)),

@@ -71,8 +71,21 @@ def test_recorded_history_recomputes_to_the_reported_epsilon_with_dp_accounting(
     assert record["delta"] == pytest.approx(1 / (10 * len(runtime.train)))
 
 
-def test_released_counts_are_noised_and_weights_use_only_them() -> None:
-    cfg = parse_run_config(load_defaults() | SMALL | {"num-server-rounds": 1})
+def test_released_counts_are_noised_and_weights_use_only_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The counts sent are noised, and post-clip weights are computed from exactly those."""
+    import clients.private as private
+
+    seen: list[np.ndarray] = []
+
+    def spy(released: np.ndarray, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, float]:
+        seen.append(np.array(released))
+        return weights_from_released(released, *args, **kwargs)
+
+    monkeypatch.setattr(private, "weights_from_released", spy)
+    cfg = parse_run_config(load_defaults() | SMALL | {
+        "num-server-rounds": 1, "fair.local-weighting": "post-clip"})  # fmt: skip
     runtime = runtime_for(cfg)
     outcome = train_round(cfg, runtime, exchanged_state(runtime.model), {"server-round": 1},
                           node_id=3, partition_id=0, ledger_state={})  # fmt: skip
@@ -80,6 +93,8 @@ def test_released_counts_are_noised_and_weights_use_only_them() -> None:
     sent = np.array(outcome.metrics["group-counts"])
     assert not np.allclose(sent, true_counts)
     assert np.abs(sent - true_counts).max() < 10 * cfg.dp.stats_noise
+    [released] = seen  # one weighting per round, from the release and nothing else
+    np.testing.assert_array_equal(released, sent)
 
 
 def test_weights_from_released_counts_by_hand() -> None:
@@ -192,13 +207,15 @@ def test_local_weighting_modes_reach_the_optimizer_and_keep_epsilon(
 
     model = runtime_for(config("off")).model
     start = {k: v.clone() for k, v in exchanged_state(model).items()}
-    outcomes, used = {}, {}
+    outcomes, updates, used = {}, {}, {}
     for mode in ("off", "off", "pre-clip", "post-clip"):
         cfg = config(mode)
         runtime = runtime_for(cfg)
         key = f"{mode}-again" if mode in outcomes else mode
         outcomes[key] = train_round(cfg, runtime, start, {"server-round": 1}, node_id=1,
                                     partition_id=0, ledger_state={})  # fmt: skip
+        # The weights are views of the (cached) model, which the next round trains: copy.
+        updates[key] = {k: v.clone() for k, v in outcomes[key].weights.items()}
         used[key] = dict(seen)
     # The partition's rarest group is far below its share, so the cap w_max = 2 binds.
     assert used["post-clip"]["max_sample_weight"] == pytest.approx(2.0)
@@ -206,7 +223,7 @@ def test_local_weighting_modes_reach_the_optimizer_and_keep_epsilon(
     assert used["post-clip"]["noise_std"] == pytest.approx(2.0 * used["off"]["noise_std"])
 
     def same(a: str, b: str) -> bool:
-        return all(torch.equal(outcomes[a].weights[k], outcomes[b].weights[k]) for k in start)
+        return all(torch.equal(updates[a][k], updates[b][k]) for k in start)
 
     assert same("off", "off-again")  # seeded: a difference below is the weighting's doing
     assert not same("off", "pre-clip") and not same("off", "post-clip")

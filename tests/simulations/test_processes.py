@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -27,8 +28,9 @@ def test_running_stops_the_whole_tree_even_detached_children(tmp_path: Path) -> 
     with running([sys.executable, "-c", script], env=dict(os.environ), log_file=tmp_path / "log",
                  cwd=tmp_path) as process:  # fmt: skip
         root = psutil.Process(process.pid)
-        while not root.children(recursive=True):
-            pass
+        deadline = time.monotonic() + 10
+        while not root.children(recursive=True) and time.monotonic() < deadline:
+            time.sleep(0.01)
         tree = [root, *root.children(recursive=True)]
     _, alive = psutil.wait_procs(tree, timeout=5)
     assert alive == []
@@ -38,5 +40,9 @@ def test_stop_marked_reaches_orphans() -> None:
     marker = uuid.uuid4().hex
     orphan = subprocess.Popen(["sleep", "60"], env=dict(os.environ) | {MARKER_ENV: marker},
                               start_new_session=True)  # fmt: skip
-    stop_marked(marker, grace_s=5)
-    assert orphan.wait(timeout=5) is not None
+    try:
+        stop_marked(marker, grace_s=5)
+        # Gone, and reaped by stop_marked's psutil wait (so Popen.wait would only say 0).
+        assert not psutil.pid_exists(orphan.pid)
+    finally:
+        orphan.kill()

@@ -252,16 +252,24 @@ def test_build_strategy_builds_the_named_strategy(name: str, expected: type) -> 
         assert strategy.beta == 0.5
 
 
-def test_central_dp_mode_builds_the_screened_wrapper() -> None:
+def test_central_dp_mode_builds_the_screened_wrapper_from_the_dp_keys() -> None:
+    cfg = parse_run_config(load_defaults() | {
+        "dp.mode": "central", "dp.central-noise": 0.7, "dp.central-clip": 2.5,
+        "fraction-train": 0.5})  # fmt: skip
     strategy = build_strategy(
-        parse_run_config(load_defaults() | {"dp.mode": "central"}), ["a", "b"], num_nodes=4,
+        cfg, ["a", "b"], num_nodes=4,
         train_metrics_aggr_fn=aggregate_metricrecords,
         evaluate_metrics_aggr_fn=aggregate_metricrecords,
     )  # fmt: skip
     assert isinstance(strategy, ScreenedFixedClipping)
+    assert (strategy.noise_multiplier, strategy.clipping_norm) == (0.7, 2.5)
+    assert strategy.num_sampled_clients == 2  # half of 4 nodes
+    assert strategy.accountant is None  # ours: server/central_dp.py (see next test)
+    assert type(strategy.strategy) is RepresentationAware
 
 
-def test_central_dp_accountant_refuses_weighted_strategies() -> None:
+def test_flowers_central_dp_accountant_refuses_weighted_strategies() -> None:
+    """Pins the dependency behaviour that makes server/central_dp.py account instead."""
     accountant = SimpleNamespace(
         config=SimpleNamespace(sampling_method=SamplingMethod.NO_AMPLIFICATION)
     )

@@ -36,6 +36,8 @@ def test_prevalence_clips_noise_and_floors_empty_groups() -> None:
     np.testing.assert_allclose(p, np.array([0.75, 0.25, floor]) / (1 + floor))
     assert np.all(np.isfinite(1 / p))
     np.testing.assert_allclose(estimate_prevalence(np.zeros((2, 4))), [0.25] * 4)
+    with pytest.raises(ValueError, match="finite"):  # not clipped to 0 first
+        estimate_prevalence(np.array([[-np.inf, 5.0], [3.0, 1.0]]))
 
 
 def test_representation_hand_worked_three_clients() -> None:
@@ -132,7 +134,21 @@ def test_cap_weights_law(raw: list[float], cap: float) -> None:
     ref = np.linspace(1, 2, w0.size)
     w = cap_weights(w0, ref, cap)
     assert w.sum() == pytest.approx(1.0, abs=1e-12)
-    assert np.all(w <= cap * ref / ref.sum() + 1e-9)
+    limit = cap * ref / ref.sum()
+    assert np.all(w <= limit + 1e-9)
+    # Water-filling: each client is either pinned exactly at its limit, or free, and the
+    # free ones keep their input proportions, scaled up by one common factor c >= 1 (the
+    # excess they absorb) that would take every pinned client over its limit.
+    share = w0 / w0.sum()
+    pinned = np.isclose(w, limit, rtol=1e-9, atol=1e-12)
+    free = ~pinned
+    if free.any() and share[free].sum() > 0:
+        c = w[free].sum() / share[free].sum()
+        np.testing.assert_allclose(w[free], c * share[free], rtol=1e-7, atol=1e-12)
+        assert c >= 1 - 1e-9
+        assert np.all(c * share[pinned] >= limit[pinned] * (1 - 1e-7))
+    if np.all(share <= limit):  # nothing to cap: the output is the normalised input
+        np.testing.assert_allclose(w, share, rtol=1e-9, atol=1e-15)
 
 
 def test_fairfed_hand_example() -> None:

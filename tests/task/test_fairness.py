@@ -134,6 +134,21 @@ def test_binary_positive_label_zero_is_symmetric_without_degenerate_groups() -> 
     assert zero["equalized_odds_difference"] == pytest.approx(one["equalized_odds_difference"])
 
 
+def test_positive_label_decides_which_class_the_binary_rates_are_of() -> None:
+    """Group a has no true 0: with 0 as the positive class its TPR is 0/0, read as 0 by
+    fairlearn, against b's 1, so EO is 1; with 1 as positive both TPRs are 1 and EO is 0."""
+    y_true = y_pred = [0, 1, 1, 1]
+    groups = list("bbba")
+    assert (
+        group_report(y_true, y_pred, groups, positive_label=1)["equalized_odds_difference"] == 0.0
+    )
+    flipped = group_report(y_true, y_pred, groups, positive_label=0)
+    assert flipped["equalized_odds_difference"] == 1.0
+    assert flipped["equalized_odds_difference"] == equalized_odds_difference(
+        [1 - v for v in y_true], [1 - v for v in y_pred], sensitive_features=groups
+    )
+
+
 def test_multiclass_takes_max_over_one_vs_rest_classes() -> None:
     # Group a is perfect; group b predicts class 2 for everything.
     # Selection rates a/b: class 0 1/3 vs 0, class 1 1/3 vs 0, class 2 1/3 vs 1 -> DP 2/3
