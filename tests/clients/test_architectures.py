@@ -57,6 +57,7 @@ def test_one_private_step_runs_and_moves_only_trainable_weights(
     data = Encoded(batch["input_ids"], batch["attention_mask"], torch.randint(0, 2, (16,)),
                    torch.zeros(16, dtype=torch.long))  # fmt: skip
     before = {k: v.clone() for k, v in exchanged_state(model).items()}
+    whole_before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     module, optimizer, _ = make_private(
@@ -72,3 +73,8 @@ def test_one_private_step_runs_and_moves_only_trainable_weights(
     assert all(not torch.equal(after[k], before[k]) for k in after if after[k].is_floating_point())
     if lora_r:
         assert all("lora_" in k or "score" in k or "classifier" in k for k in after)
+    # Every weight that is not exchanged (the frozen base under LoRA) is untouched.
+    frozen = [k for k in whole_before if k not in before]
+    assert bool(frozen) == bool(lora_r)
+    whole_after = model.state_dict()
+    assert all(torch.equal(whole_after[k], whole_before[k]) for k in frozen)
