@@ -175,7 +175,7 @@ def infeasible(grid: Grid, cells: Iterable[Cell]) -> dict[Cell, str]:
             try:
                 _experiment(grid, cell, Path("outputs"))
                 reasons[pattern] = None
-            except ValueError as error:
+            except (ValueError, FileNotFoundError) as error:
                 reasons[pattern] = str(error)
         if (reason := reasons[pattern]) is not None:
             found[cell] = reason
@@ -238,7 +238,7 @@ def run_cells(grid: Grid, cells: list[Cell], output_dir: Path) -> None:
     for cell in tqdm(todo, desc=f"evidence {grid.name}", unit="run"):
         try:
             experiment = _experiment(grid, cell, runs_dir)
-        except ValueError as error:
+        except (ValueError, FileNotFoundError) as error:
             tqdm.write(f"{cell.key}: cannot run: {error}")
             continue
         try:

@@ -62,6 +62,7 @@ def test_encode_maps_groups_in_sorted_order() -> None:
     assert [names[i] for i in encoded.groups.tolist()] == list(splits["test"]["group"][:20])
 
 
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared datasets not found at {DATA}")
 def test_iid_partitions_mix_a_training_split_stored_in_order() -> None:
     """HateCheck's training split keeps the file's order (hateful cases first): contiguous
     IID shards gave clients 100 % and 0 % hateful; shuffled first, as FederatedDataset does."""
