@@ -23,7 +23,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from flwr.common.config import parse_config_args
 
@@ -31,7 +30,7 @@ from deploy import flwr_cli
 from deploy.certs import DEFAULT_CERTS_DIR, DEFAULT_KEYS_DIR, TlsBundle, generate
 from deploy.flwr_cli import tool
 from deploy.procs import Interrupted, ProcessSupervisor, free_ports, signals_raise
-from deploy.run_config import experiment_items, run_config_flag, toml_value
+from deploy.run_config import load_experiment_file, run_config_flag
 
 REPO = Path(__file__).resolve().parent.parent
 CONNECTION = "fedequity-local"
@@ -172,17 +171,15 @@ def start_supernodes(dep: Deployment, num: int, timeout: float) -> list[str]:
 
 
 def run_config_args(opts: Options) -> list[str]:
-    """One ``--run-config`` flag, later items winning: the experiment's overrides, the
-    user's, then rounds and the absolute output dir. Each item is parsed by Flower on its
-    own and merged key by key: Flower merges separate flags by top-level table, so a later
-    ``train.*`` flag would drop every earlier ``train.*`` key."""
-    out = str(opts.output_dir.resolve()).replace("\\", "/")
-    items = experiment_items(opts.experiment) if opts.experiment else []
-    items += [*opts.run_config, f"num-server-rounds={opts.rounds}", f"output-dir={toml_value(out)}"]
-    merged: dict[str, Any] = {}
-    for item in items:
-        merged |= parse_config_args([item])
-    return run_config_flag(merged)
+    """One ``--run-config`` flag, later values winning: the experiment file's overrides, the
+    user's items, then rounds and the absolute output dir. Each user item is parsed by
+    Flower on its own and merged key by key: Flower merges separate flags by top-level
+    table, so a later ``train.*`` flag would drop every earlier ``train.*`` key."""
+    overrides = load_experiment_file(opts.experiment)[0] if opts.experiment else {}
+    for item in [*opts.run_config, f"num-server-rounds={opts.rounds}"]:
+        overrides |= parse_config_args([item])
+    overrides["output-dir"] = str(opts.output_dir.resolve()).replace("\\", "/")
+    return run_config_flag(overrides)
 
 
 def deploy_local(opts: Options) -> Path:

@@ -1,9 +1,8 @@
-"""Turn an experiment TOML into ``flwr run --run-config`` items.
+"""Run-config overrides as the one ``flwr run --run-config`` flag Flower parses whole.
 
 ``flwr run`` takes either one TOML file or ``key=value`` items, never both, and deploy-local
-always adds items (rounds, absolute output dir). So the experiment's overrides are sent as
-items too: ``[federation]`` and ``[experiment]`` tables are dropped (SuperNodes are real
-processes here: ``--supernodes``), nested tables become dotted keys.
+always adds items (rounds, absolute output dir). So every override, the experiment file's
+included, travels as a ``key=value`` pair.
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from task.config import flatten
-
-NOT_RUN_CONFIG = ("federation", "experiment")
 
 
 def toml_value(value: Any) -> str:
@@ -31,14 +28,16 @@ def toml_value(value: Any) -> str:
     raise ValueError(f"run-config value {value!r}: only bool, int, float and plain strings")
 
 
-def experiment_items(path: Path) -> list[str]:
-    """``key=value`` items for the run-config overrides in experiment file ``path``."""
+def load_experiment_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split an experiment TOML into run-config overrides (nested tables as dotted keys)
+    and federation settings; the free-form ``[experiment]`` block is dropped."""
     if not path.is_file():
         raise FileNotFoundError(f"experiment file {path} does not exist")
-    table = tomllib.loads(path.read_text())
-    for key in NOT_RUN_CONFIG:
-        table.pop(key, None)
-    return [f"{k}={toml_value(v)}" for k, v in flatten(table).items()]
+    with path.open("rb") as handle:
+        table = tomllib.load(handle)
+    federation = table.pop("federation", {})
+    table.pop("experiment", None)
+    return flatten(table), federation
 
 
 def run_config_flag(overrides: dict[str, Any]) -> list[str]:

@@ -62,16 +62,14 @@ def _subset(text: str | None, kind: type, valid: set, flag: str) -> set | None: 
     return values
 
 
-def _selected(grid: Grid, args: argparse.Namespace, grids: list[Grid]) -> list[Cell]:
-    """The cells of ``grid`` the command-line filters select."""
+def _filters(args: argparse.Namespace, grids: list[Grid]) -> dict[str, set | None]:  # type: ignore[type-arg]
+    """The command-line filters as ``select`` takes them, checked against every grid."""
     every = [c for g in grids for c in g.cells]
-    cells = list(select(
-        grid.cells,
-        variant=_subset(args.variants, str, {c.variant for c in every}, "--variants"),
-        epsilon=_subset(args.epsilons, float, {c.epsilon for c in every}, "--epsilons"),
-        seed=_subset(args.seeds, int, {c.seed for c in every}, "--seeds"),
-    ))  # fmt: skip
-    return [c for c in cells if c.skew is None] if args.no_skew else cells
+    return {
+        "variant": _subset(args.variants, str, {c.variant for c in every}, "--variants"),
+        "epsilon": _subset(args.epsilons, float, {c.epsilon for c in every}, "--epsilons"),
+        "seed": _subset(args.seeds, int, {c.seed for c in every}, "--seeds"),
+    }
 
 
 def _load_grids(paths: list[Path]) -> list[Grid]:
@@ -86,10 +84,15 @@ def _load_grids(paths: list[Path]) -> list[Grid]:
 def evidence_main(args: argparse.Namespace) -> int:
     """Run the selected cells of the named grids (default: all); then rebuild the report
     from every current cell of every grid, so a partial command never shrinks it."""
-    to_run = [p.resolve() for p in args.grids] or sorted(EVIDENCE_DIR.resolve().glob("*.toml"))
-    paths = list(dict.fromkeys([*sorted(EVIDENCE_DIR.resolve().glob("*.toml")), *to_run]))
+    shipped = sorted(EVIDENCE_DIR.resolve().glob("*.toml"))
+    to_run = [p.resolve() for p in args.grids] or shipped
+    paths = list(dict.fromkeys([*shipped, *to_run]))
     grids = _load_grids(paths)
-    selected = {path: _selected(g, args, grids) for path, g in zip(paths, grids, strict=True)}
+    filters = _filters(args, grids)
+    selected: dict[Path, list[Cell]] = {}
+    for path, grid in zip(paths, grids, strict=True):
+        cells = list(select(grid.cells, **filters))
+        selected[path] = [c for c in cells if c.skew is None] if args.no_skew else cells
     summaries: list[Path] = []
     coverage: dict[str, tuple[int, int, int]] = {}
     for path, grid in zip(paths, grids, strict=True):

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from server.records import write_json
 from simulations.experiment import Experiment, build_experiment
-from simulations.runner import RunFailed, run_experiment
+from simulations.runner import run_experiment
 from task.config import flatten, load_defaults
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -243,7 +243,7 @@ def run_cells(grid: Grid, cells: list[Cell], output_dir: Path) -> None:
             continue
         try:
             run_dir = run_experiment(experiment)
-        except (RunFailed, RuntimeError, TimeoutError) as error:  # one cell, not the sweep
+        except (RuntimeError, TimeoutError) as error:  # RunFailed is one; a cell, not the sweep
             tqdm.write(f"{cell.key}: failed: {error}")
             continue
         results = json.loads((run_dir / "results.json").read_text())

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from clients.private import check_release_budget
-from deploy.run_config import run_config_flag
-from task.config import RunConfig, flatten, load_defaults, parse_run_config
+from deploy.run_config import load_experiment_file, run_config_flag
+from task.config import RunConfig, load_defaults, parse_run_config
 from task.data import check_partitions
 from task.model import check_model_source
 
@@ -46,17 +46,6 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
             raise ValueError(f"--set expects key=value, got {item!r}")
         parsed[key.strip()] = parse_value(value.strip())
     return parsed
-
-
-def load_experiment_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split an experiment TOML into run-config overrides and federation settings."""
-    if not path.is_file():
-        raise FileNotFoundError(f"experiment file {path} does not exist")
-    with path.open("rb") as handle:
-        table = tomllib.load(handle)
-    federation = table.pop("federation", {})
-    table.pop("experiment", None)  # free-form description block
-    return flatten(table), federation
 
 
 def _check_federation(federation: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from task.config import ModelConfig, RunConfig
+from task.config import TINY_MODEL, ModelConfig, RunConfig
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -99,7 +99,7 @@ def check_model_source(cfg: ModelConfig, *, online: bool) -> None:
         snapshot_download(cfg.name, local_files_only=True)
     except LocalEntryNotFoundError:
         raise ValueError(
-            f"model.name={cfg.name!r} is neither 'tiny-bert', a local save_pretrained folder "
+            f"model.name={cfg.name!r} is neither {TINY_MODEL!r}, a local save_pretrained folder "
             "nor in the Hugging Face cache; set FEDEQUITY_ONLINE=1 to download it"
         ) from None
 
