@@ -16,6 +16,7 @@ from clients.training import TrainResult, make_loader, predict, train
 from task.config import RunConfig
 from task.data import Encoded, group_counts
 from task.model import exchanged_state, load_exchanged
+from task.wire import EVAL_ACCURACY, TRAIN_SECONDS
 
 
 @dataclass
@@ -68,7 +69,7 @@ def _metrics(
         "num-examples": num_examples,
         "train-loss": result.loss if result else 0.0,
         "train-accuracy": result.accuracy if result else 0.0,
-        "train-seconds": result.seconds if result else 0.0,
+        TRAIN_SECONDS: result.seconds if result else 0.0,
         "budget-exhausted": int(result is None),
         "group-counts": [float(c) for c in counts],
         "fair-metric": fair_metric,
@@ -139,4 +140,4 @@ def evaluate_round(runtime: ClientRuntime, global_weights: dict[str, torch.Tenso
     load_exchanged(runtime.model, global_weights)
     predictions, loss = predict(runtime.model, runtime.eval)
     accuracy = float((predictions == runtime.eval.labels).double().mean())
-    return {"num-examples": len(runtime.eval), "eval-loss": loss, "eval-accuracy": accuracy}
+    return {"num-examples": len(runtime.eval), "eval-loss": loss, EVAL_ACCURACY: accuracy}

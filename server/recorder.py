@@ -19,7 +19,7 @@ from server.central_dp import CentralAccountant
 from server.evaluation import GlobalEvaluator
 from server.records import RunDirectory
 from task.fairness import client_spread
-from task.wire import CLIENT_RECORD
+from task.wire import CLIENT_RECORD, EVAL_ACCURACY, TRAIN_SECONDS
 
 
 class RoundRecorder:
@@ -56,12 +56,18 @@ class RoundRecorder:
     def aggregate_train_metrics(self, contents: list[RecordDict], key: str) -> MetricRecord:
         """Flower's weighted metric average, keeping the replies for the round record."""
         self._train_replies = list(contents)
-        return aggregate_metricrecords(contents, key)
+        return aggregate_metricrecords(same_shape_metrics(contents), key)
 
     def aggregate_eval_metrics(self, contents: list[RecordDict], key: str) -> MetricRecord:
+        """Flower's weighted metric average; the client spread takes each valid accuracy."""
         records: list[Any] = [next(iter(c.metric_records.values())) for c in contents]
-        self._eval_accuracies = [float(r["eval-accuracy"]) for r in records]
-        return aggregate_metricrecords(contents, key)
+        accuracies = [r.get(EVAL_ACCURACY) for r in records]
+        self._eval_accuracies = [float(a) for a in accuracies if is_fraction(a)]
+        if len(self._eval_accuracies) < len(records):
+            left_out = len(records) - len(self._eval_accuracies)
+            log(WARNING, "%d evaluation replies without '%s' in [0, 1]: left out of the "
+                "client spread", left_out, EVAL_ACCURACY)  # fmt: skip
+        return aggregate_metricrecords(same_shape_metrics(contents), key)
 
     def _observe_privacy(self, node: int, record: dict[str, Any]) -> None:
         """Keep a client's latest privacy report, under the node id Flower saw it from;
@@ -114,6 +120,8 @@ class RoundRecorder:
         now = time.perf_counter()
         wall, self._clock = now - self._clock, now
         trace = getattr(self.strategy, "last_round", None)
+        if getattr(trace, "round", None) != server_round:
+            trace = None  # the strategy did not aggregate this round: no weights to report
         traced: dict[str, Any] = trace.to_json() if trace is not None else {}
         for node, client_record in getattr(trace, "client_records", {}).items():
             self._observe_privacy(node, client_record)
@@ -121,7 +129,7 @@ class RoundRecorder:
         record: dict[str, Any] = {
             "round": server_round,
             "wall_s": wall,
-            "client_train_s": float(sum(float(m["train-seconds"]) for m in metrics)),
+            "client_train_s": float(sum(float(m[TRAIN_SECONDS]) for m in metrics)),
             "num_clients": len(metrics),
             "failures": int(traced.get("failures", 0)),
             "global": global_metrics,
@@ -175,3 +183,30 @@ class RoundRecorder:
             g["worst_group_accuracy"], g["group_accuracy_gap"], record["num_clients"],
             record["wall_s"], eps_text,
         )  # fmt: skip
+
+
+def is_fraction(value: object) -> bool:
+    """A finite number in [0, 1] (not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+def same_shape_metrics(contents: list[RecordDict]) -> list[RecordDict]:
+    """The replies' MetricRecords restricted to the keys every reply has in one shape.
+
+    Flower's ``aggregate_metricrecords`` zips list metrics strictly and adds a list to a
+    scalar without checking, so one client sending ``group-counts`` of another length
+    (or a list where the others send a number) would crash the server; the aggregate is
+    informational, so such a key is left out (and logged) instead.
+    """
+    records: list[Any] = [next(iter(c.metric_records.values())) for c in contents]
+    shapes: dict[str, set[int | None]] = {}
+    for record in records:
+        for key, value in record.items():
+            shapes.setdefault(key, set()).add(len(value) if isinstance(value, list) else None)
+    uniform = {k for k, s in shapes.items() if len(s) == 1 and all(k in r for r in records)}
+    if dropped := sorted(set(shapes) - uniform):
+        log(WARNING, "metrics %s differ in shape between replies: not aggregated", dropped)
+    return [
+        RecordDict({"metrics": MetricRecord({k: v for k, v in r.items() if k in uniform})})
+        for r in records
+    ]

@@ -47,7 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     evidence.add_argument("--seeds", help="comma-separated subset of seeds")
     evidence.add_argument("--no-skew", action="store_true", help="skip the partition-skew cells")
     evidence.add_argument("--output-dir", type=Path, default=Path("outputs/evidence"))
-    evidence.add_argument("--docs", type=Path, default=Path("docs"))
+    evidence.add_argument(
+        "--docs",
+        type=Path,
+        help="where the report goes (default: OUTPUT_DIR/report; `--docs docs` publishes it)",
+    )
     evidence.add_argument("--report-only", action="store_true", help="only rebuild the report")
     return parser
 
@@ -108,7 +112,10 @@ def evidence_main(args: argparse.Namespace) -> int:
         for cell, reason in impossible.items():
             print(f"{cell.key}: cannot run: {reason}", file=sys.stderr)
         coverage[grid.name] = (len(current), len(grid.cells), len(impossible))
-    report = write_report(load_summaries(summaries), args.docs, coverage)
+    # Not docs/ by default: in a fresh clone (no cell summaries yet) a one-grid command
+    # would replace the committed report with its few cells.
+    docs = args.docs or args.output_dir / "report"
+    report = write_report(load_summaries(summaries), docs, coverage)
     print(report)
     return 0
 

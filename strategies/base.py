@@ -16,7 +16,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from strategies.weighting import fedavg_weights, reject_reason, weighted_average
-from task.wire import CLIENT_RECORD
+from task.wire import CLIENT_RECORD, TRAIN_SECONDS
 
 MetricValue = int | float | list[int] | list[float]
 
@@ -131,6 +131,9 @@ def screen_replies(
 ) -> list[Message]:
     """Drop budget-exhausted replies and reject malformed ones, recording both in ``trace``.
 
+    Every strategy requires a finite ``train-seconds`` >= 0 (the server records it) on
+    top of its own ``metric_problem``.
+
     Accepted replies get their ArrayRecord re-keyed in the global model's key order.
     """
     accepted: list[Message] = []
@@ -147,7 +150,11 @@ def screen_replies(
                 trace.skipped_budget.append(node)
                 log(INFO, "aggregate_train: node %d skipped (DP budget exhausted)", node)
                 continue
-            reason = metric_problem(metrics) or array_problem(content, reference)
+            reason = (
+                finite_number(metrics, TRAIN_SECONDS, minimum=0.0)
+                or metric_problem(metrics)
+                or array_problem(content, reference)
+            )
         if reason is not None:
             trace.rejected[node] = reason
             log(WARNING, "aggregate_train: rejected reply from node %d: %s", node, reason)

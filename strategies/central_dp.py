@@ -1,11 +1,13 @@
 """Flower's server-side fixed clipping, fed only replies that match the global model."""
 
 from collections.abc import Iterable
+from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
 from strategies.base import RoundTrace, array_problem, rekey_like
+from task.wire import CLIENT_RECORD
 
 
 class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
@@ -17,14 +19,18 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
     arrays do not match the global model (keys, shapes, dtypes, finiteness) are held back
     and reported as rejected in the wrapped strategy's ``last_round``; the others are
     re-keyed in the global order and go through Flower's clipping and noise unchanged.
+    When Flower skips a round (it aggregates nothing if any reply is an error), the
+    wrapped strategy's trace is replaced by that round's empty one, so the recorder
+    reports no weights and the central accountant charges nothing for it.
     """
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        received = list(replies)
         kept: list[Message] = []
         held_back: dict[int, str] = {}
-        for msg in replies:
+        for msg in received:
             if not msg.has_error():  # error replies go on: Flower counts and skips them
                 if reason := array_problem(msg.content, self.current_arrays):
                     held_back[msg.metadata.src_node_id] = reason
@@ -33,8 +39,26 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
             kept.append(msg)
         result = super().aggregate_train(server_round, kept)
         trace = getattr(self.strategy, "last_round", None)
-        if held_back and isinstance(trace, RoundTrace):
-            if trace.round != server_round:  # Flower skipped the wrapped strategy
-                trace = self.strategy.last_round = RoundTrace(round=server_round)  # type: ignore[attr-defined]
+        if isinstance(trace, RoundTrace):
+            if trace.round != server_round:
+                trace = self.strategy.last_round = skipped_round(server_round, received)  # type: ignore[attr-defined]
             trace.rejected.update(held_back)
+            trained = client_records(received)  # held-back clients trained: their ε counts
+            trace.client_records.update({n: trained[n] for n in held_back if n in trained})
         return result
+
+
+def skipped_round(server_round: int, replies: list[Message]) -> RoundTrace:
+    """The trace of a round Flower's wrapper did not aggregate (a reply was an error):
+    no weights, so nothing is released or accounted; the privacy reports still count."""
+    failures = sum(msg.has_error() for msg in replies)
+    return RoundTrace(round=server_round, failures=failures, client_records=client_records(replies))
+
+
+def client_records(replies: list[Message]) -> dict[int, dict[str, Any]]:
+    """The ``client`` ConfigRecord (privacy report) of every non-error reply, by node."""
+    records: dict[int, dict[str, Any]] = {}
+    for msg in replies:
+        if not msg.has_error() and (record := msg.content.config_records.get(CLIENT_RECORD)):
+            records[msg.metadata.src_node_id] = dict(record)
+    return records

@@ -34,7 +34,10 @@ class RepresentationAware(TracedFedAvg):
     fair share and could steer the global model. :func:`~strategies.weighting.cap_weights`
     bounds every client at ``cap`` × its FedAvg weight (water-filling the excess onto
     the others), so a liar gains at most that factor and the honest clients keep at
-    least ``1 - cap · n_liar / n`` of the total weight.
+    least ``1 - cap · n_liar / n`` of the total weight. The cap is relative to FedAvg,
+    so ``num-examples`` is trusted exactly as FedAvg trusts it: a client inflating its
+    size takes over FedAvg and this strategy alike. A federation that cannot trust
+    sizes needs a bound the server knows (or robust aggregation), not a reweighting.
 
     The strategy averages whatever arrays the clients send (full models or LoRA
     adapters). Under Flower's ``DifferentialPrivacyServerSideFixedClipping`` (without an

@@ -15,7 +15,8 @@ import numpy as np
 #: Smallest prevalence a group can get. A group that no client reports (after clipping
 #: the DP noise at 0) would have p = 0 and 1/p = inf; no client has mass in it (a client
 #: that reports nothing takes the mix of the reported groups, see :func:`group_shares`),
-#: so the floor only keeps the arithmetic finite and never changes a weight.
+#: so for it the floor only keeps the arithmetic finite. It changes weights only where a
+#: reported group's share is below the floor.
 PREVALENCE_FLOOR = 1e-6
 
 _TOL = 1e-12
@@ -195,10 +196,11 @@ def fairfed_weights(
     lose weight. Simplifications: (1) ``F`` is whatever fairness metric the clients
     send (here their local group-accuracy gap; the paper uses EOD/SPD and falls back
     to the accuracy gap when the metric is undefined); (2) weights are clipped at 0
-    before normalising (the paper leaves negative weights undiscussed); if every weight
-    hits 0 we restart from FedAvg; (3) F_global is the n-weighted mean of the clients'
-    reported local gaps, computed in the clear on the server (the paper aggregates the
-    global metric's components by secure aggregation); it is not the global model's gap.
+    before normalising (the paper leaves negative weights undiscussed; the adjustments
+    sum to 0, so the clipped weights still sum to at least 1); (3) F_global is the
+    n-weighted mean of the clients' reported local gaps, computed in the clear on the
+    server (the paper aggregates the global metric's components by secure aggregation);
+    it is not the global model's gap.
 
     Parameters
     ----------
@@ -224,7 +226,7 @@ def fairfed_weights(
         raise ValueError(f"fair-metric must be finite, one per client, got {f}")
     delta = np.abs(f - global_metric)
     updated = np.clip(w - beta * (delta - delta.mean()), 0.0, None)
-    return start if updated.sum() <= 0 else updated / updated.sum()
+    return updated / updated.sum()
 
 
 def qfedavg_coefficients(

@@ -267,6 +267,15 @@ def _check_combinations(v: Mapping[str, Any]) -> None:
         )
     if v["dataset"] == "hf" and not v["data.name"]:
         raise ValueError("run-config key 'data.name' is required for dataset='hf'")
+    if v["strategy"] == "qfedavg" and v["dp.mode"] in ("central", "both"):
+        # q-FedAvg divides every update by Σ_i h_i, which depends on all clients' update
+        # norms: one client changes everyone's coefficient, so C·max w does not bound its
+        # effect and the central accountant's ε would not hold.
+        raise ValueError(
+            "run-config key 'dp.mode': central DP is not available with strategy='qfedavg' "
+            "(its step depends on every client's update norm, so one client's influence is "
+            "not bounded by the clip); valid: 'off' or 'local', or another strategy"
+        )
 
 
 def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:

@@ -6,7 +6,7 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from server.evaluation import GlobalEvaluator
@@ -61,3 +61,48 @@ def test_a_rejected_reply_still_reports_the_epsilon_its_client_spent(tmp_path: P
     assert strategy.last_round.rejected == {2: "non-finite values in 'w'"}
     assert {node: p["epsilon"] for node, p in results["privacy"].items()} == {"1": 2.0, "2": 3.5}
     assert results["final"]["max_epsilon"] == 3.5
+
+
+def test_a_reply_with_other_metric_shapes_does_not_crash_the_round(tmp_path: Path) -> None:
+    # Flower's aggregate_metricrecords zips lists strictly: 3 group counts against 2 crashed.
+    run_dir = RunDirectory(tmp_path, "1", {})
+    recorder = RoundRecorder(run_dir, cast(GlobalEvaluator, FixedEvaluator()), num_rounds=1)
+    strategy = TracedFedAvg(train_metrics_aggr_fn=recorder.aggregate_train_metrics)
+    recorder.watch(strategy)
+    configure(strategy, [1, 2])
+    replies = [
+        reply(1, {"w": [1.0, 2.0], "b": [1.0]}, num_examples=10, train_loss=1.0),
+        reply(2, {"w": [3.0, 6.0], "b": [3.0]}, num_examples=30, group_counts=[1.0, 2.0, 3.0]),
+    ]
+    _, metrics = strategy.aggregate_train(1, replies)
+    assert metrics is not None and "group-counts" not in metrics
+    assert metrics["train-loss"] == pytest.approx(0.25 * 1.0 + 0.75 * 1.0)
+    recorder.evaluate(1, record(GLOBAL))
+    assert recorder.rounds[0]["weights"] == {"1": 0.25, "2": 0.75}
+
+
+def test_invalid_eval_accuracies_are_left_out_of_the_client_spread(tmp_path: Path) -> None:
+    recorder = RoundRecorder(
+        RunDirectory(tmp_path, "1", {}), cast(GlobalEvaluator, FixedEvaluator()), num_rounds=1
+    )
+    contents = [
+        RecordDict({"m": MetricRecord({"num-examples": 10, "eval-accuracy": a})})
+        for a in (0.8, float("nan"), 1.5, 0.6)
+    ]
+    recorder.aggregate_eval_metrics(contents, "num-examples")
+    recorder.evaluate(1, record(GLOBAL))
+    assert recorder.rounds[0]["clients"]["mean_accuracy"] == pytest.approx(0.7)
+
+
+def test_a_round_the_strategy_did_not_aggregate_reports_no_stale_weights(tmp_path: Path) -> None:
+    recorder = RoundRecorder(
+        RunDirectory(tmp_path, "1", {}), cast(GlobalEvaluator, FixedEvaluator()), num_rounds=2
+    )
+    strategy = TracedFedAvg(train_metrics_aggr_fn=recorder.aggregate_train_metrics)
+    recorder.watch(strategy)
+    configure(strategy, [1, 2])
+    strategy.aggregate_train(1, [reply(1, {"w": [1.0, 2.0], "b": [1.0]})])
+    recorder.evaluate(1, record(GLOBAL))
+    recorder.evaluate(2, record(GLOBAL))  # round 2: aggregate_train was never called
+    assert recorder.rounds[0]["weights"] == {"1": 1.0}
+    assert recorder.rounds[1]["weights"] == {}

@@ -207,6 +207,18 @@ def test_report_only_leaves_stale_cells_out_and_names_them(
         assert "adult-sex 0 of 81 (3 cannot run)" in report
 
 
+def test_the_report_goes_under_the_output_dir_unless_docs_is_named(
+    tmp_path: Path, grid: Grid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a clone's docs/ would be ./docs
+    out = tmp_path / "evidence"
+    record_cell(out, grid, grid.cells[0])
+    argv = ["evidence", str(tmp_path / "g.toml"), "--report-only", "--output-dir", str(out)]
+    assert main(argv) == 0
+    assert "g 1 of 2" in (out / "report" / "evidence.md").read_text()
+    assert not (tmp_path / "docs").exists()
+
+
 def write_grid(tmp_path: Path, text: str, name: str = "g.toml") -> Path:
     path = tmp_path / name
     path.write_text(text)

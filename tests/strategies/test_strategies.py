@@ -236,6 +236,50 @@ def test_central_dp_screens_replies_before_flower_clips_them() -> None:
     assert inner.last_round.rejected == {5: "shape mismatch for 'w': expected (2,) got (3,)"}
 
 
+def test_central_dp_round_skipped_for_an_error_reply_gets_its_own_empty_trace() -> None:
+    inner = RepresentationAware(alpha=1.0, cap=1.2, group_names=["a", "b"])
+    dp = ScreenedFixedClipping(
+        inner, noise_multiplier=0.0, clipping_norm=1.0, num_sampled_clients=3
+    )
+    configure(dp, [1, 2, 3])
+    dp.aggregate_train(1, representation_replies())
+    assert inner.last_round.round == 1 and len(inner.last_round.weights) == 3
+    first, second, _ = representation_replies()
+    second.content["client"] = ConfigRecord({"node-id": "2", "epsilon": 1.5})
+    arrays, _ = dp.aggregate_train(2, [first, second, error_reply(3)])
+    assert arrays is None  # Flower skips a round with an error reply
+    trace = inner.last_round
+    assert (trace.round, trace.weights, trace.failures) == (2, {}, 1)  # not round 1's
+    assert trace.client_records == {2: {"node-id": "2", "epsilon": 1.5}}
+
+
+def test_central_dp_keeps_the_privacy_report_of_a_held_back_reply() -> None:
+    inner = RepresentationAware(alpha=1.0, cap=1.2, group_names=["a", "b"])
+    dp = ScreenedFixedClipping(
+        inner, noise_multiplier=0.0, clipping_norm=1.0, num_sampled_clients=3
+    )
+    configure(dp, [1, 2, 3, 5])
+    wrong_shape = reply(5, {"w": [1.0, 0.0, 0.0], "b": [0.0]})
+    wrong_shape.content["client"] = ConfigRecord({"node-id": "5", "epsilon": 2.0})
+    dp.aggregate_train(1, [*representation_replies(), wrong_shape])
+    assert inner.last_round.client_records[5] == {"node-id": "5", "epsilon": 2.0}
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), -1.0, None])
+def test_reply_without_a_valid_train_seconds_is_rejected(seconds: float | None) -> None:
+    strategy = TracedFedAvg()
+    configure(strategy, [1, 2])
+    bad = reply(2, {"w": [3.0, 6.0], "b": [3.0]})
+    metrics = bad.content.metric_records["metrics"]
+    if seconds is None:
+        del metrics["train-seconds"]
+    else:
+        metrics["train-seconds"] = seconds
+    strategy.aggregate_train(1, [two_good_replies()[0], bad])
+    assert list(strategy.last_round.rejected) == [2]
+    assert "'train-seconds'" in strategy.last_round.rejected[2]
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [("fedavg", TracedFedAvg), ("representation", RepresentationAware), ("fairfed", FairFed)],

@@ -88,6 +88,13 @@ def test_hf_dataset_needs_a_name() -> None:
         parse_run_config(load_defaults() | {"dataset": "hf"})
 
 
+@pytest.mark.parametrize("mode", ["central", "both"])
+def test_qfedavg_refuses_central_dp(mode: str) -> None:
+    with pytest.raises(ValueError, match=r"'dp.mode'.*qfedavg"):
+        parse_run_config(load_defaults() | {"strategy": "qfedavg", "dp.mode": mode})
+    assert parse_run_config(load_defaults() | {"strategy": "qfedavg"}).dp.local
+
+
 def test_config_is_frozen_and_hashable() -> None:
     cfg = parse_run_config(load_defaults())
     assert hash(cfg) == hash(parse_run_config(load_defaults()))
