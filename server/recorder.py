@@ -152,8 +152,11 @@ class RoundRecorder:
         sent: dict[str, int] = {}
         for content in self._train_replies:
             record: Any = content.config_records.get(CLIENT_RECORD)
-            if record is not None:
-                sent[str(record["node-id"])] = int(record["bytes-sent"])
+            try:
+                if record is not None:
+                    sent[str(record["node-id"])] = int(record["bytes-sent"])
+            except (KeyError, TypeError, ValueError) as error:
+                log(WARNING, "a client record without a valid node-id/bytes-sent (%r)", error)
         return sent
 
     def results(self) -> dict[str, Any]:

@@ -87,7 +87,8 @@ def _load_grids(paths: list[Path]) -> list[Grid]:
 
 def evidence_main(args: argparse.Namespace) -> int:
     """Run the selected cells of the named grids (default: all); then rebuild the report
-    from every current cell of every grid, so a partial command never shrinks it."""
+    from every current cell of every grid, so a partial command never shrinks it below
+    the cells stored under OUTPUT_DIR/cells."""
     shipped = sorted(EVIDENCE_DIR.resolve().glob("*.toml"))
     to_run = [p.resolve() for p in args.grids] or shipped
     paths = list(dict.fromkeys([*shipped, *to_run]))

@@ -16,7 +16,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from strategies.weighting import fedavg_weights, reject_reason, weighted_average
-from task.wire import CLIENT_RECORD, TRAIN_SECONDS
+from task.wire import CLIENT_RECORD, EVAL_METRICS, TRAIN_METRICS, TRAIN_SECONDS
 
 MetricValue = int | float | list[int] | list[float]
 
@@ -131,8 +131,9 @@ def screen_replies(
 ) -> list[Message]:
     """Drop budget-exhausted replies and reject malformed ones, recording both in ``trace``.
 
-    Every strategy requires a finite ``train-seconds`` >= 0 (the server records it) on
-    top of its own ``metric_problem``.
+    Every strategy requires the metric keys of the client contract
+    (:data:`task.wire.TRAIN_METRICS`) and a finite ``train-seconds`` >= 0 (the server
+    records it) on top of its own ``metric_problem``.
 
     Accepted replies get their ArrayRecord re-keyed in the global model's key order.
     """
@@ -143,6 +144,8 @@ def screen_replies(
             trace.client_records[node] = dict(client_record)
         if len(content.array_records) != 1 or len(content.metric_records) != 1:
             reason: str | None = "expected exactly one ArrayRecord and one MetricRecord"
+        elif problem := key_problem(metrics_of(content), TRAIN_METRICS):
+            reason = problem
         else:
             metrics = metrics_of(content)
             trace.client_metrics[node] = dict(metrics)
@@ -162,6 +165,35 @@ def screen_replies(
         rekey_like(content, reference)
         accepted.append(msg)
     return accepted
+
+
+def key_problem(metrics: MetricRecord, expected: frozenset[str]) -> str | None:
+    """Say how the reply's metric keys differ from the contract's ``expected`` keys."""
+    if (keys := set(metrics)) == expected:
+        return None
+    return (f"metric keys differ from the client contract: missing {sorted(expected - keys)}, "
+            f"unexpected {sorted(keys - expected)}")  # fmt: skip
+
+
+def screen_eval_replies(replies: Iterable[Message]) -> list[Message]:
+    """Drop evaluate replies that break the contract (logged), before Flower's consistency
+    check, which would end the run over one odd reply; error replies go on to Flower."""
+    kept: list[Message] = []
+    for msg in replies:
+        if not msg.has_error():
+            records = msg.content.metric_records
+            problem = (
+                "expected exactly one MetricRecord"
+                if len(records) != 1
+                else key_problem(metrics_of(msg.content), EVAL_METRICS)
+                or count_problem(metrics_of(msg.content), "num-examples")
+            )
+            if problem:
+                node = msg.metadata.src_node_id
+                log(WARNING, "aggregate_evaluate: ignored reply from node %d: %s", node, problem)
+                continue
+        kept.append(msg)
+    return kept
 
 
 def rekey_like(content: RecordDict, reference: ArrayRecord) -> None:
@@ -224,6 +256,12 @@ class TracedFedAvg(FedAvg):
     ) -> np.ndarray:
         """Aggregation weights of the accepted replies (default: FedAvg by examples)."""
         return fedavg_weights([number(c, self.weighted_by_key) for c in contents])
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Flower's FedAvg on the evaluate replies that keep the contract."""
+        return super().aggregate_evaluate(server_round, screen_eval_replies(replies))
 
     def _start_trace(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """Start this round's trace; return the screened replies."""

@@ -14,6 +14,7 @@ from strategies.base import (
     count_problem,
     finite_number,
     number,
+    screen_eval_replies,
     screen_replies,
 )
 from strategies.weighting import qfedavg_coefficients
@@ -107,6 +108,12 @@ class TracedQFedAvg(QFedAvg):
                 {k: Array(arrays[k].numpy().astype(dtypes[k], copy=False)) for k in dtypes}
             )
         return arrays, metrics
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Flower's FedAvg on the evaluate replies that keep the contract."""
+        return super().aggregate_evaluate(server_round, screen_eval_replies(replies))
 
     def _record_weights(self, accepted: list[Message], reference: ArrayRecord) -> None:
         """Put relative influence and step scale of q-FedAvg in the trace."""

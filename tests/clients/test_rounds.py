@@ -21,6 +21,7 @@ from task.config import RunConfig, load_defaults, parse_run_config
 from task.data import Encoded, load_splits
 from task.model import build_model, exchanged_state, load_tokenizer
 from task.privacy import PrivacyLedger, calibrate_noise_multiplier, release_event
+from task.wire import EVAL_METRICS, TRAIN_METRICS
 
 SMALL = {"synthetic.num-examples": 1000, "num-server-rounds": 2, "train.batch-size": 32}
 
@@ -158,11 +159,12 @@ def test_a_private_round_after_an_evaluation_trains() -> None:
     cfg = parse_run_config(load_defaults() | SMALL)
     runtime = runtime_for(cfg)
     weights = exchanged_state(runtime.model)
-    evaluate_round(runtime, weights)
+    assert set(evaluate_round(runtime, weights)) == EVAL_METRICS  # the server's contract
     assert not runtime.model.training
     outcome = train_round(cfg, runtime, weights, {"server-round": 1}, node_id=1, partition_id=0,
                           ledger_state={})  # fmt: skip
     assert outcome.metrics["budget-exhausted"] == 0
+    assert set(outcome.metrics) == TRAIN_METRICS
 
 
 def test_post_clip_weights_never_exceed_the_reported_maximum() -> None:

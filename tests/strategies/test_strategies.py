@@ -265,6 +265,35 @@ def test_central_dp_keeps_the_privacy_report_of_a_held_back_reply() -> None:
     assert inner.last_round.client_records[5] == {"node-id": "5", "epsilon": 2.0}
 
 
+@pytest.mark.parametrize(
+    "make", [TracedFedAvg, lambda: TracedQFedAvg(client_learning_rate=1.0, q=1.0)]
+)
+def test_a_reply_with_other_metric_keys_is_rejected_not_fatal(make: Any) -> None:
+    # Flower's q-FedAvg checks that all replies share one key set and ends the run if not.
+    strategy = make()
+    configure(strategy, [1, 2, 3])
+    extra = reply(3, {"w": [5.0, 5.0], "b": [5.0]}, comment=1.0)
+    arrays, _ = strategy.aggregate_train(1, [*two_good_replies(), extra])
+    assert arrays is not None
+    assert strategy.last_round.rejected == {
+        3: "metric keys differ from the client contract: missing [], unexpected ['comment']"
+    }
+
+
+def eval_reply(node: int, **metrics: float) -> Message:
+    content = RecordDict({"metrics": MetricRecord(dict(metrics))})
+    return make_message(metadata=_metadata(node), content=content)
+
+
+def test_an_evaluate_reply_with_other_keys_is_ignored_not_fatal() -> None:
+    strategy = TracedFedAvg()
+    good = [eval_reply(n, **{"num-examples": 10, "eval-loss": 0.5, "eval-accuracy": a})
+            for n, a in ((1, 0.6), (2, 0.8))]  # fmt: skip
+    odd = eval_reply(3, **{"num-examples": 10, "eval-loss": 0.5})
+    metrics = strategy.aggregate_evaluate(1, [*good, odd, error_reply(4)])
+    assert metrics is not None and metrics["eval-accuracy"] == pytest.approx(0.7)
+
+
 @pytest.mark.parametrize("seconds", [float("nan"), -1.0, None])
 def test_reply_without_a_valid_train_seconds_is_rejected(seconds: float | None) -> None:
     strategy = TracedFedAvg()
