@@ -138,10 +138,9 @@ def screen_replies(
     Accepted replies get their ArrayRecord re-keyed in the global model's key order.
     """
     accepted: list[Message] = []
+    trace.client_records.update(client_records(replies))
     for msg in replies:
         node, content = msg.metadata.src_node_id, msg.content
-        if (client_record := content.config_records.get(CLIENT_RECORD)) is not None:
-            trace.client_records[node] = dict(client_record)
         if len(content.array_records) != 1 or len(content.metric_records) != 1:
             reason: str | None = "expected exactly one ArrayRecord and one MetricRecord"
         elif problem := key_problem(metrics_of(content), TRAIN_METRICS):
@@ -165,6 +164,17 @@ def screen_replies(
         rekey_like(content, reference)
         accepted.append(msg)
     return accepted
+
+
+def client_records(replies: list[Message]) -> dict[int, dict[str, Any]]:
+    """The ``client`` ConfigRecord (privacy report) of every non-error reply, by node."""
+    records: dict[int, dict[str, Any]] = {}
+    for msg in replies:
+        if msg.has_error():
+            continue
+        if (record := msg.content.config_records.get(CLIENT_RECORD)) is not None:
+            records[msg.metadata.src_node_id] = dict(record)
+    return records
 
 
 def key_problem(metrics: MetricRecord, expected: frozenset[str]) -> str | None:

@@ -1,13 +1,11 @@
 """Flower's server-side fixed clipping, fed only replies that match the global model."""
 
 from collections.abc import Iterable
-from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
-from strategies.base import RoundTrace, array_problem, rekey_like
-from task.wire import CLIENT_RECORD
+from strategies.base import RoundTrace, array_problem, client_records, rekey_like
 
 
 class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
@@ -30,10 +28,12 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
         received = list(replies)
         kept: list[Message] = []
         held_back: dict[int, str] = {}
+        held: list[Message] = []
         for msg in received:
             if not msg.has_error():  # error replies go on: Flower counts and skips them
                 if reason := array_problem(msg.content, self.current_arrays):
                     held_back[msg.metadata.src_node_id] = reason
+                    held.append(msg)
                     continue
                 rekey_like(msg.content, self.current_arrays)
             kept.append(msg)
@@ -43,8 +43,7 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
             if trace.round != server_round:
                 trace = self.strategy.last_round = skipped_round(server_round, received)  # type: ignore[attr-defined]
             trace.rejected.update(held_back)
-            trained = client_records(received)  # held-back clients trained: their ε counts
-            trace.client_records.update({n: trained[n] for n in held_back if n in trained})
+            trace.client_records.update(client_records(held))  # they trained: ε counts
         return result
 
 
@@ -53,12 +52,3 @@ def skipped_round(server_round: int, replies: list[Message]) -> RoundTrace:
     no weights, so nothing is released or accounted; the privacy reports still count."""
     failures = sum(msg.has_error() for msg in replies)
     return RoundTrace(round=server_round, failures=failures, client_records=client_records(replies))
-
-
-def client_records(replies: list[Message]) -> dict[int, dict[str, Any]]:
-    """The ``client`` ConfigRecord (privacy report) of every non-error reply, by node."""
-    records: dict[int, dict[str, Any]] = {}
-    for msg in replies:
-        if not msg.has_error() and (record := msg.content.config_records.get(CLIENT_RECORD)):
-            records[msg.metadata.src_node_id] = dict(record)
-    return records
