@@ -80,13 +80,15 @@ def _supernode(link: Link, name: str, slot: int, key: Path | None, root_ca: Path
 def test_only_the_registered_supernode_with_the_right_ca_gets_in(link: Link) -> None:
     tls, other = link.dep.tls, link.other_ca
     registered, unregistered = tls.supernodes[0].auth_key, tls.supernodes[1].auth_key
+    accepted = _supernode(link, "registered", 0, registered, tls.ca_cert)
+    # Online first: wait_online fails on any supervised process that has exited, and a
+    # refused SuperNode may exit before the accepted one shows up online.
+    flwr_cli.wait_online(link.dep.sup, CONNECTION, [link.node0_id], link.dep.work_dir, 60)
     refused = {
         "unregistered-key": _supernode(link, "unregistered-key", 1, unregistered, tls.ca_cert),
         "no-key": _supernode(link, "no-key", 2, None, tls.ca_cert),
         "wrong-ca": _supernode(link, "wrong-ca", 3, registered, other.ca_cert),
     }
-    accepted = _supernode(link, "registered", 0, registered, tls.ca_cert)
-    flwr_cli.wait_online(link.dep.sup, CONNECTION, [link.node0_id], link.dep.work_dir, 60)
     expected = {
         "unregistered-key": "[code: 2004] Failed to activate SuperNode",
         "no-key": "must be registered",
