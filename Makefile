@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_INDEX ?=
 TORCH_SPEC ?= torch==2.13.0
 
+# The offline environment of launch/env.py (OFFLINE_ENV), spelled again because make runs
+# before the venv exists; tests/launch/test_env.py checks that the two agree.
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
@@ -40,12 +42,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy server clients strategies simulations task deploy tests docker/export_requirements.py
+	$(VENV)/bin/mypy server clients strategies simulations task deploy launch tests docker/export_requirements.py
 
 check: lint typecheck test
 
 bench: $(STAMP)
-	$(PY) simulations/benchmarks/dp_cost.py
+	$(PY) -m simulations bench
 
 deploy-local: $(STAMP)
 	$(PY) -m deploy.local

@@ -8,10 +8,15 @@ from flwr.clientapp import ClientApp
 from clients.local import ClientRuntime, client_runtime
 from clients.rounds import evaluate_round, train_round
 from task.config import RunConfig, parse_run_config
-from task.wire import CLIENT_RECORD
+from task.wire import (
+    ARRAYS_RECORD,
+    CLIENT_RECORD,
+    CONFIG_RECORD,
+    METRICS_RECORD,
+    PRIVACY_STATE,
+)
 
 app = ClientApp()
-PRIVACY_STATE = "privacy"
 
 
 def _partition(context: Context) -> tuple[int, int]:
@@ -37,13 +42,13 @@ def _runtime(context: Context) -> tuple[RunConfig, ClientRuntime]:
 def train(msg: Message, context: Context) -> Message:
     """Train the received global weights on the local partition."""
     cfg, runtime = _runtime(context)
-    weights = msg.content.array_records["arrays"].to_torch_state_dict()
+    weights = msg.content.array_records[ARRAYS_RECORD].to_torch_state_dict()
     ledger = context.state.config_records.get(PRIVACY_STATE, ConfigRecord())
     outcome = train_round(
         cfg,
         runtime,
         weights,
-        msg.content.config_records["config"],
+        msg.content.config_records[CONFIG_RECORD],
         node_id=context.node_id,
         partition_id=_partition(context)[0],
         ledger_state=dict(ledger),
@@ -53,8 +58,8 @@ def train(msg: Message, context: Context) -> Message:
         context.state[PRIVACY_STATE] = ConfigRecord(outcome.ledger_state)
     content = RecordDict(
         {
-            "arrays": ArrayRecord(outcome.weights),
-            "metrics": MetricRecord(outcome.metrics),
+            ARRAYS_RECORD: ArrayRecord(outcome.weights),
+            METRICS_RECORD: MetricRecord(outcome.metrics),
             CLIENT_RECORD: ConfigRecord(outcome.client_record),
         }
     )
@@ -65,6 +70,6 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global weights on the local held-out split."""
     _, runtime = _runtime(context)
-    weights = msg.content.array_records["arrays"].to_torch_state_dict()
+    weights = msg.content.array_records[ARRAYS_RECORD].to_torch_state_dict()
     metrics = evaluate_round(runtime, weights)
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(content=RecordDict({METRICS_RECORD: MetricRecord(metrics)}), reply_to=msg)

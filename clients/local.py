@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from task.config import RunConfig
 from task.data import Encoded, encode, group_names, load_partition, load_splits
+from task.feature_cache import with_features
 from task.model import build_for_run
 
 
@@ -49,7 +50,7 @@ def client_runtime(cfg: RunConfig, partition_id: int, num_partitions: int) -> Cl
     max_length = cfg.model.max_length
     return ClientRuntime(
         model=model,
-        train=encode(local["train"], tokenizer, groups, max_length),
-        eval=encode(local["eval"], tokenizer, groups, max_length),
+        train=with_features(encode(local["train"], tokenizer, groups, max_length), cfg.model),
+        eval=with_features(encode(local["eval"], tokenizer, groups, max_length), cfg.model),
         groups=groups,
     )

@@ -11,12 +11,13 @@ import numpy as np
 import torch
 
 from clients.local import ClientRuntime
-from clients.private import DPRandomness, PrivateRound, run_private_round, weights_from_released
-from clients.training import TrainResult, make_loader, predict, train
+from clients.private_round import DPRandomness, PrivateRound, run_private_round
+from clients.training import TrainResult, local_training, train
+from task import wire
 from task.config import RunConfig
 from task.data import Encoded, group_counts
+from task.inference import predict
 from task.model import exchanged_state, load_exchanged
-from task.wire import EVAL_ACCURACY, TRAIN_SECONDS
 
 
 @dataclass
@@ -37,19 +38,17 @@ def local_gap(runtime: ClientRuntime, data: Encoded) -> float:
     return max(accuracies) - min(accuracies) if accuracies else 0.0
 
 
-def _plain_round(cfg: RunConfig, runtime: ClientRuntime, counts: np.ndarray, seed: int):  # type: ignore[no-untyped-def]
-    weighting = cfg.fair.local_weighting if cfg.fair.local_alpha > 0 else "off"
-    weights = torch.ones(len(runtime.train))
-    if weighting != "off":
-        weights, _ = weights_from_released(
-            counts, runtime.train.groups, alpha=cfg.fair.local_alpha,
-            max_weight=cfg.fair.local_max_weight,
-        )  # fmt: skip
-    loader = make_loader(runtime.train, weights, cfg.train.batch_size, seed=seed)
-    params = [p for p in runtime.model.parameters() if p.requires_grad]
-    optimizer = cfg.train.make_optimizer(params)
+def _plain_round(
+    cfg: RunConfig, runtime: ClientRuntime, counts: np.ndarray, seed: int
+) -> TrainResult:
+    """Train without DP (``dp.mode`` off or central); weights from the true counts."""
+    local = local_training(cfg, runtime.model, runtime.train, counts, seed=seed)
     return train(
-        runtime.model, optimizer, loader, epochs=cfg.train.local_epochs, weighting=weighting
+        runtime.model,
+        local.optimizer,
+        local.loader,
+        epochs=cfg.train.local_epochs,
+        weighting=local.weighting,
     )
 
 
@@ -65,30 +64,30 @@ def _metrics(
     ``epsilon`` is the cumulative ε; without local DP it is ``inf`` (no guarantee).
     """
     return {
-        "epsilon": epsilon,
-        "num-examples": num_examples,
-        "train-loss": result.loss if result else 0.0,
-        "train-accuracy": result.accuracy if result else 0.0,
-        TRAIN_SECONDS: result.seconds if result else 0.0,
-        "budget-exhausted": int(result is None),
-        "group-counts": [float(c) for c in counts],
-        "fair-metric": fair_metric,
+        wire.EPSILON: epsilon,
+        wire.NUM_EXAMPLES: num_examples,
+        wire.TRAIN_LOSS: result.loss if result else 0.0,
+        wire.TRAIN_ACCURACY: result.accuracy if result else 0.0,
+        wire.TRAIN_SECONDS: result.seconds if result else 0.0,
+        wire.BUDGET_EXHAUSTED: int(result is None),
+        wire.GROUP_COUNTS: [float(c) for c in counts],
+        wire.FAIR_METRIC: fair_metric,
     }
 
 
 def _privacy_record(cfg: RunConfig, private: PrivateRound, secure_rng: bool) -> dict[str, Any]:
     history = private.ledger.history
     return {
-        "epsilon": private.ledger.epsilon(private.delta),
-        "delta": private.delta,
-        "budget-epsilon": cfg.dp.target_epsilon,
-        "accountant": cfg.dp.accountant,
-        "noise-multiplier": private.noise_multiplier,
-        "history-sigma": [float(s) for s, _, _ in history],
-        "history-q": [float(q) for _, q, _ in history],
-        "history-steps": [int(n) for _, _, n in history],
-        "budget-exhausted": private.result is None,
-        "secure-rng": secure_rng,
+        wire.EPSILON: private.ledger.epsilon(private.delta),
+        wire.DELTA: private.delta,
+        wire.BUDGET_EPSILON: cfg.dp.target_epsilon,
+        wire.ACCOUNTANT: cfg.dp.accountant,
+        wire.NOISE_MULTIPLIER: private.noise_multiplier,
+        wire.HISTORY_SIGMA: [float(s) for s, _, _ in history],
+        wire.HISTORY_Q: [float(q) for _, q, _ in history],
+        wire.HISTORY_STEPS: [int(n) for _, _, n in history],
+        wire.BUDGET_EXHAUSTED: private.result is None,
+        wire.SECURE_RNG: secure_rng,
     }
 
 
@@ -111,12 +110,12 @@ def train_round(
     Poisson batches, DP-SGD noise) comes from OS entropy instead (:class:`DPRandomness`).
     """
     load_exchanged(runtime.model, global_weights)
-    server_round = int(server_config.get("server-round", 0))
+    server_round = int(server_config.get(wire.SERVER_ROUND, 0))
     seed = cfg.seed * 100_003 + server_round * 1_009 + partition_id
     torch.manual_seed(seed)
     fair_metric = local_gap(runtime, runtime.eval) if cfg.strategy == "fairfed" else 0.0
     counts = group_counts(runtime.train, len(runtime.groups))
-    record: dict[str, Any] = {"node-id": str(node_id)}
+    record: dict[str, Any] = {wire.NODE_ID: str(node_id)}
     new_state = None
     if cfg.dp.local:
         private = run_private_round(
@@ -129,8 +128,8 @@ def train_round(
     else:
         result, sent_counts = _plain_round(cfg, runtime, counts, seed), counts
     weights = exchanged_state(runtime.model)
-    record["bytes-sent"] = sum(t.numel() * t.element_size() for t in weights.values())
-    epsilon = float(record.get("epsilon", math.inf))
+    record[wire.BYTES_SENT] = sum(t.numel() * t.element_size() for t in weights.values())
+    epsilon = float(record.get(wire.EPSILON, math.inf))
     metrics = _metrics(result, len(runtime.train), np.asarray(sent_counts), fair_metric, epsilon)
     return TrainOutcome(weights, metrics, record, new_state)
 
@@ -140,4 +139,8 @@ def evaluate_round(runtime: ClientRuntime, global_weights: dict[str, torch.Tenso
     load_exchanged(runtime.model, global_weights)
     predictions, loss = predict(runtime.model, runtime.eval)
     accuracy = float((predictions == runtime.eval.labels).double().mean())
-    return {"num-examples": len(runtime.eval), "eval-loss": loss, EVAL_ACCURACY: accuracy}
+    return {
+        wire.NUM_EXAMPLES: len(runtime.eval),
+        wire.EVAL_LOSS: loss,
+        wire.EVAL_ACCURACY: accuracy,
+    }

@@ -1,21 +1,28 @@
-"""Local training and evaluation: plain torch, no Flower."""
+"""Local training: per-example weights, loader, optimizer and the epochs (no Flower)."""
 
 from __future__ import annotations
 
-import inspect
+import math
 import time
 from dataclasses import dataclass
-from typing import Any
 
+import numpy as np
 import torch
+from opacus.data_loader import wrap_collate_with_empty
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, default_collate
 
+from clients.group_sampling import GroupPoissonSampler, expected_batch, group_rates
+from task.config import RunConfig
 from task.data import Encoded
+from task.inference import logits_of
+from task.privacy_plan import poisson_steps_per_epoch
 
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What a local training run reports."""
+
     loss: float
     accuracy: float
     steps: int
@@ -23,46 +30,19 @@ class TrainResult:
     num_examples: int
 
 
-def _forward_arguments(model: nn.Module) -> set[str]:
-    """Arguments of the innermost model's ``forward`` (under Opacus' and peft's wrappers)."""
-    inner: Any = model
-    while hasattr(inner, "_module"):  # opacus GradSampleModule
-        inner = inner._module
-    if hasattr(inner, "get_base_model"):  # peft
-        inner = inner.get_base_model()
-    return set(inspect.signature(inner.forward).parameters)
-
-
-def model_inputs(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Inputs with per-sample ``position_ids``/``token_type_ids`` of shape (batch, seq_len).
-
-    Hugging Face models otherwise broadcast a (1, seq_len) buffer, which Opacus' per-sample
-    gradient hooks read as a batch of one.
-    """
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-    accepted = _forward_arguments(model)
-    batch, length = input_ids.shape
-    if "position_ids" in accepted:
-        inputs["position_ids"] = torch.arange(length).expand(batch, length)
-    if "token_type_ids" in accepted:
-        inputs["token_type_ids"] = torch.zeros_like(input_ids)
-    return inputs
-
-
 def make_loader(
     data: Encoded, weights: torch.Tensor, batch_size: int, *, seed: int, shuffle: bool = True
 ) -> DataLoader:
-    dataset = TensorDataset(data.input_ids, data.attention_mask, data.labels, weights)
+    """Batches of (inputs, attention mask, label, weight), shuffled by ``seed``."""
+    dataset = TensorDataset(data.model_input, data.attention_mask, data.labels, weights)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
 def per_example_loss(model: nn.Module, batch: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Cross-entropy per example and the number of correct predictions."""
-    input_ids, attention_mask, labels = batch[0], batch[1], batch[2]
-    logits = model(**model_inputs(model, input_ids, attention_mask)).logits
+    inputs, attention_mask, labels = batch[0], batch[1], batch[2]
+    logits = logits_of(model, inputs, attention_mask)
     losses = nn.functional.cross_entropy(logits, labels, reduction="none")
     return losses, int((logits.argmax(-1) == labels).sum())
 
@@ -116,16 +96,79 @@ def train(
     )
 
 
-@torch.no_grad()
-def predict(model: nn.Module, data: Encoded, batch_size: int = 256) -> tuple[torch.Tensor, float]:
-    """Predicted class ids and mean cross-entropy loss over ``data``."""
-    model.eval()
-    predictions, total_loss = [], 0.0
-    for start in range(0, len(data), batch_size):
-        ids = data.input_ids[start : start + batch_size]
-        mask = data.attention_mask[start : start + batch_size]
-        logits = model(**model_inputs(model, ids, mask)).logits
-        labels = data.labels[start : start + batch_size]
-        total_loss += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
-        predictions.append(logits.argmax(-1))
-    return torch.cat(predictions), total_loss / max(len(data), 1)
+@dataclass(frozen=True)
+class LocalTraining:
+    """What one participation trains with, private or not."""
+
+    weighting: str  # "off", "pre-clip", "post-clip" or "sampling"
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    max_weight: float  # w_max of the per-example weights (1 when unweighted)
+    #: ``sampling``: (q_max, expected batch size) of the group-balanced Poisson loader
+    group_sampling: tuple[float, float] | None = None
+
+
+def weights_from_released(
+    released: np.ndarray, groups: torch.Tensor, *, alpha: float, max_weight: float
+) -> tuple[torch.Tensor, float]:
+    """Per-example weights ∝ (1/released share of the group)^α, capped at ``max_weight``.
+
+    Normalised so the expected weight under the released shares is 1; only released
+    numbers enter, so this is post-processing of the release.
+    """
+    clipped = np.clip(released, 1.0, None)  # a group never shows below one example
+    shares = clipped / clipped.sum()
+    raw = shares ** (-alpha)
+    per_group = np.minimum(raw / float((shares * raw).sum()), max_weight)
+    # w_max from the float32 values actually used, so no weight rounds up above it.
+    per_group_t = torch.tensor(np.maximum(per_group, 0.0), dtype=torch.float32)
+    return per_group_t[groups], max(1.0, float(per_group_t.max()))
+
+
+def local_training(
+    cfg: RunConfig, model: nn.Module, data: Encoded, counts: np.ndarray, *, seed: int
+) -> LocalTraining:
+    """Weights from ``counts`` (released ones under DP), the loader and the optimizer."""
+    weighting = cfg.fair.local_weighting if cfg.fair.local_alpha > 0 else "off"
+    params = [p for p in model.parameters() if p.requires_grad]
+    if weighting == "sampling":
+        loader, sampled = group_balanced_loader(cfg, data, counts, seed=seed)
+        return LocalTraining(weighting, loader, cfg.train.make_optimizer(params), 1.0, sampled)
+    weights, w_max = torch.ones(len(data)), 1.0
+    if weighting != "off":
+        weights, w_max = weights_from_released(
+            counts, data.groups, alpha=cfg.fair.local_alpha, max_weight=cfg.fair.local_max_weight
+        )
+    loader = make_loader(data, weights, cfg.train.batch_size, seed=seed)
+    return LocalTraining(weighting, loader, cfg.train.make_optimizer(params), w_max)
+
+
+def group_balanced_loader(
+    cfg: RunConfig, data: Encoded, counts: np.ndarray, *, seed: int
+) -> tuple[DataLoader, tuple[float, float]]:
+    """Poisson batches with per-group rates from ``counts`` (released ones under DP).
+
+    The largest rate is the plain Poisson rate ``q = 1/ceil(n/B)`` of the privacy plan, so
+    the plan, σ and the accountant are those of unweighted DP-SGD; scarcer groups keep
+    rate q and commoner ones are drawn less (:mod:`clients.group_sampling`).
+    """
+    q_max = 1 / max(1, math.ceil(len(data) / cfg.train.batch_size))
+    num_groups = len(counts)
+    per_group, _ = weights_from_released(
+        counts, torch.arange(num_groups), alpha=cfg.fair.local_alpha,
+        max_weight=cfg.fair.local_max_weight,
+    )  # fmt: skip
+    rates = group_rates(per_group.double().numpy(), max_rate=q_max)
+    dataset = TensorDataset(data.model_input, data.attention_mask, data.labels,
+                            torch.ones(len(data)))  # fmt: skip
+    sampler = GroupPoissonSampler(
+        torch.from_numpy(rates)[data.groups], steps=poisson_steps_per_epoch(q_max),
+        generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+    first = dataset[0]
+    collate = wrap_collate_with_empty(
+        collate_fn=default_collate, sample_empty_shapes=[(0, *x.shape) for x in first],
+        dtypes=[x.dtype for x in first],
+    )  # fmt: skip
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+    return loader, (q_max, expected_batch(counts, rates))

@@ -14,6 +14,7 @@ from click import ClickException
 from flwr.common.config import parse_config_args
 
 from deploy.compose_checks import Compose, component, parsed_commands
+from launch import env as launch_env
 
 ONE_SHOT_RESTART = "no"
 
@@ -90,11 +91,8 @@ def check_operable(compose: Compose) -> list[str]:
     return problems
 
 
-OFFLINE_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-}
+# Flower's part of the offline environment; the image (docker/Dockerfile) sets the rest.
+OFFLINE_ENV = {k: v for k, v in launch_env.OFFLINE_ENV.items() if k.startswith("FLWR_")}
 
 
 def check_offline(compose: Compose) -> list[str]:

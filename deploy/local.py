@@ -26,11 +26,15 @@ from pathlib import Path
 
 from flwr.common.config import parse_config_args
 
-from deploy import flwr_cli
 from deploy.certs import DEFAULT_CERTS_DIR, DEFAULT_KEYS_DIR, TlsBundle, generate
-from deploy.flwr_cli import tool
-from deploy.procs import Interrupted, ProcessSupervisor, free_ports, signals_raise
 from deploy.run_config import load_experiment_file, run_config_flag
+from launch.connection import write_connection
+from launch.env import deployment_env, tool
+from launch.flwr import check_completed, register, wait_online
+from launch.net import free_ports, wait_healthy
+from launch.signals import Interrupted, signals_raise
+from launch.stream import run_app
+from launch.supervisor import FlowerError, ProcessSupervisor
 
 REPO = Path(__file__).resolve().parent.parent
 CONNECTION = "fedequity-local"
@@ -72,26 +76,6 @@ class Deployment:
     def address(self) -> str:
         """SuperLink address (Fleet, Control and Runtime API share one port)."""
         return f"{HOST}:{self.superlink_port}"
-
-
-def base_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for every Flower process: local FLWR_HOME, no installs, no telemetry,
-    offline Hugging Face unless ``FEDEQUITY_ONLINE=1``."""
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    env.update(
-        FLWR_HOME=str(flwr_home),
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_UPDATE_CHECK="1",  # else every Flower process asks the network
-        PYTHONUNBUFFERED="1",
-        TOKENIZERS_PARALLELISM="false",
-        # SuperLink/SuperNode spawn `flower-superexec`, `flwr-serverapp` by bare name.
-        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-    )
-    if os.environ.get("FEDEQUITY_ONLINE") != "1":  # as in simulation: the hub only when named
-        env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    return env
 
 
 def superlink_cmd(dep: Deployment) -> list[str]:
@@ -145,7 +129,7 @@ def supernode_cmd(dep: Deployment, index: int, num: int) -> list[str]:
 def start_superlink(dep: Deployment, timeout: float) -> None:
     """Start the SuperLink and its ServerApp SuperExec; wait until healthy."""
     proc = dep.sup.start("superlink", superlink_cmd(dep), cwd=dep.work_dir)
-    flwr_cli.wait_healthy(f"https://{dep.address}/health", dep.tls.ca_cert, proc, timeout)
+    wait_healthy(f"https://{dep.address}/health", proc, timeout, ca_cert=dep.tls.ca_cert)
     cmd = superexec_cmd(dep, dep.superlink_port, dep.tls.superlink_secret)
     dep.sup.start("superexec-serverapp", cmd, cwd=dep.work_dir)
 
@@ -160,13 +144,13 @@ def client_threads(num_supernodes: int) -> dict[str, str]:
 def start_supernodes(dep: Deployment, num: int, timeout: float) -> list[str]:
     """Register each SuperNode's public key, start node + SuperExec; wait until online."""
     nodes = dep.tls.supernodes[:num]
-    node_ids = [flwr_cli.register(dep.sup, n.auth_pub, CONNECTION, dep.work_dir) for n in nodes]
+    node_ids = [register(dep.sup, n.auth_pub, CONNECTION, dep.work_dir) for n in nodes]
     threads = client_threads(num)
     for i, node in enumerate(nodes):
         dep.sup.start(f"supernode-{i}", supernode_cmd(dep, i, num), cwd=dep.work_dir)
         cmd = superexec_cmd(dep, dep.supernode_ports[i], node.superexec_secret)
         dep.sup.start(f"superexec-clientapp-{i}", cmd, cwd=dep.work_dir, extra_env=threads)
-    flwr_cli.wait_online(dep.sup, CONNECTION, node_ids, dep.work_dir, timeout)
+    wait_online(dep.sup, CONNECTION, node_ids, dep.work_dir, timeout)
     return node_ids
 
 
@@ -193,9 +177,9 @@ def deploy_local(opts: Options) -> Path:
     tls = generate(opts.supernodes, opts.certs_dir, opts.keys_dir)
     flwr_home = work / "flwr-home"
     ports = free_ports(opts.supernodes + 1)
-    sup = ProcessSupervisor(env=base_env(flwr_home), log_dir=work / "logs")
+    sup = ProcessSupervisor(env=deployment_env(flwr_home), log_dir=work / "logs")
     dep = Deployment(sup, tls, work, ports[0], ports[1:])
-    flwr_cli.write_connection(flwr_home, CONNECTION, dep.address, tls.ca_cert)
+    write_connection(flwr_home, CONNECTION, dep.address, tls.ca_cert)
     print(
         f"deploy-local: SuperLink https://{dep.address}, {opts.supernodes} SuperNodes, "
         f"{opts.rounds} rounds; logs in {work / 'logs'}",
@@ -205,8 +189,8 @@ def deploy_local(opts: Options) -> Path:
         try:
             start_superlink(dep, opts.startup_timeout)
             start_supernodes(dep, opts.supernodes, opts.startup_timeout)
-            run_id = flwr_cli.run_app(sup, opts.app_dir, CONNECTION, run_args, work, opts.timeout)
-            flwr_cli.check_completed(sup, CONNECTION, run_id, work, opts.timeout)
+            run_id = run_app(sup, opts.app_dir, CONNECTION, run_args, work, opts.timeout)
+            check_completed(sup, CONNECTION, run_id, work, opts.timeout)
         finally:
             leftovers = sup.stop_all()
             if leftovers:
@@ -262,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.monotonic()
     try:
         run_dir = deploy_local(opts)
-    except (DeployError, flwr_cli.FlowerCliError, ValueError, OSError, Interrupted) as err:
+    except (DeployError, FlowerError, ValueError, OSError, Interrupted) as err:
         print(f"deploy-local failed: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

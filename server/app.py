@@ -5,13 +5,14 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from clients.private import check_release_budget
-from server.central_dp import CentralAccountant
+from server.central_accountant import CentralAccountant
 from server.evaluation import build_evaluator
 from server.recorder import RoundRecorder
 from server.records import RunDirectory
 from strategies import build_strategy, sampled_per_round
 from task.config import parse_run_config
+from task.privacy_plan import check_release_budget
+from task.wire import LEARNING_RATE
 
 app = ServerApp()
 
@@ -45,6 +46,6 @@ def main(grid: Grid, context: Context) -> None:
         grid=grid,
         initial_arrays=ArrayRecord(evaluator.initial_weights()),
         num_rounds=cfg.num_server_rounds,
-        train_config=ConfigRecord({"learning-rate": cfg.train.learning_rate}),
+        train_config=ConfigRecord({LEARNING_RATE: cfg.train.learning_rate}),
         evaluate_fn=recorder.evaluate,
     )

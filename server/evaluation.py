@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from clients.training import predict
 from task.config import RunConfig
 from task.data import Encoded, encode, group_names, load_splits
-from task.fairness import group_report
+from task.fairness import counterfactual_flip_rate, group_report
+from task.feature_cache import with_features
+from task.inference import predict
 from task.model import build_for_run, exchanged_state, load_exchanged
 
 
@@ -31,12 +32,15 @@ class GlobalEvaluator:
         load_exchanged(self.model, weights)
         predictions, loss = predict(self.model, self.test)
         names = [self.groups[i] for i in self.test.groups.tolist()]
-        return group_report(self.test.labels.numpy(), predictions.numpy(), names, loss=loss)
+        report = group_report(self.test.labels.numpy(), predictions.numpy(), names, loss=loss)
+        sets = self.test.sets
+        flips = None if sets is None else counterfactual_flip_rate(predictions.numpy(), sets)
+        return report | {"counterfactual_flip_rate": flips}
 
 
 def build_evaluator(cfg: RunConfig) -> GlobalEvaluator:
     splits = load_splits(cfg.data, cfg.seed)
     groups = group_names(splits)
     tokenizer, model = build_for_run(cfg, splits)
-    test = encode(splits["test"], tokenizer, groups, cfg.model.max_length)
+    test = with_features(encode(splits["test"], tokenizer, groups, cfg.model.max_length), cfg.model)
     return GlobalEvaluator(model=model, test=test, groups=groups)

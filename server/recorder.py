@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import time
 from logging import INFO, WARNING
-from typing import Any
+from typing import Any, Protocol
 
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from server.central_dp import CentralAccountant
+from server.central_accountant import CentralAccountant
 from server.evaluation import GlobalEvaluator
 from server.records import RunDirectory
+from strategies.screening import RoundTrace
+from task import wire
 from task.fairness import client_spread
-from task.wire import CLIENT_RECORD, EVAL_ACCURACY, TRAIN_SECONDS
+
+
+class TracedStrategy(Protocol):
+    """What the recorder reads of a strategy: the trace of its latest ``aggregate_train``."""
+
+    @property
+    def last_round(self) -> RoundTrace: ...
 
 
 class RoundRecorder:
@@ -35,7 +43,7 @@ class RoundRecorder:
     ) -> None:
         self.run_dir = run_dir
         self.evaluator = evaluator
-        self.strategy: object | None = None
+        self.strategy: TracedStrategy | None = None
         self.central = central
         self.num_rounds = num_rounds
         self.rounds: list[dict[str, Any]] = []
@@ -45,12 +53,9 @@ class RoundRecorder:
         self._eval_accuracies: list[float] = []
         self._clock = time.perf_counter()
 
-    def watch(self, strategy: object) -> None:
-        """Read the strategy's ``last_round`` trace (weights, skips) after each round.
-
-        Under the central-DP wrapper the trace lives on the wrapped strategy.
-        """
-        self.strategy = getattr(strategy, "strategy", strategy)
+    def watch(self, strategy: TracedStrategy) -> None:
+        """Read the strategy's ``last_round`` trace (weights, skips) after each round."""
+        self.strategy = strategy
 
     # --- hooks given to the strategy -------------------------------------------------
     def aggregate_train_metrics(self, contents: list[RecordDict], key: str) -> MetricRecord:
@@ -61,18 +66,18 @@ class RoundRecorder:
     def aggregate_eval_metrics(self, contents: list[RecordDict], key: str) -> MetricRecord:
         """Flower's weighted metric average; the client spread takes each valid accuracy."""
         records: list[Any] = [next(iter(c.metric_records.values())) for c in contents]
-        accuracies = [r.get(EVAL_ACCURACY) for r in records]
+        accuracies = [r.get(wire.EVAL_ACCURACY) for r in records]
         self._eval_accuracies = [float(a) for a in accuracies if is_fraction(a)]
         if len(self._eval_accuracies) < len(records):
             left_out = len(records) - len(self._eval_accuracies)
             log(WARNING, "%d evaluation replies without '%s' in [0, 1]: left out of the "
-                "client spread", left_out, EVAL_ACCURACY)  # fmt: skip
+                "client spread", left_out, wire.EVAL_ACCURACY)  # fmt: skip
         return aggregate_metricrecords(same_shape_metrics(contents), key)
 
     def _observe_privacy(self, node: int, record: dict[str, Any]) -> None:
         """Keep a client's latest privacy report, under the node id Flower saw it from;
         a malformed report is logged, not fatal."""
-        if "epsilon" not in record:
+        if wire.EPSILON not in record:
             return  # no local DP
         try:
             self.privacy[str(node)] = self._privacy_entry(record)
@@ -82,22 +87,22 @@ class RoundRecorder:
     @staticmethod
     def _privacy_entry(record: dict[str, Any]) -> dict[str, Any]:
         return {
-            "epsilon": float(record["epsilon"]),
-            "delta": float(record["delta"]),
-            "budget_epsilon": float(record["budget-epsilon"]),
-            "accountant": str(record["accountant"]),
+            "epsilon": float(record[wire.EPSILON]),
+            "delta": float(record[wire.DELTA]),
+            "budget_epsilon": float(record[wire.BUDGET_EPSILON]),
+            "accountant": str(record[wire.ACCOUNTANT]),
             "history": [
                 [float(s), float(q), int(n)]
                 for s, q, n in zip(
-                    record["history-sigma"],
-                    record["history-q"],
-                    record["history-steps"],
+                    record[wire.HISTORY_SIGMA],
+                    record[wire.HISTORY_Q],
+                    record[wire.HISTORY_STEPS],
                     strict=True,
                 )
             ],
-            "noise_multiplier": float(record["noise-multiplier"]),
-            "stopped_by_budget": bool(record["budget-exhausted"]),
-            "secure_rng": bool(record.get("secure-rng", False)),
+            "noise_multiplier": float(record[wire.NOISE_MULTIPLIER]),
+            "stopped_by_budget": bool(record[wire.BUDGET_EXHAUSTED]),
+            "secure_rng": bool(record.get(wire.SECURE_RNG, False)),
         }
 
     # --- evaluate_fn -----------------------------------------------------------------
@@ -119,17 +124,17 @@ class RoundRecorder:
     def _round_record(self, server_round: int, global_metrics: dict[str, Any]) -> dict:
         now = time.perf_counter()
         wall, self._clock = now - self._clock, now
-        trace = getattr(self.strategy, "last_round", None)
-        if getattr(trace, "round", None) != server_round:
+        trace = self.strategy.last_round if self.strategy is not None else None
+        if trace is not None and trace.round != server_round:
             trace = None  # the strategy did not aggregate this round: no weights to report
         traced: dict[str, Any] = trace.to_json() if trace is not None else {}
-        for node, client_record in getattr(trace, "client_records", {}).items():
+        for node, client_record in (trace.client_records if trace is not None else {}).items():
             self._observe_privacy(node, client_record)
         metrics: list[Any] = [next(iter(c.metric_records.values())) for c in self._train_replies]
         record: dict[str, Any] = {
             "round": server_round,
             "wall_s": wall,
-            "client_train_s": float(sum(float(m[TRAIN_SECONDS]) for m in metrics)),
+            "client_train_s": float(sum(float(m[wire.TRAIN_SECONDS]) for m in metrics)),
             "num_clients": len(metrics),
             "failures": int(traced.get("failures", 0)),
             "global": global_metrics,
@@ -151,15 +156,16 @@ class RoundRecorder:
     def _bytes_sent(self) -> dict[str, int]:
         sent: dict[str, int] = {}
         for content in self._train_replies:
-            record: Any = content.config_records.get(CLIENT_RECORD)
+            record: Any = content.config_records.get(wire.CLIENT_RECORD)
             try:
                 if record is not None:
-                    sent[str(record["node-id"])] = int(record["bytes-sent"])
+                    sent[str(record[wire.NODE_ID])] = int(record[wire.BYTES_SENT])
             except (KeyError, TypeError, ValueError) as error:
                 log(WARNING, "a client record without a valid node-id/bytes-sent (%r)", error)
         return sent
 
     def results(self) -> dict[str, Any]:
+        """The whole ``results.json`` so far."""
         final = dict(self.rounds[-1]["global"]) if self.rounds else {}
         epsilons = [p["epsilon"] for p in self.privacy.values()]
         final["max_epsilon"] = max(epsilons) if epsilons else None
@@ -210,6 +216,8 @@ def same_shape_metrics(contents: list[RecordDict]) -> list[RecordDict]:
     if dropped := sorted(set(shapes) - uniform):
         log(WARNING, "metrics %s differ in shape between replies: not aggregated", dropped)
     return [
-        RecordDict({"metrics": MetricRecord({k: v for k, v in r.items() if k in uniform})})
+        RecordDict(
+            {wire.METRICS_RECORD: MetricRecord({k: v for k, v in r.items() if k in uniform})}
+        )
         for r in records
     ]

@@ -1,12 +1,13 @@
-"""``python -m simulations run [EXPERIMENT.toml] [--set key=value …]`` and friends."""
+"""``fedequity run [EXPERIMENT.toml] [--set key=value …]`` (or ``python -m simulations``),
+``evidence`` and ``bench``."""
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
+from launch.signals import Interrupted, signals_raise
 from simulations.evidence import (
     Cell,
     Grid,
@@ -22,10 +23,12 @@ from simulations.report import load_summaries, write_report
 from simulations.runner import RunFailed, run_experiment
 
 EVIDENCE_DIR = Path(__file__).parent / "experiments" / "evidence"
+# The console script (pyproject's [project.scripts]) or `python -m simulations`.
+PROG = "fedequity" if Path(sys.argv[0]).name == "fedequity" else "python -m simulations"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m simulations", description=__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run one experiment with `flwr run`")
     run.add_argument("experiment", nargs="?", type=Path, help="experiment TOML (overrides)")
@@ -53,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
         help="where the report goes (default: OUTPUT_DIR/report; `--docs docs` publishes it)",
     )
     evidence.add_argument("--report-only", action="store_true", help="only rebuild the report")
+    # Listed for --help only: main() hands `bench ARGS` to the benchmark's own parser.
+    commands.add_parser(
+        "bench", add_help=False, help="DP-SGD cost per step (simulations/benchmarks/dp_cost.py)"
+    )
     return parser
 
 
@@ -121,20 +128,16 @@ def evidence_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    # SystemExit unwinds the stack, so every `finally` stops the processes it started.
-    raise SystemExit(128 + signum)
+def bench_main(argv: list[str]) -> int:
+    """``bench [--steps N] [--set key=value …]``: the DP cost benchmark."""
+    from simulations.benchmarks import dp_cost  # imports torch: only when asked
+
+    dp_cost.main(argv, prog=f"{PROG} bench")
+    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    args = _parser().parse_args(argv)
-    if args.command == "evidence":
-        try:
-            return evidence_main(args)
-        except (ValueError, FileNotFoundError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+def run_main(args: argparse.Namespace) -> int:
+    """Run one experiment; print its run directory."""
     try:
         experiment = build_experiment(
             args.experiment,
@@ -152,6 +155,32 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(run_dir)
     return 0
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv[:1] == ["bench"]:
+        return bench_main(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.command == "evidence":
+        try:
+            return evidence_main(args)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    return run_main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``fedequity`` and ``python -m simulations``.
+
+    SIGTERM/SIGHUP unwind the stack (every ``finally`` stops the processes it started) and
+    exit with 128 + the signal number, as death by that signal would.
+    """
+    try:
+        with signals_raise():
+            return _dispatch(sys.argv[1:] if argv is None else list(argv))
+    except Interrupted as interrupted:
+        return interrupted.exit_code
 
 
 if __name__ == "__main__":

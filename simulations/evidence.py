@@ -46,6 +46,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "representation+post-clip": {"strategy": "representation", "fair.local-weighting": "post-clip"},
     "representation+pre-clip": {"strategy": "representation", "fair.local-weighting": "pre-clip"},
     "fedavg+post-clip": {"strategy": "fedavg", "fair.local-weighting": "post-clip"},
+    "representation+sampling": {"strategy": "representation", "fair.local-weighting": "sampling"},
+    "fedavg+sampling": {"strategy": "fedavg", "fair.local-weighting": "sampling"},
 }
 REPORTED = ("accuracy", "balanced_accuracy", "worst_group_accuracy", "group_accuracy_gap",
             "equalized_odds_difference", "demographic_parity_difference")  # fmt: skip
@@ -197,6 +199,10 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
         unread |= {"qfedavg.q", "qfedavg.learning-rate"}
     if config.get("strategy") != "fairfed":
         unread.add("fair.fairfed-beta")
+    if config.get("model.finetune") != "lora":
+        unread |= {"model.lora.r", "model.lora.alpha", "model.lora.dropout"}
+    if config.get("model.finetune") not in ("head", "top-layers"):
+        unread |= {"model.train-layers", "model.head-hidden"}
     if config.get("fair.local-weighting") == "off":
         unread |= {"fair.local-alpha", "fair.local-max-weight"}
     return {key: value for key, value in config.items() if key not in unread}

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clients.private import check_release_budget
 from deploy.run_config import load_experiment_file, run_config_flag
 from task.config import RunConfig, load_defaults, parse_run_config
 from task.data import check_partitions
 from task.model import check_model_source
+from task.privacy_plan import check_release_budget
 
 FEDERATION_KEYS = {"num-supernodes": int, "client-cpus": int}
 DEFAULT_FEDERATION = {"num-supernodes": 10, "client-cpus": 1}

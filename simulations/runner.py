@@ -10,21 +10,21 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deploy.procs import free_ports
 from deploy.run_config import run_config_flag
+from launch.connection import write_connection
+from launch.env import simulation_env, tool
+from launch.net import free_ports, wait_healthy
+from launch.stream import stream_run
+from launch.supervisor import ProcessSupervisor
 from simulations.experiment import Experiment
-from simulations.processes import flower_env, running, stop, stop_marked, wait_healthy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "fedequity"
-RUN_STARTED = re.compile(r"Successfully started run (\d+)")
 # Ray's root-logger copy of each Flower line starts with a timestamp: show Flower's only.
 DUPLICATE = re.compile(r"^\d\d/\d\d/\d{4} \d\d:\d\d:\d\d:")
 SHOWN = re.compile(r"round \d+/\d+ acc=|ERROR|Traceback|Exception")
@@ -34,17 +34,10 @@ class RunFailed(RuntimeError):
     """The federated run did not complete all its rounds."""
 
 
-def write_connection(flwr_home: Path, port: int) -> None:
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
-    )
-
-
 def superlink_command(port: int, control_port: int) -> list[str]:
+    """A private, insecure simulation SuperLink on loopback."""
     return [
-        str(Path(sys.executable).parent / "flower-superlink"),
+        tool("flower-superlink"),
         "--insecure",
         "--simulation",
         "--isolation", "subprocess",
@@ -56,12 +49,13 @@ def superlink_command(port: int, control_port: int) -> list[str]:
 
 
 def flwr_run_command(experiment: Experiment, overrides: dict[str, Any]) -> list[str]:
+    """``flwr run`` of this app on the private SuperLink with the experiment's federation."""
     fed = experiment.federation
     federation = (
         f"num-supernodes={fed['num-supernodes']} client-resources-num-cpus={fed['client-cpus']}"
     )
     return [
-        str(Path(sys.executable).parent / "flwr"),
+        tool("flwr"),
         "run", str(PROJECT_ROOT), CONNECTION,
         "--federation-config", federation,
         *run_config_flag(overrides),
@@ -69,33 +63,9 @@ def flwr_run_command(experiment: Experiment, overrides: dict[str, Any]) -> list[
     ]  # fmt: skip
 
 
-def _stream(process: subprocess.Popen, log_path: Path, verbose: bool) -> str | None:
-    """Copy ``flwr run`` output to the log, show round lines and errors; return the run id."""
-    run_id = None
-    assert process.stdout is not None
-    with log_path.open("a") as log:
-        for line in process.stdout:
-            log.write(line)
-            if (match := RUN_STARTED.search(line)) and run_id is None:
-                run_id = match.group(1)
-            if verbose or (SHOWN.search(line) and not DUPLICATE.match(line)):
-                print(line.rstrip(), flush=True)
-    return run_id
-
-
-def _flwr_run(
-    experiment: Experiment, overrides: dict[str, Any], env: dict[str, str], logs: Path,
-    verbose: bool,
-) -> str | None:  # fmt: skip
-    client = subprocess.Popen(
-        flwr_run_command(experiment, overrides),
-        env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        return _stream(client, logs / "flwr-run.log", verbose)
-    finally:
-        stop(client)
+def shown(verbose: bool) -> Callable[[str], bool]:
+    """Which ``flwr run`` lines to echo: all if ``verbose``, else round lines and errors."""
+    return lambda line: verbose or bool(SHOWN.search(line) and not DUPLICATE.match(line))
 
 
 def _check_complete(run_dir: Path, num_rounds: int, logs: Path) -> None:
@@ -120,21 +90,15 @@ def run_experiment(experiment: Experiment, *, verbose: bool = False) -> Path:
     flwr_home, logs = work / "flwr-home", work / "logs"
     logs.mkdir(parents=True)
     port, control_port = free_ports(2)  # bound together, so never the same port twice
-    write_connection(flwr_home, port)
-    marker = uuid.uuid4().hex
-    env = flower_env(flwr_home, marker)
-    superlink_log = logs / "superlink.log"
+    write_connection(flwr_home, CONNECTION, f"127.0.0.1:{port}")
+    sup = ProcessSupervisor(env=simulation_env(flwr_home), log_dir=logs)
     try:
-        with running(
-            superlink_command(port, control_port), env=env, log_file=superlink_log,
-            cwd=PROJECT_ROOT,
-        ) as superlink:  # fmt: skip
-            wait_healthy(
-                f"http://127.0.0.1:{port}/health", superlink, timeout_s=60, log_file=superlink_log
-            )
-            run_id = _flwr_run(experiment, overrides, env, logs, verbose)
+        superlink = sup.start("superlink", superlink_command(port, control_port), PROJECT_ROOT)
+        wait_healthy(f"http://127.0.0.1:{port}/health", superlink, timeout=60)
+        command = flwr_run_command(experiment, overrides)
+        run_id = stream_run(sup, command, PROJECT_ROOT, show=shown(verbose)).run_id
     finally:
-        stop_marked(marker)
+        sup.stop_all()
     if run_id is None:
         raise RunFailed(f"`flwr run` did not start a run; see {logs / 'flwr-run.log'}")
     run_dir = output_dir / run_id

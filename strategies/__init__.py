@@ -6,16 +6,18 @@ from collections.abc import Callable
 from typing import Any
 
 from flwr.app import MetricRecord, RecordDict
-from flwr.serverapp.strategy import Strategy
 
-from strategies.base import TracedFedAvg
-from strategies.central_dp import ScreenedFixedClipping
+from strategies.base import ReplyScreening, TracedFedAvg
 from strategies.fairfed import FairFed
 from strategies.qfedavg import TracedQFedAvg
 from strategies.representation import RepresentationAware
+from strategies.screened_clipping import ScreenedFixedClipping
 from task.config import RunConfig
+from task.wire import ARRAYS_RECORD, CONFIG_RECORD, NUM_EXAMPLES
 
 MetricsAggregator = Callable[[list[RecordDict], str], MetricRecord]
+#: What :func:`build_strategy` returns: a Flower strategy that keeps ``last_round``.
+BuiltStrategy = ReplyScreening | ScreenedFixedClipping
 
 
 def sampled_per_round(cfg: RunConfig, num_nodes: int) -> int:
@@ -30,12 +32,12 @@ def build_strategy(
     num_nodes: int,
     train_metrics_aggr_fn: MetricsAggregator,
     evaluate_metrics_aggr_fn: MetricsAggregator,
-) -> Strategy:
+) -> BuiltStrategy:
     """The strategy named by ``strategy``, wrapped in central DP when ``dp.mode`` asks.
 
     Central DP uses Flower's server-side fixed-clipping wrapper (screening replies before
     it clips, see :class:`ScreenedFixedClipping`) without its accountant
-    (which only accepts unweighted FedAvg); ``server/central_dp.py`` accounts for the
+    (which only accepts unweighted FedAvg); ``server/central_accountant.py`` accounts for the
     weights actually used, round by round.
     """
     inner = _base_strategy(
@@ -60,12 +62,15 @@ def _base_strategy(
     *,
     train_metrics_aggr_fn: MetricsAggregator,
     evaluate_metrics_aggr_fn: MetricsAggregator,
-) -> Strategy:
+) -> ReplyScreening:
     common: dict[str, Any] = {
         "fraction_train": cfg.fraction_train,
         "min_train_nodes": 1,
         "min_evaluate_nodes": 1,
         "min_available_nodes": 2,
+        "weighted_by_key": NUM_EXAMPLES,
+        "arrayrecord_key": ARRAYS_RECORD,
+        "configrecord_key": CONFIG_RECORD,
         "train_metrics_aggr_fn": train_metrics_aggr_fn,
         "evaluate_metrics_aggr_fn": evaluate_metrics_aggr_fn,
     }

@@ -7,10 +7,10 @@ import numpy as np
 from flwr.app import MetricRecord, RecordDict
 from flwr.supercore import log
 
-from strategies.base import TracedFedAvg, finite_number, number
+from strategies.base import TracedFedAvg
+from strategies.screening import finite_number, number
 from strategies.weighting import fairfed_weights, fedavg_weights
-
-FAIR_METRIC_KEY = "fair-metric"
+from task.wire import FAIR_METRIC
 
 
 class FairFed(TracedFedAvg):
@@ -52,19 +52,19 @@ class FairFed(TracedFedAvg):
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""
-        log(INFO, "\t├──> FairFed: beta = %s, metric key '%s'", self.beta, FAIR_METRIC_KEY)
+        log(INFO, "\t├──> FairFed: beta = %s, metric key '%s'", self.beta, FAIR_METRIC)
         super().summary()
 
     def metric_problem(self, metrics: MetricRecord) -> str | None:
         """Also require a finite ``fair-metric``."""
-        return finite_number(metrics, FAIR_METRIC_KEY) or super().metric_problem(metrics)
+        return finite_number(metrics, FAIR_METRIC) or super().metric_problem(metrics)
 
     def client_weights(
         self, server_round: int, node_ids: list[int], contents: list[RecordDict]
     ) -> np.ndarray:
         """One FairFed update of the participants' weights; stored for the next round."""
         n = np.array([number(c, self.weighted_by_key) for c in contents])
-        local = np.array([number(c, FAIR_METRIC_KEY) for c in contents])
+        local = np.array([number(c, FAIR_METRIC) for c in contents])
         global_metric = float(n @ local / n.sum())
         fedavg = fedavg_weights(n)
         previous = None

@@ -1,35 +1,25 @@
 """Flower's q-FedAvg with reply screening and a round trace."""
 
-from collections.abc import Iterable
-from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import QFedAvg
-from flwr.supercore import log
 
-from strategies.base import (
-    RoundTrace,
-    count_problem,
-    finite_number,
-    number,
-    screen_eval_replies,
-    screen_replies,
-)
+from strategies.base import ReplyScreening
+from strategies.screening import count_problem, finite_number, number
 from strategies.weighting import qfedavg_coefficients
+from task.wire import TRAIN_LOSS
 
-TRAIN_LOSS_KEY = "train-loss"
 
-
-class TracedQFedAvg(QFedAvg):
+class TracedQFedAvg(ReplyScreening, QFedAvg):
     """q-FedAvg (Li et al., "Fair Resource Allocation in Federated Learning", ICLR 2020).
 
     Flower's :class:`~flwr.serverapp.strategy.QFedAvg` does the math; this subclass
     first screens the replies like :class:`~strategies.base.TracedFedAvg` (skips
     ``budget-exhausted`` clients, whose zero update would still add L·F^q to Σh and
     shrink the step; rejects non-finite or mismatched arrays and a missing/negative
-    ``train-loss``) and records a :class:`~strategies.base.RoundTrace` in ``last_round``.
+    ``train-loss``) and records a :class:`~strategies.screening.RoundTrace` in ``last_round``.
 
     Trace weights: q-FedAvg's step is w ← w + Σ_k c_k (w_k - w) with
     c_k = L F_k^q / Σ_i h_i (:func:`~strategies.weighting.qfedavg_coefficients`). The
@@ -62,7 +52,7 @@ class TracedQFedAvg(QFedAvg):
         *,
         client_learning_rate: float,
         q: float,
-        train_loss_key: str = TRAIN_LOSS_KEY,
+        train_loss_key: str = TRAIN_LOSS,
         **fedavg_kwargs: Any,
     ) -> None:
         if not np.isfinite(q) or q < 0:
@@ -77,7 +67,6 @@ class TracedQFedAvg(QFedAvg):
             train_loss_key=train_loss_key,
             **fedavg_kwargs,
         )
-        self.last_round = RoundTrace(round=0)
 
     def metric_problem(self, metrics: MetricRecord) -> str | None:
         """Require a finite, non-negative loss and positive example count."""
@@ -85,22 +74,14 @@ class TracedQFedAvg(QFedAvg):
             metrics, self.weighted_by_key
         )
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
+    def aggregate_accepted(
+        self, server_round: int, accepted: list[Message], reference: ArrayRecord
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Screen replies, record the trace, then run Flower's q-FedAvg on the rest."""
-        self.last_round = trace = RoundTrace(round=server_round)
-        if self.current_arrays is None:
-            return super().aggregate_train(server_round, replies)  # raises AggregationError
-        valid, errors = self._check_and_log_replies(list(replies), is_train=True, validate=False)
-        trace.failures = len(errors)
-        accepted = screen_replies(valid, self.current_arrays, trace, self.metric_problem)
-        if not accepted:
-            log(WARNING, "aggregate_train: no reply left to aggregate in round %d", server_round)
-            return None, None
-        self._record_weights(accepted, self.current_arrays)
-        dtypes = {k: np.dtype(self.current_arrays[k].dtype) for k in self.current_arrays}
-        arrays, metrics = super().aggregate_train(server_round, accepted)
+        """Record q-FedAvg's weights in the trace, then run Flower's q-FedAvg step."""
+        self._record_weights(accepted, reference)
+        dtypes = {k: np.dtype(reference[k].dtype) for k in reference}
+        # Flower's own aggregate_train: ours (ReplyScreening's) comes first in the MRO.
+        arrays, metrics = QFedAvg.aggregate_train(self, server_round, accepted)
         if arrays is not None:
             # Flower's step divides by a Python float, which makes every array float64; the
             # global model keeps its dtypes, so next round's replies still match it.
@@ -108,12 +89,6 @@ class TracedQFedAvg(QFedAvg):
                 {k: Array(arrays[k].numpy().astype(dtypes[k], copy=False)) for k in dtypes}
             )
         return arrays, metrics
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Flower's FedAvg on the evaluate replies that keep the contract."""
-        return super().aggregate_evaluate(server_round, screen_eval_replies(replies))
 
     def _record_weights(self, accepted: list[Message], reference: ArrayRecord) -> None:
         """Put relative influence and step scale of q-FedAvg in the trace."""
@@ -137,8 +112,3 @@ class TracedQFedAvg(QFedAvg):
             n: float(c) for n, c in zip(nodes, coeffs / coeffs.sum(), strict=True)
         }
         self.last_round.extras["qfedavg-step-scale"] = float(coeffs.sum())
-
-    def summary(self) -> None:
-        """Log summary configuration of the strategy."""
-        log(INFO, "\t├──> Screening: skip budget-exhausted, reject non-finite/mismatched")
-        super().summary()

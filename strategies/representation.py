@@ -8,10 +8,10 @@ import numpy as np
 from flwr.app import MetricRecord, RecordDict
 from flwr.supercore import log
 
-from strategies.base import TracedFedAvg, metrics_of, number
+from strategies.base import TracedFedAvg
+from strategies.screening import metrics_of, number
 from strategies.weighting import estimate_prevalence, fedavg_weights, representation_weights
-
-GROUP_COUNTS_KEY = "group-counts"
+from task.wire import GROUP_COUNTS
 
 
 class RepresentationAware(TracedFedAvg):
@@ -80,11 +80,11 @@ class RepresentationAware(TracedFedAvg):
 
     def metric_problem(self, metrics: MetricRecord) -> str | None:
         """Also require ``group-counts``: one finite number per group."""
-        counts = metrics.get(GROUP_COUNTS_KEY)
+        counts = metrics.get(GROUP_COUNTS)
         if not isinstance(counts, list) or len(counts) != len(self.group_names):
-            return f"'{GROUP_COUNTS_KEY}' must list {len(self.group_names)} numbers"
+            return f"'{GROUP_COUNTS}' must list {len(self.group_names)} numbers"
         if not np.all(np.isfinite(np.asarray(counts, dtype=np.float64))):
-            return f"non-finite values in '{GROUP_COUNTS_KEY}'"
+            return f"non-finite values in '{GROUP_COUNTS}'"
         return super().metric_problem(metrics)
 
     def client_weights(
@@ -92,7 +92,7 @@ class RepresentationAware(TracedFedAvg):
     ) -> np.ndarray:
         """Capped representation weights; records prevalence and the largest ratio."""
         counts = np.array(
-            [cast(list[float], metrics_of(c)[GROUP_COUNTS_KEY]) for c in contents],
+            [cast(list[float], metrics_of(c)[GROUP_COUNTS]) for c in contents],
             dtype=np.float64,
         )
         n = np.array([number(c, self.weighted_by_key) for c in contents])

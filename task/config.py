@@ -21,7 +21,8 @@ DP_MODES = ("off", "local", "central", "both")
 ACCOUNTANTS = ("rdp", "prv")
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
 OPTIMIZERS = ("adamw", "sgd")
-LOCAL_WEIGHTINGS = ("post-clip", "pre-clip", "off")
+LOCAL_WEIGHTINGS = ("post-clip", "pre-clip", "sampling", "off")
+FINETUNE_MODES = ("head", "top-layers", "lora", "full")
 TINY_MODEL = "tiny-bert"
 
 
@@ -35,6 +36,7 @@ class DataConfig:
     group_column: str
     test_fraction: float
     synthetic_examples: int
+    group_shares: tuple[tuple[str, float], ...]
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,23 @@ class ModelConfig:
     lora_r: int
     lora_alpha: int
     lora_dropout: float
+    finetune: str
+    train_layers: int
+    head_hidden: int
 
     @property
     def is_tiny(self) -> bool:
         return self.name == TINY_MODEL
+
+    @property
+    def uses_feature_cache(self) -> bool:
+        """``head``/``top-layers``: a frozen bottom computed once, a small top trained."""
+        return self.finetune in ("head", "top-layers")
+
+    @property
+    def trained_layers(self) -> int:
+        """Encoder layers above the cached features (0 in ``head`` mode)."""
+        return self.train_layers if self.finetune == "top-layers" else 0
 
 
 @dataclass(frozen=True)
@@ -106,6 +121,7 @@ class FairConfig:
     local_alpha: float
     local_max_weight: float
     fairfed_beta: float
+    count_threshold: float
     qfedavg_q: float
     qfedavg_learning_rate: float
 
@@ -163,6 +179,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "data.label-column": (str, lambda v: None if v else "a column name"),
     "data.group-column": (str, lambda v: None if v else "a column name"),
     "data.test-fraction": (float, _open_unit),
+    "data.group-shares": (str, lambda v: _group_shares_error(v)),
     "synthetic.num-examples": (int, _at_least(200)),
     "partition.method": (str, _one_of(*PARTITION_METHODS)),
     "partition.alpha": (float, _above(0)),
@@ -180,7 +197,10 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "model.max-length": (int, lambda v: None if 8 <= v <= 512 else "an int in [8, 512]"),
     "model.vocab-size": (int, _at_least(100)),
     "model.init-range": (float, _above(0)),
-    "model.lora.r": (int, _at_least(0)),
+    "model.finetune": (str, _one_of(*FINETUNE_MODES)),
+    "model.train-layers": (int, lambda v: None if 1 <= v <= 48 else "an int in [1, 48]"),
+    "model.head-hidden": (int, lambda v: None if 1 <= v <= 4096 else "an int in [1, 4096]"),
+    "model.lora.r": (int, _at_least(1)),
     "model.lora.alpha": (int, _at_least(1)),
     "model.lora.dropout": (float, lambda v: None if 0 <= v < 1 else "a number in [0, 1)"),
     "train.local-epochs": (int, _at_least(1)),
@@ -207,9 +227,37 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "fair.local-alpha": (float, _at_least(0)),
     "fair.local-max-weight": (float, _at_least(1)),
     "fair.fairfed-beta": (float, _at_least(0)),
+    "fair.count-threshold": (float, lambda v: None if 0 <= v <= 10 else "a number in [0, 10]"),
     "qfedavg.q": (float, _at_least(0)),
     "qfedavg.learning-rate": (float, _above(0)),
 }
+
+
+def parse_group_shares(text: str) -> tuple[tuple[str, float], ...]:
+    """``"women=0.35, gay people=0.2"`` → ``(("women", 0.35), ("gay people", 0.2))``."""
+    if not text.strip():
+        return ()
+    pairs = []
+    for item in text.split(","):
+        name, sep, share = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected 'group=share', got {item.strip()!r}")
+        pairs.append((name.strip(), float(share)))
+    return tuple(pairs)
+
+
+def _group_shares_error(text: str) -> str | None:
+    valid = "'' (keep the data as it is) or 'group=share, ...' with shares in (0, 1] summing to 1"
+    try:
+        pairs = parse_group_shares(text)
+    except ValueError as error:
+        return f"{valid} ({error})"
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names) or any(not 0 < s <= 1 for _, s in pairs):
+        return valid
+    if pairs and abs(sum(s for _, s in pairs) - 1) > 1e-6:
+        return valid
+    return None
 
 
 def load_defaults(pyproject: Path = PYPROJECT) -> dict[str, Any]:
@@ -267,6 +315,12 @@ def _check_combinations(v: Mapping[str, Any]) -> None:
         )
     if v["dataset"] == "hf" and not v["data.name"]:
         raise ValueError("run-config key 'data.name' is required for dataset='hf'")
+    if v["model.name"] == TINY_MODEL and v["model.finetune"] in ("head", "top-layers"):
+        raise ValueError(
+            f"run-config key 'model.finetune': {v['model.finetune']!r} freezes a pretrained "
+            f"encoder, but {TINY_MODEL!r} is trained from scratch; valid: 'full' or 'lora', or "
+            "a pretrained model.name such as 'minilm'"
+        )
     if v["strategy"] == "qfedavg" and v["dp.mode"] in ("central", "both"):
         # q-FedAvg divides every update by Σ_i h_i, which depends on all clients' update
         # norms: one client changes everyone's coefficient, so C·max w does not bound its
@@ -297,6 +351,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             group_column=v["data.group-column"],
             test_fraction=v["data.test-fraction"],
             synthetic_examples=v["synthetic.num-examples"],
+            group_shares=parse_group_shares(v["data.group-shares"]),
         ),
         partition=PartitionConfig(method=v["partition.method"], alpha=v["partition.alpha"]),
         model=ModelConfig(
@@ -309,6 +364,9 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             lora_r=v["model.lora.r"],
             lora_alpha=v["model.lora.alpha"],
             lora_dropout=v["model.lora.dropout"],
+            finetune=v["model.finetune"],
+            train_layers=v["model.train-layers"],
+            head_hidden=v["model.head-hidden"],
         ),
         train=TrainConfig(
             local_epochs=v["train.local-epochs"],
@@ -335,6 +393,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             local_alpha=v["fair.local-alpha"],
             local_max_weight=v["fair.local-max-weight"],
             fairfed_beta=v["fair.fairfed-beta"],
+            count_threshold=v["fair.count-threshold"],
             qfedavg_q=v["qfedavg.q"],
             qfedavg_learning_rate=v["qfedavg.learning-rate"],
         ),

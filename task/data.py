@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from task import recipes, sources
 from task.config import DataConfig, PartitionConfig
+from task.sources import SET_COLUMN
 from task.synthetic import load_synthetic
 
 MIN_PARTITION_SIZE = 10
@@ -26,7 +27,38 @@ MIN_PARTITION_SIZE = 10
 
 @lru_cache(maxsize=2)
 def load_splits(cfg: DataConfig, seed: int) -> DatasetDict:
-    """Load ``cfg.dataset`` as train/test splits (cached per process)."""
+    """Load ``cfg.dataset`` as train/test splits (cached per process).
+
+    With ``data.group-shares`` the training split is subsampled (seeded) to those group
+    shares; the test split is untouched.
+    """
+    splits = _load_raw_splits(cfg, seed)
+    if cfg.group_shares:
+        splits["train"] = subsample_to_shares(splits["train"], dict(cfg.group_shares), seed)
+    return splits
+
+
+def subsample_to_shares(train: Dataset, shares: dict[str, float], seed: int) -> Dataset:
+    """The largest seeded subsample of ``train`` whose group shares are ``shares``."""
+    groups = np.asarray(train["group"])
+    present = set(groups.tolist())
+    if set(shares) != present:
+        raise ValueError(
+            f"run-config key 'data.group-shares' must name every training group exactly: "
+            f"missing {sorted(present - set(shares))}, unknown {sorted(set(shares) - present)}"
+        )
+    available = {g: int((groups == g).sum()) for g in shares}
+    total = min(available[g] / share for g, share in shares.items())
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for group, share in shares.items():
+        rows = np.flatnonzero(groups == group)
+        take = max(1, min(len(rows), round(share * total)))
+        keep.extend(rng.choice(rows, size=take, replace=False).tolist())
+    return train.select(sorted(keep))
+
+
+def _load_raw_splits(cfg: DataConfig, seed: int) -> DatasetDict:
     columns = {
         "text_column": cfg.text_column,
         "label_column": cfg.label_column,
@@ -122,9 +154,18 @@ class Encoded:
     attention_mask: torch.Tensor
     labels: torch.Tensor
     groups: torch.Tensor
+    #: the frozen encoder's outputs for ``head``/``top-layers`` fine-tuning, else None
+    features: torch.Tensor | None = None
+    #: counterfactual set per row (rows of one template with identities swapped), or -1
+    sets: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def model_input(self) -> torch.Tensor:
+        """What the trained model reads: cached features when present, else token ids."""
+        return self.input_ids if self.features is None else self.features
 
 
 def encode(
@@ -143,6 +184,7 @@ def encode(
         attention_mask=batch["attention_mask"],
         labels=torch.tensor(list(ds["label"]), dtype=torch.long),
         groups=torch.tensor([index[g] for g in list(ds["group"])], dtype=torch.long),
+        sets=torch.tensor(ds[SET_COLUMN], dtype=torch.long) if SET_COLUMN in ds.features else None,
     )
 
 

@@ -250,3 +250,27 @@ def client_spread(accuracies: Sequence[float]) -> dict[str, float]:
         "std_accuracy": float(arr.std(ddof=0)),
         "worst10_accuracy": float(worst.mean()),
     }
+
+
+def counterfactual_flip_rate(y_pred: npt.ArrayLike, sets: npt.ArrayLike) -> float | None:
+    """Share of counterfactual sets whose predictions are not all equal.
+
+    A set holds the rows of one template with the identity term swapped (HateCheck's
+    ``templ_id``); a model that is counterfactually fair on tokens predicts the same class
+    for all of them (Garg et al., AIES 2019, counterfactual token fairness). Rows with a
+    negative set id, and sets of one row, are ignored; ``None`` when no set remains.
+    """
+    yp = _as_labels("y_pred", y_pred)
+    ids = np.asarray(sets, dtype=np.int64).reshape(-1)
+    if ids.size != yp.size:
+        raise ValueError(f"sets has {ids.size} rows but y_pred has {yp.size}: lengths must match")
+    keep = ids >= 0
+    _, inverse, sizes = np.unique(ids[keep], return_inverse=True, return_counts=True)
+    if not (sizes > 1).any():
+        return None
+    lowest = np.full(sizes.size, np.iinfo(np.int64).max)
+    highest = np.full(sizes.size, np.iinfo(np.int64).min)
+    np.minimum.at(lowest, inverse, yp[keep])
+    np.maximum.at(highest, inverse, yp[keep])
+    flipped = (lowest != highest) & (sizes > 1)
+    return float(flipped.sum() / (sizes > 1).sum())

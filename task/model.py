@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -35,6 +36,15 @@ from transformers import (
 )
 
 from task.config import TINY_MODEL, ModelConfig, RunConfig
+from task.encoders import (
+    MINILM,
+    FrozenBottom,
+    load_encoder,
+    minilm_folder,
+    model_digest,
+    resolve_model_name,
+    split_encoder,
+)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -93,13 +103,17 @@ def local_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
 
 def check_model_source(cfg: ModelConfig, *, online: bool) -> None:
     """Raise before any run if ``model.name`` can only come from the hub and we are offline."""
+    if cfg.name == MINILM:
+        minilm_folder()  # the package is installed and its weights match the pinned sha256
+        return
     if cfg.is_tiny or Path(cfg.name).expanduser().is_dir() or online:
         return
     try:
         snapshot_download(cfg.name, local_files_only=True)
     except LocalEntryNotFoundError:
         raise ValueError(
-            f"model.name={cfg.name!r} is neither {TINY_MODEL!r}, a local save_pretrained folder "
+            f"model.name={cfg.name!r} is neither {TINY_MODEL!r}, {MINILM!r}, a local "
+            "save_pretrained folder "
             "nor in the Hugging Face cache; set FEDEQUITY_ONLINE=1 to download it"
         ) from None
 
@@ -108,7 +122,7 @@ def load_tokenizer(cfg: ModelConfig, train_texts: Sequence[str]) -> PreTrainedTo
     """The tokenizer for ``cfg``: trained locally for the tiny model, else from ``cfg.name``."""
     if cfg.is_tiny:
         return local_tokenizer(train_texts, cfg.vocab_size)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.name)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(cfg.name))
     if tokenizer.pad_token is None:  # GPT-2 style models ship without one
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -134,19 +148,28 @@ def tiny_bert(cfg: ModelConfig, vocab_size: int, num_labels: int) -> BertForSequ
 def build_model(
     cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, num_labels: int, *, seed: int
 ) -> nn.Module:
-    """Build the classifier (seeded), wrapped in LoRA when ``model.lora.r > 0``."""
+    """Build the trained model (seeded): the classifier, wrapped in LoRA for ``lora``; for
+    ``head``/``top-layers`` only the trained top (:func:`frozen_bottom` holds the rest)."""
     torch.manual_seed(seed)
     model: nn.Module
+    if cfg.uses_feature_cache:
+        encoder = load_encoder(resolve_model_name(cfg.name))
+        torch.manual_seed(seed)  # the head's initial weights do not depend on loading
+        _, top = split_encoder(
+            encoder, train_layers=cfg.trained_layers, head_hidden=cfg.head_hidden,
+            num_labels=num_labels,
+        )  # fmt: skip
+        return top
     if cfg.is_tiny:
         model = tiny_bert(cfg, len(tokenizer), num_labels)
     else:
         pretrained = AutoModelForSequenceClassification.from_pretrained(
-            cfg.name, num_labels=num_labels
+            resolve_model_name(cfg.name), num_labels=num_labels
         )
         if pretrained.config.pad_token_id is None:
             pretrained.config.pad_token_id = tokenizer.pad_token_id
         model = pretrained
-    if cfg.lora_r > 0:
+    if cfg.finetune == "lora":
         lora = LoraConfig(
             task_type=TaskType.SEQ_CLS,
             r=cfg.lora_r,
@@ -156,6 +179,17 @@ def build_model(
         )
         model = get_peft_model(model, lora)
     return model
+
+
+@lru_cache(maxsize=2)
+def frozen_bottom(cfg: ModelConfig) -> tuple[FrozenBottom, str]:
+    """The frozen encoder part of ``head``/``top-layers`` and its weights' content hash."""
+    source = resolve_model_name(cfg.name)
+    encoder = load_encoder(source)
+    bottom, _ = split_encoder(
+        encoder, train_layers=cfg.trained_layers, head_hidden=cfg.head_hidden, num_labels=2
+    )
+    return bottom, model_digest(source)
 
 
 ATTENTION_PROJECTIONS = ("query", "value", "q_lin", "v_lin", "q_proj", "v_proj", "c_attn")

@@ -14,7 +14,7 @@ import numpy.typing as npt
 import pandas as pd
 from datasets import DatasetDict
 
-from task.sources import GROUP, LABEL, TEXT, check_test_fraction, to_dataset
+from task.sources import GROUP, LABEL, SET_COLUMN, TEXT, check_test_fraction, to_dataset
 
 ADULT_FEATURES = (
     "age",
@@ -240,6 +240,8 @@ def load_hatecheck(directory: str | Path, *, test_fraction: float, seed: int) ->
     )
     in_test = template_split(frame["templ_id"], test_fraction=test_fraction, seed=seed)
     names = list(HATECHECK_LABELS)
-    return DatasetDict(
-        {"train": to_dataset(clean[~in_test], names), "test": to_dataset(clean[in_test], names)}
+    # Rows of one template differ only in the identity: the counterfactual sets of the metric.
+    test = to_dataset(clean[in_test], names).add_column(
+        SET_COLUMN, frame.loc[in_test, "templ_id"].astype("int64").tolist()
     )
+    return DatasetDict({"train": to_dataset(clean[~in_test], names), "test": test})

@@ -30,6 +30,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 logger = logging.getLogger(__name__)
 
 TEXT, LABEL, GROUP = "text", "label", "group"
+SET_COLUMN = "counterfactual_set"  # optional: one id per set of identity-swapped rows
 UNKNOWN_GROUP = "unknown"
 SUPPORTED_EXTENSIONS = (".csv", ".jsonl", ".json", ".parquet")
 _COLUMN_KEYS = {

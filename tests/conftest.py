@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from launch.env import OFFLINE_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+for _key, _value in OFFLINE_ENV.items():  # the one definition, in launch/env.py
+    os.environ.setdefault(_key, _value)
 
 
 @pytest.fixture(scope="session", autouse=True)

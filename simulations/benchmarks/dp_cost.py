@@ -1,6 +1,7 @@
 """What DP-SGD costs per step: median step time with DP / without, side by side in one run.
 
-    python simulations/benchmarks/dp_cost.py [--steps 30] [--batch-size B] [--set key=value …]
+    fedequity bench [--steps 30] [--batch-size B] [--set key=value …]
+    python simulations/benchmarks/dp_cost.py [same options]
 
 Both variants train the same default model on the same batches, alternating step by step
 so that machine noise hits both alike; prints the medians and the ratio for full
@@ -16,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from clients.dp_optim import make_private
+from clients.dp_sgd import make_private
 from clients.training import make_loader, per_example_loss
 from simulations.experiment import parse_assignments
 from task.config import ModelConfig, RunConfig, load_defaults, parse_run_config
@@ -68,13 +69,14 @@ def measure(cfg: RunConfig, model_cfg: ModelConfig, *, steps: int, batch_size: i
     return {"plain_ms": plain * 1e3, "dp_ms": dp * 1e3, "ratio": dp / plain}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """Parse ``argv`` (default: the command line), measure, print the table."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--set", dest="assignments", action="append", default=[])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cfg = parse_run_config(load_defaults() | parse_assignments(args.assignments))
     batch_size = args.batch_size or cfg.train.batch_size

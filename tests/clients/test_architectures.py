@@ -16,7 +16,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from clients.dp_optim import make_private
+from clients.dp_sgd import make_private
 from clients.training import make_loader, per_example_loss
 from task.config import load_defaults, parse_run_config
 from task.data import Encoded
@@ -49,7 +49,8 @@ def test_one_private_step_runs_and_moves_only_trainable_weights(
     arch: str, lora_r: int, tmp_path: Path
 ) -> None:
     defaults = parse_run_config(load_defaults()).model
-    cfg = replace(defaults, name=str(checkpoint(arch, tmp_path)), lora_r=lora_r)
+    finetune = "lora" if lora_r else "full"
+    cfg = replace(defaults, name=str(checkpoint(arch, tmp_path)), finetune=finetune, lora_r=lora_r)
     tokenizer = load_tokenizer(cfg, [])
     model = build_model(cfg, tokenizer, num_labels=2, seed=0)
     batch = tokenizer(TEXTS[:16], padding="max_length", truncation=True, max_length=16,

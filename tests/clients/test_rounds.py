@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -12,18 +11,20 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from clients.dp_optim import make_private
+from clients.dp_sgd import make_private
 from clients.local import ClientRuntime, client_runtime
-from clients.private import check_release_budget, plan_for, weights_from_released
 from clients.rounds import train_round
-from clients.training import make_loader, per_example_loss
+from clients.training import make_loader, per_example_loss, weights_from_released
+from task import wire
+from task.accounting import PrivacyLedger, release_event
 from task.config import RunConfig, load_defaults, parse_run_config
 from task.data import Encoded, load_splits
 from task.model import build_model, exchanged_state, load_tokenizer
-from task.privacy import PrivacyLedger, calibrate_noise_multiplier, release_event
-from task.wire import EVAL_METRICS, TRAIN_METRICS
+from task.privacy_plan import calibrate_noise_multiplier, check_release_budget, plan_for
 
-SMALL = {"synthetic.num-examples": 1000, "num-server-rounds": 2, "train.batch-size": 32}
+# The tiny from-scratch model: these tests exercise rounds, not the pretrained encoder.
+TINY = {"model.name": "tiny-bert", "model.finetune": "full"}
+SMALL = {"synthetic.num-examples": 1000, "num-server-rounds": 2, "train.batch-size": 32} | TINY
 
 
 def runtime_for(cfg: RunConfig) -> ClientRuntime:
@@ -37,18 +38,18 @@ def test_budget_holds_and_a_participation_beyond_the_plan_is_refused() -> None:
     weights, epsilons = exchanged_state(runtime.model), []
     state: dict[str, Any] = {}
     for server_round in (1, 2, 3):  # the plan has 2 participations; the 3rd must not fit
-        outcome = train_round(cfg, runtime, weights, {"server-round": server_round},
+        outcome = train_round(cfg, runtime, weights, {wire.SERVER_ROUND: server_round},
                               node_id=7, partition_id=0, ledger_state=state)  # fmt: skip
         state = outcome.ledger_state or {}
-        epsilons.append(outcome.metrics["epsilon"])
-        assert outcome.metrics["epsilon"] <= 4.0
-        assert outcome.client_record["epsilon"] == outcome.metrics["epsilon"]
+        epsilons.append(outcome.metrics[wire.EPSILON])
+        assert outcome.metrics[wire.EPSILON] <= 4.0
+        assert outcome.client_record[wire.EPSILON] == outcome.metrics[wire.EPSILON]
     assert epsilons[0] < epsilons[1] == epsilons[2]
     assert epsilons[1] == pytest.approx(4.0, abs=0.05)  # calibrated to spend the budget
-    assert outcome.metrics["budget-exhausted"] == 1
-    assert outcome.client_record["budget-exhausted"] is True
-    assert outcome.metrics["group-counts"] == [0.0] * len(runtime.groups)  # nothing released
-    assert len(outcome.client_record["history-steps"]) == 4  # 2 × (release + training)
+    assert outcome.metrics[wire.BUDGET_EXHAUSTED] == 1
+    assert outcome.client_record[wire.BUDGET_EXHAUSTED] is True
+    assert outcome.metrics[wire.GROUP_COUNTS] == [0.0] * len(runtime.groups)  # nothing released
+    assert len(outcome.client_record[wire.HISTORY_STEPS]) == 4  # 2 × (release + training)
 
 
 def test_recorded_history_recomputes_to_the_reported_epsilon_with_dp_accounting() -> None:
@@ -57,26 +58,26 @@ def test_recorded_history_recomputes_to_the_reported_epsilon_with_dp_accounting(
 
     cfg = parse_run_config(load_defaults() | SMALL | {"num-server-rounds": 1})
     runtime = runtime_for(cfg)
-    outcome = train_round(cfg, runtime, exchanged_state(runtime.model), {"server-round": 1},
+    outcome = train_round(cfg, runtime, exchanged_state(runtime.model), {wire.SERVER_ROUND: 1},
                           node_id=1, partition_id=0, ledger_state={})  # fmt: skip
     record = outcome.client_record
     accountant = RdpAccountant()
-    for sigma, q, steps in zip(record["history-sigma"], record["history-q"],
-                               record["history-steps"], strict=True):  # fmt: skip
+    for sigma, q, steps in zip(record[wire.HISTORY_SIGMA], record[wire.HISTORY_Q],
+                               record[wire.HISTORY_STEPS], strict=True):  # fmt: skip
         event = (
             GaussianDpEvent(sigma) if q == 1.0 else PoissonSampledDpEvent(q, GaussianDpEvent(sigma))
         )
         accountant.compose(SelfComposedDpEvent(event, steps))
-    independent = accountant.get_epsilon(record["delta"])
-    assert record["epsilon"] == pytest.approx(independent, rel=0.03)
-    assert record["delta"] == pytest.approx(1 / (10 * len(runtime.train)))
+    independent = accountant.get_epsilon(record[wire.DELTA])
+    assert record[wire.EPSILON] == pytest.approx(independent, rel=0.03)
+    assert record[wire.DELTA] == pytest.approx(1 / (10 * len(runtime.train)))
 
 
 def test_released_counts_are_noised_and_weights_use_only_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The counts sent are noised, and post-clip weights are computed from exactly those."""
-    import clients.private as private
+    import clients.training as training
 
     seen: list[np.ndarray] = []
 
@@ -84,14 +85,14 @@ def test_released_counts_are_noised_and_weights_use_only_them(
         seen.append(np.array(released))
         return weights_from_released(released, *args, **kwargs)
 
-    monkeypatch.setattr(private, "weights_from_released", spy)
+    monkeypatch.setattr(training, "weights_from_released", spy)
     cfg = parse_run_config(load_defaults() | SMALL | {
         "num-server-rounds": 1, "fair.local-weighting": "post-clip"})  # fmt: skip
     runtime = runtime_for(cfg)
-    outcome = train_round(cfg, runtime, exchanged_state(runtime.model), {"server-round": 1},
+    outcome = train_round(cfg, runtime, exchanged_state(runtime.model), {wire.SERVER_ROUND: 1},
                           node_id=3, partition_id=0, ledger_state={})  # fmt: skip
     true_counts = np.bincount(runtime.train.groups.numpy(), minlength=len(runtime.groups))
-    sent = np.array(outcome.metrics["group-counts"])
+    sent = np.array(outcome.metrics[wire.GROUP_COUNTS])
     assert not np.allclose(sent, true_counts)
     assert np.abs(sent - true_counts).max() < 10 * cfg.dp.stats_noise
     [released] = seen  # one weighting per round, from the release and nothing else
@@ -133,15 +134,24 @@ def _one_step(model: torch.nn.Module, data: Encoded, *, private: bool) -> dict[s
     return {k: v - before[k] for k, v in exchanged_state(model).items()}
 
 
-@pytest.mark.parametrize("lora_r", [0, 4])
-def test_dp_with_zero_noise_and_huge_clip_reproduces_the_plain_update(lora_r: int) -> None:
-    """Guards against the reported silent corruption of LoRA updates under Opacus + peft."""
-    cfg = parse_run_config(load_defaults() | SMALL)
+@pytest.mark.parametrize(
+    ("model_name", "finetune"),
+    [("tiny-bert", "full"), ("tiny-bert", "lora"), ("minilm", "head"), ("minilm", "top-layers")],
+)
+def test_dp_with_zero_noise_and_huge_clip_reproduces_the_plain_update(
+    model_name: str, finetune: str
+) -> None:
+    """In every fine-tuning mode; guards against the reported silent corruption of LoRA
+    updates under Opacus + peft."""
+    cfg = parse_run_config(load_defaults() | SMALL | {
+        "model.name": model_name, "model.finetune": finetune, "model.lora.r": 4})  # fmt: skip
     runtime = runtime_for(cfg)
-    data = Encoded(*(t[:16] for t in (runtime.train.input_ids, runtime.train.attention_mask,
-                                      runtime.train.labels, runtime.train.groups)))  # fmt: skip
+    train = runtime.train
+    rows = (train.input_ids, train.attention_mask, train.labels, train.groups)
+    features = None if train.features is None else train.features[:16]
+    data = Encoded(*(t[:16] for t in rows), features=features)  # type: ignore[misc]
     tokenizer = load_tokenizer(cfg.model, list(load_splits(cfg.data, cfg.seed)["train"]["text"]))
-    base = build_model(replace(cfg.model, lora_r=lora_r), tokenizer, 2, seed=0)
+    base = build_model(cfg.model, tokenizer, 2, seed=0)
     plain = _one_step(copy.deepcopy(base), data, private=False)
     private = _one_step(copy.deepcopy(base), data, private=True)
     assert plain.keys() == private.keys()
@@ -159,12 +169,12 @@ def test_a_private_round_after_an_evaluation_trains() -> None:
     cfg = parse_run_config(load_defaults() | SMALL)
     runtime = runtime_for(cfg)
     weights = exchanged_state(runtime.model)
-    assert set(evaluate_round(runtime, weights)) == EVAL_METRICS  # the server's contract
+    assert set(evaluate_round(runtime, weights)) == wire.EVAL_METRICS  # the server's contract
     assert not runtime.model.training
-    outcome = train_round(cfg, runtime, weights, {"server-round": 1}, node_id=1, partition_id=0,
+    outcome = train_round(cfg, runtime, weights, {wire.SERVER_ROUND: 1}, node_id=1, partition_id=0,
                           ledger_state={})  # fmt: skip
-    assert outcome.metrics["budget-exhausted"] == 0
-    assert set(outcome.metrics) == TRAIN_METRICS
+    assert outcome.metrics[wire.BUDGET_EXHAUSTED] == 0
+    assert set(outcome.metrics) == wire.TRAIN_METRICS
 
 
 def test_post_clip_weights_never_exceed_the_reported_maximum() -> None:
@@ -186,7 +196,7 @@ def test_local_weighting_modes_reach_the_optimizer_and_keep_epsilon(
 ) -> None:
     """post-clip hands w_max to the optimizer (noise σ·C·w_max), pre-clip does not; both
     change the update (a repeated run does not), and neither changes the recorded ε."""
-    import clients.private as private
+    import clients.private_round as private
 
     real_make_private = private.make_private
     seen: dict[str, float] = {}
@@ -204,7 +214,7 @@ def test_local_weighting_modes_reach_the_optimizer_and_keep_epsilon(
     def config(mode: str) -> RunConfig:
         return parse_run_config(load_defaults() | SMALL | {
             "num-server-rounds": 1, "fair.local-weighting": mode, "fair.local-alpha": 1.0,
-            "fair.local-max-weight": 2.0,
+            "fair.local-max-weight": 2.0, "fair.count-threshold": 0.0,
         })  # fmt: skip
 
     model = runtime_for(config("off")).model
@@ -214,7 +224,7 @@ def test_local_weighting_modes_reach_the_optimizer_and_keep_epsilon(
         cfg = config(mode)
         runtime = runtime_for(cfg)
         key = f"{mode}-again" if mode in outcomes else mode
-        outcomes[key] = train_round(cfg, runtime, start, {"server-round": 1}, node_id=1,
+        outcomes[key] = train_round(cfg, runtime, start, {wire.SERVER_ROUND: 1}, node_id=1,
                                     partition_id=0, ledger_state={})  # fmt: skip
         # The weights are views of the (cached) model, which the next round trains: copy.
         updates[key] = {k: v.clone() for k, v in outcomes[key].weights.items()}
@@ -230,7 +240,7 @@ def test_local_weighting_modes_reach_the_optimizer_and_keep_epsilon(
     assert same("off", "off-again")  # seeded: a difference below is the weighting's doing
     assert not same("off", "pre-clip") and not same("off", "post-clip")
     assert not same("pre-clip", "post-clip")
-    epsilons = {key: outcome.metrics["epsilon"] for key, outcome in outcomes.items()}
+    epsilons = {key: outcome.metrics[wire.EPSILON] for key, outcome in outcomes.items()}
     assert epsilons["pre-clip"] == epsilons["post-clip"] == epsilons["off"]
 
 
@@ -238,7 +248,9 @@ def test_local_weighting_modes_reach_the_optimizer_and_keep_epsilon(
 def test_the_plan_and_the_ledger_count_the_steps_opacus_runs(batches: int) -> None:
     """With 93 or 99 batches Opacus' Poisson loader runs one step fewer (int(1/q)); q stays
     1/b. Plan, recorded events and what runs must agree, or a planned round is refused."""
-    cfg = parse_run_config(load_defaults() | {"train.batch-size": 4, "train.local-epochs": 2})
+    cfg = parse_run_config(
+        load_defaults() | TINY | {"train.batch-size": 4, "train.local-epochs": 2}
+    )
     n = 4 * batches
     plan = plan_for(cfg, n)
     loader = DataLoader(TensorDataset(torch.randn(n, 4), torch.randint(0, 2, (n,))), batch_size=4)
@@ -268,15 +280,15 @@ def test_secure_rng_makes_dp_noise_unreplayable_from_the_run_seed(secure_rng: bo
     start = copy.deepcopy(exchanged_state(runtime.model))
     outcomes, updates = [], []
     for _ in range(2):
-        outcome = train_round(cfg, runtime, start, {"server-round": 1}, node_id=1,
+        outcome = train_round(cfg, runtime, start, {wire.SERVER_ROUND: 1}, node_id=1,
                               partition_id=0, ledger_state={}, secure_rng=secure_rng)  # fmt: skip
         outcomes.append(outcome)
         updates.append({k: v.clone() for k, v in outcome.weights.items()})  # the model's own
-    same_counts = outcomes[0].metrics["group-counts"] == outcomes[1].metrics["group-counts"]
+    same_counts = outcomes[0].metrics[wire.GROUP_COUNTS] == outcomes[1].metrics[wire.GROUP_COUNTS]
     same_update = all(torch.equal(updates[0][k], updates[1][k]) for k in start)
     assert (same_counts, same_update) == (not secure_rng, not secure_rng)
-    assert outcomes[0].metrics["epsilon"] == outcomes[1].metrics["epsilon"] > 0
-    assert outcomes[0].client_record["secure-rng"] is secure_rng
+    assert outcomes[0].metrics[wire.EPSILON] == outcomes[1].metrics[wire.EPSILON] > 0
+    assert outcomes[0].client_record[wire.SECURE_RNG] is secure_rng
 
 
 def test_the_server_refuses_a_release_noise_that_no_client_budget_can_hold() -> None:
@@ -284,3 +296,41 @@ def test_the_server_refuses_a_release_noise_that_no_client_budget_can_hold() -> 
     check_release_budget(parse_run_config(load_defaults()))
     with pytest.raises(ValueError, match=r"dp.stats-noise=1.0 alone costs ε=8.4\d+ over 8"):
         check_release_budget(parse_run_config(load_defaults() | {"dp.stats-noise": 1.0}))
+
+
+@pytest.mark.parametrize("finetune", ["head", "top-layers"])
+def test_frozen_weights_are_bit_identical_after_dp_training(finetune: str) -> None:
+    from task.model import frozen_bottom
+
+    cfg = parse_run_config(load_defaults() | SMALL | {
+        "model.name": "minilm", "model.finetune": finetune})  # fmt: skip
+    runtime = runtime_for(cfg)
+    bottom, _ = frozen_bottom(cfg.model)
+    frozen_before = {k: v.clone() for k, v in bottom.state_dict().items()}
+    top_before = {k: v.clone() for k, v in runtime.model.state_dict().items()}
+    outcome = train_round(cfg, runtime, top_before, {"server-round": 1}, node_id=1,
+                          partition_id=0, ledger_state={})  # fmt: skip
+    assert outcome.metrics["budget-exhausted"] == 0
+    assert all(torch.equal(v, frozen_before[k]) for k, v in bottom.state_dict().items())
+    assert set(outcome.weights) == set(top_before)  # only the trained top travels
+    assert any(not torch.equal(outcome.weights[k], top_before[k]) for k in top_before)
+
+
+def test_group_sampling_is_accounted_at_the_largest_rate() -> None:
+    from clients.private_round import DPRandomness, run_private_round
+    from task.privacy_plan import plan_for
+
+    cfg = parse_run_config(load_defaults() | SMALL | {
+        "model.name": "minilm", "fair.local-weighting": "sampling",
+        "fair.local-max-weight": 4.0})  # fmt: skip
+    runtime = runtime_for(cfg)
+    counts = np.bincount(runtime.train.groups.numpy(), minlength=len(runtime.groups))
+    private = run_private_round(cfg, runtime.model, runtime.train, counts.astype(float),
+                                ledger_state={}, randomness=DPRandomness(7))  # fmt: skip
+    plan = plan_for(cfg, len(runtime.train))
+    assert private.result is not None
+    sampled = [(s, q, n) for s, q, n in private.ledger.history if n and q < 1]
+    sgd_steps = [event for event in sampled if event[0] == private.noise_multiplier]
+    assert sgd_steps and all(q == pytest.approx(plan.sample_rate) for _, q, _ in sgd_steps)
+    assert sum(n for _, _, n in sgd_steps) == plan.steps_per_round
+    assert private.ledger.epsilon(private.delta) <= cfg.dp.target_epsilon + 1e-9

@@ -12,7 +12,6 @@ from deploy.certs import generate
 from deploy.local import (
     Deployment,
     Options,
-    base_env,
     client_threads,
     parse_args,
     run_config_args,
@@ -20,8 +19,9 @@ from deploy.local import (
     superlink_cmd,
     supernode_cmd,
 )
-from deploy.procs import ProcessSupervisor
 from deploy.run_config import toml_value
+from launch.env import deployment_env
+from launch.supervisor import ProcessSupervisor
 
 REPO = Path(__file__).resolve().parents[2]
 # Flags deploy-local adds or leaves out on purpose, per component (everything else matches).
@@ -33,7 +33,7 @@ COMPOSE_ONLY = {"supernode": set(), "superlink": set(), "superexec": {"--health-
 def dep(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     tmp = tmp_path_factory.mktemp("local-unit")
     tls = generate(3, tmp / "certs", tmp / "keys")
-    sup = ProcessSupervisor(env=base_env(tmp / "home"), log_dir=tmp / "logs")
+    sup = ProcessSupervisor(env=deployment_env(tmp / "home"), log_dir=tmp / "logs")
     return Deployment(sup, tls, tmp, 40000, [40001, 40002, 40003])
 
 
@@ -71,20 +71,6 @@ def test_secure_by_construction(dep: Deployment) -> None:
     assert link.enable_supernode_auth and not link.insecure and link.ssl_certfile
     assert not link.runtime_dependency_install
     assert link.database.endswith("superlink-state.db")
-
-
-def test_environment_is_offline_and_finds_flower_helpers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("FEDEQUITY_ONLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    env = base_env(tmp_path / "home")
-    assert env["HF_HUB_OFFLINE"] == env["HF_DATASETS_OFFLINE"] == "1"  # also without make
-    assert env["FLWR_HOME"] == str(tmp_path / "home")
-    assert env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
-    assert env["FLWR_TELEMETRY_ENABLED"] == "0" and env["FLWR_DISABLE_UPDATE_CHECK"] == "1"
-    assert (Path(env["PATH"].split(":")[0]) / "flower-superexec").exists()
-    assert "RAY_ADDRESS" not in env
 
 
 def test_client_threads_share_the_cores() -> None:

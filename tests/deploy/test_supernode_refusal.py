@@ -17,11 +17,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import flwr_cli
 from deploy.certs import TlsBundle, generate
-from deploy.local import CONNECTION, Deployment, base_env, start_superlink, superexec_cmd
+from deploy.local import CONNECTION, Deployment, start_superlink, superexec_cmd
 from deploy.local import supernode_cmd as deployed_supernode_cmd
-from deploy.procs import Managed, ProcessSupervisor, free_ports
+from launch.connection import write_connection
+from launch.env import deployment_env, tool
+from launch.flwr import flwr, register, wait_online
+from launch.net import free_ports
+from launch.supervisor import Managed, ProcessSupervisor
 from tests.deploy.conftest import assert_no_processes, skip_deploy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,16 +45,16 @@ def link(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Link]:
     tls = generate(2, tmp / "certs", tmp / "keys")
     other = generate(1, tmp / "other" / "certs", tmp / "other" / "keys")
     ports = free_ports(7)
-    sup = ProcessSupervisor(env=base_env(tmp / "flwr-home"), log_dir=tmp / "logs")
+    sup = ProcessSupervisor(env=deployment_env(tmp / "flwr-home"), log_dir=tmp / "logs")
     dep = Deployment(sup, tls, tmp, ports[0], ports[1:5])
-    flwr_cli.write_connection(tmp / "flwr-home", CONNECTION, dep.address, tls.ca_cert)
+    write_connection(tmp / "flwr-home", CONNECTION, dep.address, tls.ca_cert)
     try:
         start_superlink(dep, timeout=60)
         health = [f"--health-server-address=127.0.0.1:{ports[5]}"]
         sup.start(
             "superexec-health", superexec_cmd(dep, ports[0], tls.superlink_secret) + health, tmp
         )
-        node0 = flwr_cli.register(sup, tls.supernodes[0].auth_pub, CONNECTION, tmp)
+        node0 = register(sup, tls.supernodes[0].auth_pub, CONNECTION, tmp)
         yield Link(dep, other, node0, ports[5])
     finally:
         sup.stop_all()
@@ -83,7 +86,7 @@ def test_only_the_registered_supernode_with_the_right_ca_gets_in(link: Link) -> 
     accepted = _supernode(link, "registered", 0, registered, tls.ca_cert)
     # Online first: wait_online fails on any supervised process that has exited, and a
     # refused SuperNode may exit before the accepted one shows up online.
-    flwr_cli.wait_online(link.dep.sup, CONNECTION, [link.node0_id], link.dep.work_dir, 60)
+    wait_online(link.dep.sup, CONNECTION, [link.node0_id], link.dep.work_dir, 60)
     refused = {
         "unregistered-key": _supernode(link, "unregistered-key", 1, unregistered, tls.ca_cert),
         "no-key": _supernode(link, "no-key", 2, None, tls.ca_cert),
@@ -100,16 +103,16 @@ def test_only_the_registered_supernode_with_the_right_ca_gets_in(link: Link) -> 
         assert proc.popen.returncode != 0, f"{name} was not refused:\n{log}"
         assert "Exit Code: 305" in log and expected[name] in log, f"{name}:\n{log}"
     assert accepted.popen.poll() is None
-    nodes = flwr_cli.flwr(link.dep.sup, link.dep.work_dir, "supernode", "list", CONNECTION)["nodes"]
+    nodes = flwr(link.dep.sup, link.dep.work_dir, "supernode", "list", CONNECTION)["nodes"]
     assert {n["node-id"]: n["status"] for n in nodes} == {link.node0_id: "online"}
 
 
 def test_the_cli_refuses_a_superlink_signed_by_another_ca(link: Link, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    flwr_cli.write_connection(home, "wrong", link.dep.address, link.other_ca.ca_cert)
-    env = base_env(home)
+    write_connection(home, "wrong", link.dep.address, link.other_ca.ca_cert)
+    env = deployment_env(home)
     result = subprocess.run(
-        [flwr_cli.tool("flwr"), "supernode", "list", "wrong", "--format", "json"],
+        [tool("flwr"), "supernode", "list", "wrong", "--format", "json"],
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     # `flwr ... --format json` exits 0 and reports the failure in its JSON.

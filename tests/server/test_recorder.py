@@ -13,7 +13,7 @@ from server.evaluation import GlobalEvaluator
 from server.recorder import RoundRecorder
 from server.records import RunDirectory
 from strategies.base import TracedFedAvg
-from task.wire import CLIENT_RECORD
+from task import wire
 from tests.strategies.test_strategies import GLOBAL, configure, record, reply
 
 
@@ -34,12 +34,12 @@ class FixedEvaluator:
 def private_reply(node: int, arrays: dict[str, Any], epsilon: float, **record: Any) -> Message:
     message = reply(node, arrays, epsilon=epsilon)
     fields: dict[str, Any] = {
-        "node-id": str(node), "bytes-sent": 24, "epsilon": epsilon, "delta": 1e-5,
-        "budget-epsilon": 8.0, "accountant": "rdp", "noise-multiplier": 1.1,
-        "history-sigma": [1.1], "history-q": [0.1], "history-steps": [10],
-        "budget-exhausted": False,
+        wire.NODE_ID: str(node), wire.BYTES_SENT: 24, wire.EPSILON: epsilon, wire.DELTA: 1e-5,
+        wire.BUDGET_EPSILON: 8.0, wire.ACCOUNTANT: "rdp", wire.NOISE_MULTIPLIER: 1.1,
+        wire.HISTORY_SIGMA: [1.1], wire.HISTORY_Q: [0.1], wire.HISTORY_STEPS: [10],
+        wire.BUDGET_EXHAUSTED: False,
     }  # fmt: skip
-    message.content[CLIENT_RECORD] = ConfigRecord(fields | record)
+    message.content[wire.CLIENT_RECORD] = ConfigRecord(fields | record)
     return message
 
 
@@ -53,7 +53,7 @@ def test_a_rejected_reply_still_reports_the_epsilon_its_client_spent(tmp_path: P
     replies = [
         private_reply(1, {"w": [1.0, 2.0], "b": [1.0]}, 2.0),
         private_reply(2, {"w": [np.nan, 0.0], "b": [0.0]}, 3.5),  # trained, then rejected
-        private_reply(3, GLOBAL, 4.0, **{"history-steps": "ten"}),  # malformed report
+        private_reply(3, GLOBAL, 4.0, **{wire.HISTORY_STEPS: "ten"}),  # malformed report
     ]
     strategy.aggregate_train(1, replies)
     recorder.evaluate(1, record(GLOBAL))
@@ -75,8 +75,8 @@ def test_a_reply_with_other_metric_shapes_does_not_crash_the_round(tmp_path: Pat
         reply(2, {"w": [3.0, 6.0], "b": [3.0]}, num_examples=30, group_counts=[1.0, 2.0, 3.0]),
     ]
     _, metrics = strategy.aggregate_train(1, replies)
-    assert metrics is not None and "group-counts" not in metrics
-    assert metrics["train-loss"] == pytest.approx(0.25 * 1.0 + 0.75 * 1.0)
+    assert metrics is not None and wire.GROUP_COUNTS not in metrics
+    assert metrics[wire.TRAIN_LOSS] == pytest.approx(0.25 * 1.0 + 0.75 * 1.0)
     recorder.evaluate(1, record(GLOBAL))
     assert recorder.rounds[0]["weights"] == {"1": 0.25, "2": 0.75}
 
@@ -86,10 +86,10 @@ def test_invalid_eval_accuracies_are_left_out_of_the_client_spread(tmp_path: Pat
         RunDirectory(tmp_path, "1", {}), cast(GlobalEvaluator, FixedEvaluator()), num_rounds=1
     )
     contents = [
-        RecordDict({"m": MetricRecord({"num-examples": 10, "eval-accuracy": a})})
+        RecordDict({"m": MetricRecord({wire.NUM_EXAMPLES: 10, wire.EVAL_ACCURACY: a})})
         for a in (0.8, float("nan"), 1.5, 0.6)
     ]
-    recorder.aggregate_eval_metrics(contents, "num-examples")
+    recorder.aggregate_eval_metrics(contents, wire.NUM_EXAMPLES)
     recorder.evaluate(1, record(GLOBAL))
     assert recorder.rounds[0]["clients"]["mean_accuracy"] == pytest.approx(0.7)
 

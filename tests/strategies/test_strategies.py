@@ -25,11 +25,13 @@ from flwr.supercore.privacy_accounting import SamplingMethod
 from flwr.supercore.task_identity import TaskIdentity
 
 from strategies import build_strategy
-from strategies.base import RoundTrace, TracedFedAvg
-from strategies.central_dp import ScreenedFixedClipping
+from strategies.base import TracedFedAvg
 from strategies.fairfed import FairFed
 from strategies.qfedavg import TracedQFedAvg
 from strategies.representation import RepresentationAware
+from strategies.screened_clipping import ScreenedFixedClipping
+from strategies.screening import RoundTrace
+from task import wire
 from task.config import load_defaults, parse_run_config
 
 GLOBAL = {"w": np.zeros(2), "b": np.zeros(1)}
@@ -62,17 +64,19 @@ def record(arrays: dict[str, Any]) -> ArrayRecord:
 def reply(node: int, arrays: dict[str, Any], **metrics: Any) -> Message:
     """A train reply from ``node`` following the client reply contract."""
     values: dict[str, Any] = {
-        "num-examples": 10,
-        "train-loss": 1.0,
-        "train-accuracy": 0.5,
-        "train-seconds": 1.0,
-        "epsilon": 1.0,
-        "budget-exhausted": 0,
-        "group-counts": [5.0, 5.0],
-        "fair-metric": 0.1,
+        wire.NUM_EXAMPLES: 10,
+        wire.TRAIN_LOSS: 1.0,
+        wire.TRAIN_ACCURACY: 0.5,
+        wire.TRAIN_SECONDS: 1.0,
+        wire.EPSILON: 1.0,
+        wire.BUDGET_EXHAUSTED: 0,
+        wire.GROUP_COUNTS: [5.0, 5.0],
+        wire.FAIR_METRIC: 0.1,
     }
     values.update({k.replace("_", "-"): v for k, v in metrics.items()})
-    content = RecordDict({"arrays": record(arrays), "metrics": MetricRecord(values)})
+    content = RecordDict(
+        {wire.ARRAYS_RECORD: record(arrays), wire.METRICS_RECORD: MetricRecord(values)}
+    )
     return make_message(metadata=_metadata(node), content=content)
 
 
@@ -121,7 +125,7 @@ def test_fedavg_weighted_average_of_two_replies() -> None:
     out = as_numpy(arrays)
     np.testing.assert_allclose(out["w"], [2.5, 5.0])
     np.testing.assert_allclose(out["b"], [2.5])
-    assert metrics is not None and metrics["train-loss"] == pytest.approx(2.5)
+    assert metrics is not None and metrics[wire.TRAIN_LOSS] == pytest.approx(2.5)
     assert strategy.last_round.weights == pytest.approx({1: 0.25, 2: 0.75})
 
 
@@ -146,7 +150,7 @@ def test_budget_exhausted_skipped_nan_rejected_errors_counted() -> None:
     assert trace.failures == 1
     assert set(trace.weights) == {1, 2}
     assert set(trace.client_metrics) == {1, 2, 3, 4, 5}
-    assert trace.client_metrics[3]["budget-exhausted"] == 1
+    assert trace.client_metrics[3][wire.BUDGET_EXHAUSTED] == 1
 
 
 def test_wrong_keys_and_bad_metrics_are_rejected_and_logged(
@@ -245,12 +249,12 @@ def test_central_dp_round_skipped_for_an_error_reply_gets_its_own_empty_trace() 
     dp.aggregate_train(1, representation_replies())
     assert inner.last_round.round == 1 and len(inner.last_round.weights) == 3
     first, second, _ = representation_replies()
-    second.content["client"] = ConfigRecord({"node-id": "2", "epsilon": 1.5})
+    second.content[wire.CLIENT_RECORD] = ConfigRecord({wire.NODE_ID: "2", wire.EPSILON: 1.5})
     arrays, _ = dp.aggregate_train(2, [first, second, error_reply(3)])
     assert arrays is None  # Flower skips a round with an error reply
     trace = inner.last_round
     assert (trace.round, trace.weights, trace.failures) == (2, {}, 1)  # not round 1's
-    assert trace.client_records == {2: {"node-id": "2", "epsilon": 1.5}}
+    assert trace.client_records == {2: {wire.NODE_ID: "2", wire.EPSILON: 1.5}}
 
 
 def test_central_dp_keeps_the_privacy_report_of_a_held_back_reply() -> None:
@@ -260,9 +264,9 @@ def test_central_dp_keeps_the_privacy_report_of_a_held_back_reply() -> None:
     )
     configure(dp, [1, 2, 3, 5])
     wrong_shape = reply(5, {"w": [1.0, 0.0, 0.0], "b": [0.0]})
-    wrong_shape.content["client"] = ConfigRecord({"node-id": "5", "epsilon": 2.0})
+    wrong_shape.content[wire.CLIENT_RECORD] = ConfigRecord({wire.NODE_ID: "5", wire.EPSILON: 2.0})
     dp.aggregate_train(1, [*representation_replies(), wrong_shape])
-    assert inner.last_round.client_records[5] == {"node-id": "5", "epsilon": 2.0}
+    assert inner.last_round.client_records[5] == {wire.NODE_ID: "5", wire.EPSILON: 2.0}
 
 
 @pytest.mark.parametrize(
@@ -281,17 +285,17 @@ def test_a_reply_with_other_metric_keys_is_rejected_not_fatal(make: Any) -> None
 
 
 def eval_reply(node: int, **metrics: float) -> Message:
-    content = RecordDict({"metrics": MetricRecord(dict(metrics))})
+    content = RecordDict({wire.METRICS_RECORD: MetricRecord(dict(metrics))})
     return make_message(metadata=_metadata(node), content=content)
 
 
 def test_an_evaluate_reply_with_other_keys_is_ignored_not_fatal() -> None:
     strategy = TracedFedAvg()
-    good = [eval_reply(n, **{"num-examples": 10, "eval-loss": 0.5, "eval-accuracy": a})
+    good = [eval_reply(n, **{wire.NUM_EXAMPLES: 10, wire.EVAL_LOSS: 0.5, wire.EVAL_ACCURACY: a})
             for n, a in ((1, 0.6), (2, 0.8))]  # fmt: skip
-    odd = eval_reply(3, **{"num-examples": 10, "eval-loss": 0.5})
+    odd = eval_reply(3, **{wire.NUM_EXAMPLES: 10, wire.EVAL_LOSS: 0.5})
     metrics = strategy.aggregate_evaluate(1, [*good, odd, error_reply(4)])
-    assert metrics is not None and metrics["eval-accuracy"] == pytest.approx(0.7)
+    assert metrics is not None and metrics[wire.EVAL_ACCURACY] == pytest.approx(0.7)
 
 
 @pytest.mark.parametrize("seconds", [float("nan"), -1.0, None])
@@ -299,11 +303,11 @@ def test_reply_without_a_valid_train_seconds_is_rejected(seconds: float | None) 
     strategy = TracedFedAvg()
     configure(strategy, [1, 2])
     bad = reply(2, {"w": [3.0, 6.0], "b": [3.0]})
-    metrics = bad.content.metric_records["metrics"]
+    metrics = bad.content.metric_records[wire.METRICS_RECORD]
     if seconds is None:
-        del metrics["train-seconds"]
+        del metrics[wire.TRAIN_SECONDS]
     else:
-        metrics["train-seconds"] = seconds
+        metrics[wire.TRAIN_SECONDS] = seconds
     strategy.aggregate_train(1, [two_good_replies()[0], bad])
     assert list(strategy.last_round.rejected) == [2]
     assert "'train-seconds'" in strategy.last_round.rejected[2]
@@ -337,12 +341,12 @@ def test_central_dp_mode_builds_the_screened_wrapper_from_the_dp_keys() -> None:
     assert isinstance(strategy, ScreenedFixedClipping)
     assert (strategy.noise_multiplier, strategy.clipping_norm) == (0.7, 2.5)
     assert strategy.num_sampled_clients == 2  # half of 4 nodes
-    assert strategy.accountant is None  # ours: server/central_dp.py (see next test)
+    assert strategy.accountant is None  # ours: server/central_accountant.py (see next test)
     assert type(strategy.strategy) is RepresentationAware
 
 
 def test_flowers_central_dp_accountant_refuses_weighted_strategies() -> None:
-    """Pins the dependency behaviour that makes server/central_dp.py account instead."""
+    """Pins the dependency behaviour that makes server/central_accountant.py account instead."""
     accountant = SimpleNamespace(
         config=SimpleNamespace(sampling_method=SamplingMethod.NO_AMPLIFICATION)
     )

@@ -38,7 +38,7 @@ def test_defaults_parse_and_cover_every_key() -> None:
         ("dp.accountant", "gdp", "'rdp', 'prv'"),
         ("dp.grad-sample-mode", "ghost", "'hooks'"),
         ("fair.cap", 0.5, ">= 1"),
-        ("fair.local-weighting", "both", "'post-clip', 'pre-clip', 'off'"),
+        ("fair.local-weighting", "both", "'post-clip', 'pre-clip', 'sampling', 'off'"),
         ("fair.alpha", -1.0, "[0, 10]"),
         ("fair.alpha", 120.0, "[0, 10]"),  # (1/p)^α would overflow
         ("qfedavg.learning-rate", 0.0, "> 0"),

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import torch
 
-from clients.training import model_inputs
 from task.config import load_defaults, parse_run_config
+from task.inference import model_inputs
 from task.model import (
     build_model,
     cache_root,
@@ -18,7 +18,9 @@ from task.model import (
     texts_fingerprint,
 )
 
-CFG = parse_run_config(load_defaults()).model
+CFG = parse_run_config(
+    load_defaults() | {"model.name": "tiny-bert", "model.finetune": "full"}
+).model
 TEXTS = [f"yall reckon the food was great {i}" for i in range(50)] + ["hella bad dude"] * 10
 
 
@@ -72,7 +74,7 @@ def test_save_pretrained_folder_loads_by_name(tmp_path: Path) -> None:
 
 def test_lora_exchanges_only_adapters_and_classifier() -> None:
     tokenizer = load_tokenizer(CFG, TEXTS)
-    lora = build_model(replace(CFG, lora_r=4), tokenizer, num_labels=2, seed=0)
+    lora = build_model(replace(CFG, finetune="lora", lora_r=4), tokenizer, num_labels=2, seed=0)
     keys = set(exchanged_state(lora))
     assert keys and all("lora_" in k or "classifier" in k for k in keys)
     full = exchanged_state(build_model(CFG, tokenizer, num_labels=2, seed=0))

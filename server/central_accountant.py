@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from strategies.weighting import effective_noise_multiplier
-from task.privacy import epsilon_of
+from task.accounting import epsilon_of
 
 
 class CentralAccountant:
@@ -35,6 +35,7 @@ class CentralAccountant:
         self.history: list[tuple[float, float, int]] = []
 
     def record_round(self, weights: Mapping[Any, float]) -> None:
+        """Charge one aggregated round with these weights (nothing for an empty round)."""
         if not weights:
             return
         sigma = effective_noise_multiplier(
@@ -43,6 +44,7 @@ class CentralAccountant:
         self.history.append((sigma, 1.0, 1))
 
     def epsilon(self) -> float:
+        """ε spent so far at ``delta`` (RDP)."""
         if not self.history:
             return 0.0
         if any(sigma <= 0 for sigma, _, _ in self.history):
@@ -50,6 +52,7 @@ class CentralAccountant:
         return epsilon_of(self.history, delta=self.delta, accountant="rdp")
 
     def report(self) -> dict[str, Any]:
+        """The ``central_privacy`` entry of ``results.json``."""
         return {
             "epsilon": self.epsilon(),
             "delta": self.delta,

@@ -1,16 +1,21 @@
-"""deploy.procs: stopping a deployment stops detached grandchildren too."""
+"""launch.supervisor: stopping a run stops detached grandchildren and marked orphans too."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
-from deploy.procs import ProcessSupervisor, free_ports, marked_pids
+import psutil
+
+from launch.net import free_ports
+from launch.supervisor import MARKER_ENV, ProcessSupervisor, marked_pids
 
 # A parent that detaches a child into a new session (as SuperLink/SuperNode do with their
 # SuperExec), then ignores SIGTERM so that only SIGKILL ends it.
@@ -87,3 +92,54 @@ def test_a_second_sigterm_during_stop_all_does_not_cut_the_clean_up_short(tmp_pa
     assert proc.popen.pid in killed
     _wait_for(lambda: not marked_pids(sup.marker))
     assert marked_pids(sup.marker) == []
+
+
+def test_stop_all_stops_the_whole_tree_even_detached_children(tmp_path: Path) -> None:
+    # The child starts a grandchild in a new session, as Flower does with its SuperExec.
+    script = "import subprocess,time; subprocess.Popen(['sleep','60'], start_new_session=True); time.sleep(60)"
+    sup = ProcessSupervisor(env=dict(os.environ), log_dir=tmp_path)
+    try:
+        process = sup.start("tree", [sys.executable, "-c", script], cwd=tmp_path).popen
+        root = psutil.Process(process.pid)
+        deadline = time.monotonic() + 10
+        while not root.children(recursive=True) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        tree = [root, *root.children(recursive=True)]
+    finally:
+        sup.stop_all()
+    _, alive = psutil.wait_procs(tree, timeout=5)
+    assert alive == []
+
+
+def test_stop_all_reaches_marked_orphans(tmp_path: Path) -> None:
+    """A SuperLink that died first leaves its detached children (``flwr-simulation``, Ray)
+    re-parented to init; they still carry the marker."""
+    marker = uuid.uuid4().hex
+    orphan = subprocess.Popen(["sleep", "60"], env=dict(os.environ) | {MARKER_ENV: marker},
+                              start_new_session=True)  # fmt: skip
+    try:
+        ProcessSupervisor(env=dict(os.environ), log_dir=tmp_path, marker=marker).stop_all(grace=5)
+        # Exited (poll is None only while it runs); not psutil.pid_exists, which a busy
+        # machine can make true again by reusing the pid.
+        assert orphan.poll() is not None
+    finally:
+        orphan.kill()
+
+
+def test_child_env_carries_the_marker(tmp_path: Path) -> None:
+    sup = ProcessSupervisor(env={"A": "1"}, log_dir=tmp_path, marker="abc")
+    assert sup.child_env() == {"A": "1", MARKER_ENV: "abc"}
+
+
+def test_raise_if_dead_names_the_process_and_its_log(tmp_path: Path) -> None:
+    sup = ProcessSupervisor(env=dict(os.environ), log_dir=tmp_path)
+    proc = sup.start("dies", [sys.executable, "-c", "print('bye'); raise SystemExit(3)"], tmp_path)
+    proc.popen.wait(timeout=30)
+    try:
+        sup.raise_if_dead()
+    except RuntimeError as error:
+        assert "dies exited with 3" in str(error) and "bye" in str(error)
+    else:
+        raise AssertionError("raise_if_dead did not raise")
+    finally:
+        sup.stop_all()

@@ -1,4 +1,4 @@
-"""Tests for clients.dp_optim: weighted DP-SGD against hand-computed updates and noise."""
+"""Tests for clients.dp_sgd: weighted DP-SGD against hand-computed updates and noise."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from clients.dp_optim import VALID_GRAD_SAMPLE_MODES, WeightedDPOptimizer, make_private
+from clients.dp_sgd import VALID_GRAD_SAMPLE_MODES, WeightedDPOptimizer, make_private
 
 
 def _mlp() -> nn.Module:

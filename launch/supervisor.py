@@ -1,39 +1,34 @@
 """Start long-running processes and stop every one of them, by PID, whatever happens.
 
 Flower's SuperLink and SuperNode start their SuperExec in a *new session*
-(``start_new_session=True``), which then starts ``flwr-serverapp``/``flwr-clientapp``.
-Killing the process groups we created therefore misses them. Every process started here
-carries a unique marker in its environment (``FEDEQUITY_DEPLOY_ID``), inherited by all of
-its descendants, so :meth:`ProcessSupervisor.stop_all` can find and stop each one by PID.
+(``start_new_session=True``), which then starts ``flwr-serverapp``/``flwr-clientapp``; a
+simulation SuperLink detaches ``flwr-simulation`` and Ray the same way. Killing the process
+groups we created therefore misses them. Every process started here carries a unique marker
+in its environment (``FEDEQUITY_DEPLOY_ID``), inherited by all of its descendants, so
+:meth:`ProcessSupervisor.stop_all` can find and stop each one by PID, orphans included.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import IO
+from typing import IO, Any
+
+from launch.signals import signals_ignored
 
 MARKER_ENV = "FEDEQUITY_DEPLOY_ID"
 PROC = Path("/proc")
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports the OS reports free on ``host`` (all bound at once, so they are distinct)."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind((host, 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
+class FlowerError(RuntimeError):
+    """A Flower process or ``flwr`` command failed; the message carries its output."""
 
 
 def _alive(pid: int) -> bool:
@@ -61,9 +56,21 @@ def marked_pids(marker: str) -> list[int]:
     return found
 
 
-def _signal_pid(pid: int, sig: signal.Signals) -> None:
+def signal_pid(pid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to ``pid`` (negative: a process group); gone or foreign is fine."""
     with suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
+
+
+def stop_popen(popen: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM ``popen``'s process group, SIGKILL it after ``grace`` seconds, reap it."""
+    if popen.poll() is None:
+        signal_pid(-popen.pid, signal.SIGTERM)
+        try:
+            popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            signal_pid(-popen.pid, signal.SIGKILL)
+            popen.wait(timeout=5)
 
 
 @dataclass
@@ -82,10 +89,14 @@ class Managed:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
+    def exited(self) -> FlowerError:
+        """The error for this process having exited, with its log tail."""
+        return FlowerError(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")
+
 
 @dataclass
 class ProcessSupervisor:
-    """Owns every process of one deployment; ``stop_all`` leaves none behind."""
+    """Owns every process of one run or deployment; ``stop_all`` leaves none behind."""
 
     env: Mapping[str, str]
     log_dir: Path
@@ -135,6 +146,11 @@ class ProcessSupervisor:
         """Started processes that have exited."""
         return [p for p in self.procs if p.popen.poll() is not None]
 
+    def raise_if_dead(self) -> None:
+        """Raise :class:`FlowerError` (with its log tail) if a started process exited."""
+        if dead := self.dead():
+            raise dead[0].exited()
+
     def stop_all(self, grace: float = 8.0) -> list[int]:
         """SIGTERM everything we started (and its descendants), then SIGKILL what is left.
 
@@ -147,19 +163,17 @@ class ProcessSupervisor:
     def _stop_all(self, grace: float) -> list[int]:
         for proc in reversed(self.procs):  # SuperNodes first, SuperLink last
             if proc.popen.poll() is None:
-                _signal_pid(-proc.popen.pid, signal.SIGTERM)  # its process group
+                signal_pid(-proc.popen.pid, signal.SIGTERM)  # its process group
         for pid in marked_pids(self.marker):
-            _signal_pid(pid, signal.SIGTERM)
+            signal_pid(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and (self._live_roots() or marked_pids(self.marker)):
             time.sleep(0.1)
-        killed = [p.popen.pid for p in self.procs if p.popen.poll() is None]
-        killed += marked_pids(self.marker)
-        for proc in self.procs:
-            if proc.popen.poll() is None:
-                _signal_pid(-proc.popen.pid, signal.SIGKILL)
+        killed = [*self._live_roots(), *marked_pids(self.marker)]
+        for pid in self._live_roots():
+            signal_pid(-pid, signal.SIGKILL)
         for pid in killed:
-            _signal_pid(pid, signal.SIGKILL)
+            signal_pid(pid, signal.SIGKILL)
         for proc in self.procs:
             with suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=5)
@@ -168,39 +182,3 @@ class ProcessSupervisor:
 
     def _live_roots(self) -> list[int]:
         return [p.popen.pid for p in self.procs if p.popen.poll() is None]
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@contextmanager
-def signals_ignored() -> Iterator[None]:
-    """Ignore SIGINT/SIGTERM/SIGHUP in the block (main thread only; elsewhere a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-class Interrupted(Exception):
-    """Raised in the main thread when SIGTERM/SIGHUP arrives, so ``finally`` runs."""
-
-
-@contextmanager
-def signals_raise() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into :class:`Interrupted` (SIGINT already raises)."""
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        raise Interrupted(f"received {signal.Signals(signum).name}")
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

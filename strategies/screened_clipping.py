@@ -1,11 +1,13 @@
 """Flower's server-side fixed clipping, fed only replies that match the global model."""
 
 from collections.abc import Iterable
+from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
-from strategies.base import RoundTrace, array_problem, client_records, rekey_like
+from strategies.base import ReplyScreening
+from strategies.screening import RoundTrace, array_problem, client_records, rekey_like
 
 
 class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
@@ -22,9 +24,19 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
     reports no weights and the central accountant charges nothing for it.
     """
 
+    def __init__(self, strategy: ReplyScreening, *args: Any, **kwargs: Any) -> None:
+        super().__init__(strategy, *args, **kwargs)
+        self.traced = strategy  # the wrapped strategy, typed: it keeps the round trace
+
+    @property
+    def last_round(self) -> RoundTrace:
+        """The wrapped strategy's trace of the latest round (what the server reads)."""
+        return self.traced.last_round
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Hold back mismatched replies, re-key the rest, then Flower's clipping and noise."""
         received = list(replies)
         kept: list[Message] = []
         held_back: dict[int, str] = {}
@@ -38,12 +50,11 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
                 rekey_like(msg.content, self.current_arrays)
             kept.append(msg)
         result = super().aggregate_train(server_round, kept)
-        trace = getattr(self.strategy, "last_round", None)
-        if isinstance(trace, RoundTrace):
-            if trace.round != server_round:
-                trace = self.strategy.last_round = skipped_round(server_round, received)  # type: ignore[attr-defined]
-            trace.rejected.update(held_back)
-            trace.client_records.update(client_records(held))  # they trained: ε counts
+        trace = self.traced.last_round
+        if trace.round != server_round:
+            trace = self.traced.last_round = skipped_round(server_round, received)
+        trace.rejected.update(held_back)
+        trace.client_records.update(client_records(held))  # they trained: ε counts
         return result
 
 

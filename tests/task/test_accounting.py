@@ -1,10 +1,9 @@
-"""Tests for task.privacy: golden ε, composition with count releases, calibration, state."""
+"""Tests for task.accounting: golden ε, composition with count releases, ledger state."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import warnings
 
 import dp_accounting
@@ -16,11 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import RDPAccountant
 
-import task.privacy as privacy
-from task.privacy import (
+from task.accounting import (
     PrivacyLedger,
-    PrivacyPlan,
-    calibrate_noise_multiplier,
     default_delta,
     epsilon_of,
     noise_group_counts,
@@ -139,87 +135,6 @@ def test_single_release_is_plain_gaussian_mechanism() -> None:
     assert _dp_accounting_eps([(2.0, 1.0, 1)]) == pytest.approx(eps, rel=1e-6)
 
 
-def _plan(**overrides: object) -> PrivacyPlan:
-    fields: dict = dict(
-        target_epsilon=4.0,
-        delta=DELTA,
-        sample_rate=0.05,
-        steps_per_round=20,
-        planned_rounds=5,
-        accountant="rdp",
-        stats_noise=0.0,
-    )
-    fields.update(overrides)
-    return PrivacyPlan(**fields)
-
-
-@pytest.mark.parametrize(("accountant", "stats_noise"), [("rdp", 0.0), ("rdp", 4.0), ("prv", 4.0)])
-def test_calibration_spends_the_whole_budget_not_more(accountant: str, stats_noise: float) -> None:
-    plan = _plan(accountant=accountant, stats_noise=stats_noise)
-    sigma = calibrate_noise_multiplier(plan)
-    ledger = PrivacyLedger(accountant=accountant)
-    for _ in range(plan.planned_rounds):  # the real per-round history, not the grouped plan
-        ledger.record(plan.round_events(sigma))
-    eps = ledger.epsilon(plan.delta)
-    assert plan.target_epsilon - privacy.EPSILON_TOLERANCE <= eps <= plan.target_epsilon
-    assert len(ledger.history) == (2 if stats_noise else 1) * plan.planned_rounds
-
-
-def test_releases_force_more_training_noise() -> None:
-    without = calibrate_noise_multiplier(_plan(stats_noise=0.0))
-    with_release = calibrate_noise_multiplier(_plan(stats_noise=4.0))
-    assert with_release > without
-
-
-def test_calibration_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = {"n": 0}
-    real = privacy.epsilon_of
-
-    def counting(*args: object, **kwargs: object) -> float:
-        calls["n"] += 1
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(privacy, "epsilon_of", counting)
-    calibrate_noise_multiplier.cache_clear()
-    plan = _plan(target_epsilon=3.0, stats_noise=5.0)
-    first = calibrate_noise_multiplier(plan)
-    after_first = calls["n"]
-    assert after_first > 3
-    assert calibrate_noise_multiplier(_plan(target_epsilon=3.0, stats_noise=5.0)) == first
-    assert calls["n"] == after_first
-
-
-def test_release_alone_over_budget_names_stats_noise() -> None:
-    with pytest.raises(ValueError, match=r"dp\.stats-noise"):
-        calibrate_noise_multiplier(_plan(target_epsilon=1.0, stats_noise=1.0))
-
-
-@pytest.mark.parametrize(
-    ("field", "value", "key"),
-    [
-        ("target_epsilon", 0.0, "dp.target-epsilon"),
-        ("target_epsilon", math.inf, "dp.target-epsilon"),
-        ("delta", 1.5, "dp.delta"),
-        ("accountant", "gdp", "dp.accountant"),
-        ("stats_noise", -1.0, "dp.stats-noise"),
-        ("sample_rate", 0.0, "sample_rate"),
-        ("steps_per_round", 0, "steps_per_round"),
-        ("planned_rounds", True, "planned_rounds"),
-    ],
-)
-def test_plan_validation_names_the_key(field: str, value: object, key: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(key)):
-        _plan(**{field: value})
-
-
-def test_plan_without_release_plans_no_release() -> None:
-    plan = _plan(stats_noise=0.0)
-    assert not plan.releases_counts
-    assert plan.round_events(1.5) == [(1.5, 0.05, 20)]
-    assert plan.planned_history(1.5) == [(1.5, 0.05, 100)]
-    assert _plan(stats_noise=2.0).planned_history(1.5) == [(1.5, 0.05, 100), (2.0, 1.0, 5)]
-
-
 def test_would_exceed_is_computed() -> None:
     ledger = PrivacyLedger(accountant="rdp", history=[(1.0, 0.01, 1000)])
     extra = [(1.0, 0.01, 500), release_event(2.0)]
@@ -270,3 +185,13 @@ def test_noise_group_counts() -> None:
         noise_group_counts(np.array([3.0, 1.0]), sigma=0.0, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="counts"):
         noise_group_counts(np.array([-1.0]), sigma=1.0, rng=np.random.default_rng(0))
+
+
+def test_denoise_zeroes_cells_below_the_threshold_only() -> None:
+    from task.accounting import denoise_counts
+
+    released = np.array([-5.0, 39.9, 40.0, 300.0])
+    np.testing.assert_array_equal(
+        denoise_counts(released, sigma=20.0, threshold=2.0), [0.0, 0.0, 40.0, 300.0]
+    )
+    np.testing.assert_array_equal(denoise_counts(released, sigma=20.0, threshold=0.0), released)

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from server.central_dp import CentralAccountant
-from task.privacy import epsilon_of
+from server.central_accountant import CentralAccountant
+from task.accounting import epsilon_of
 
 
 def test_uniform_weights_give_the_wrappers_nominal_noise_multiplier() -> None:

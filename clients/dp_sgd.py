@@ -3,7 +3,7 @@
 ``make_private`` wraps a model, optimizer and data loader like
 ``opacus.PrivacyEngine.make_private`` but returns a :class:`WeightedDPOptimizer` and
 attaches no accountant: the caller records ``optimizer.pop_privacy_events()`` in its
-``task.privacy.PrivacyLedger``.
+``task.accounting.PrivacyLedger``.
 """
 
 from __future__ import annotations
@@ -21,15 +21,14 @@ from opacus.optimizers.optimizer import (
     _generate_noise,
     _mark_as_processed,
 )
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-logger = logging.getLogger(__name__)
+from task.accounting import Event
 
-Event = tuple[float, float, int]
+logger = logging.getLogger(__name__)
 
 # Opacus modes that materialise per-sample gradients (p.grad_sample), which post-clip
 # weighting needs. "ghost"/"ghost_fsdp" only compute per-sample norms (and ghost clipping
@@ -65,7 +64,7 @@ class WeightedDPOptimizer(DPOptimizer):
         σ, as recorded in the privacy ledger.
     max_grad_norm : float
         Per-sample clipping norm C.
-    expected_batch_size : int or None
+    expected_batch_size : float or None
         Denominator for ``loss_reduction="mean"`` (data-independent, as in Opacus).
     max_sample_weight : float
         ``w_max >= 1``; fixed for the optimizer's lifetime.
@@ -81,7 +80,7 @@ class WeightedDPOptimizer(DPOptimizer):
         *,
         noise_multiplier: float,
         max_grad_norm: float,
-        expected_batch_size: int | None,
+        expected_batch_size: float | None,
         max_sample_weight: float = 1.0,
         sample_rate: float | None = None,
         loss_reduction: str = "mean",
@@ -232,15 +231,6 @@ def _check_make_private_args(model: nn.Module, optimizer: Optimizer, mode: str) 
         raise ValueError("optimizer parameters must belong to the model being made private")
 
 
-def poisson_steps_per_epoch(sample_rate: float) -> int:
-    """Steps per epoch of Opacus' Poisson sampler at rate q, asked of the sampler itself.
-
-    That is ``int(1/q)``, which for q = 1/b rounds down to b - 1 for some b (93, 99, 105…):
-    the privacy plan must count the steps that will run, not ``b``.
-    """
-    return len(UniformWithReplacementSampler(num_samples=1, sample_rate=sample_rate))
-
-
 def make_private(
     model: nn.Module,
     optimizer: Optimizer,
@@ -251,6 +241,7 @@ def make_private(
     grad_sample_mode: str = "hooks",
     max_sample_weight: float = 1.0,
     poisson_sampling: bool = True,
+    group_sampling: tuple[float, float] | None = None,
     noise_generator: torch.Generator | None = None,
     secure_mode: bool = False,
 ) -> tuple[AbstractGradSampleModule, WeightedDPOptimizer, DataLoader]:
@@ -267,7 +258,7 @@ def make_private(
         gain ``_module.``: exchange ``model.state_dict()``), an optimizer over its
         parameters and a map-style loader whose batch size sets q = 1 / len(loader).
     noise_multiplier, max_grad_norm
-        σ (``task.privacy.calibrate_noise_multiplier``) and ``dp.max-grad-norm``.
+        σ (``task.privacy_plan.calibrate_noise_multiplier``) and ``dp.max-grad-norm``.
     grad_sample_mode : str
         ``dp.grad-sample-mode``, one of ``VALID_GRAD_SAMPLE_MODES``.
     max_sample_weight : float
@@ -275,6 +266,11 @@ def make_private(
     poisson_sampling : bool
         Use Opacus' ``DPDataLoader``; ``False`` (tests only) breaks the accounting.
         Batches are drawn with the given loader's generator.
+    group_sampling : (float, float) or None
+        ``(q_max, expected_batch_size)`` when ``data_loader`` already draws every record
+        by its own Poisson rate <= ``q_max`` (:class:`clients.group_sampling.
+        GroupPoissonSampler`): the loader is kept, the privacy events report ``q_max``
+        and the noisy sum is divided by ``expected_batch_size``.
     noise_generator, secure_mode
         Source of the Gaussian noise (None: torch's global RNG) and Opacus' noise
         generation that resists floating-point attacks, as in ``DPOptimizer``.
@@ -291,7 +287,11 @@ def make_private(
     # q from the loader as given, as Opacus' own make_private does: the Poisson loader's
     # length is int(1/q), one short of it for 93, 99, 105… batches.
     sample_rate = 1 / len(data_loader)
-    if poisson_sampling:
+    expected_batch_size: float = int(len(data_loader.dataset) * sample_rate)  # type: ignore[arg-type]
+    if group_sampling is not None:
+        sample_rate, expected_batch_size = group_sampling
+        module.forbid_grad_accumulation()
+    elif poisson_sampling:
         module.forbid_grad_accumulation()
         data_loader = DPDataLoader.from_data_loader(data_loader)
     else:
@@ -300,7 +300,7 @@ def make_private(
         optimizer,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
-        expected_batch_size=int(len(data_loader.dataset) * sample_rate),  # type: ignore[arg-type]
+        expected_batch_size=expected_batch_size,
         max_sample_weight=max_sample_weight,
         sample_rate=sample_rate,
         generator=noise_generator,

@@ -1,0 +1,55 @@
+"""Group-balanced Poisson sampling: each record drawn at a rate set by its group.
+
+``fair.local-weighting = "sampling"`` gives scarce groups more of the training signal
+without scaling any gradient (Boenisch et al., NeurIPS 2023, individualized privacy via
+sampling). Record *i* joins each batch independently with probability
+``q_i = q_max · w_g(i) / max_g w_g``, where ``w_g`` are the capped weights derived from the
+*released* group counts (post-processing). The accountant runs at ``q_max``, the rate of
+the most-sampled group, so every record's (ε, δ) is at most what the ledger records; the
+noise std stays ``σ·C`` and the noisy sum is divided by the expected batch size under the
+released counts, a data-independent constant given the release.
+
+Opacus' ``UniformWithReplacementSampler`` draws one rate for all records; this is the same
+loop with a rate vector, so the per-record inclusion events stay independent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+
+class GroupPoissonSampler(Sampler[list[int]]):
+    """``steps`` Poisson batches; record *i* is in each with probability ``rates[i]``."""
+
+    def __init__(self, rates: torch.Tensor, *, steps: int, generator: torch.Generator) -> None:
+        if rates.dim() != 1 or bool(((rates < 0) | (rates > 1)).any()):
+            raise ValueError("sampling rates must be a 1-D tensor of probabilities in [0, 1]")
+        self.rates = rates.to(torch.float64)
+        self.steps = steps
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _ in range(self.steps):
+            draw = torch.rand(len(self.rates), generator=self.generator, dtype=torch.float64)
+            yield torch.nonzero(draw < self.rates).reshape(-1).tolist()
+
+
+def group_rates(group_weights: np.ndarray, *, max_rate: float) -> np.ndarray:
+    """Per-group Poisson rates ∝ the weights, the largest equal to ``max_rate``."""
+    weights = np.maximum(np.asarray(group_weights, dtype=float), 0.0)
+    top = float(weights.max()) if weights.size else 0.0
+    if top <= 0:
+        return np.full(weights.shape, max_rate)
+    return max_rate * weights / top
+
+
+def expected_batch(released_counts: np.ndarray, rates: np.ndarray) -> float:
+    """Expected batch size under the released counts (each floored at one record)."""
+    return float(max(1.0, (np.clip(released_counts, 1.0, None) * rates).sum()))

@@ -1,0 +1,108 @@
+"""``flwr run ... --stream``: its log copied and echoed, its run id parsed, watched."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from launch.env import tool
+from launch.supervisor import FlowerError, ProcessSupervisor, stop_popen
+
+RUN_STARTED = re.compile(r"Successfully started run (\d+)")
+LOG_NAME = "flwr-run.log"
+
+
+def parse_run_id(line: str) -> str | None:
+    """The run id in ``flwr run``'s "Successfully started run N" line, else None."""
+    match = RUN_STARTED.search(line)
+    return match.group(1) if match else None
+
+
+@dataclass
+class Streamed:
+    """How a streamed ``flwr run`` ended."""
+
+    returncode: int
+    run_id: str | None
+    log_path: Path
+
+
+def _pump(stream: IO[str], log: IO[str], show: Callable[[str], bool], found: list[str]) -> None:
+    """Copy every line to ``log``, echo those ``show`` keeps, remember the first run id."""
+    for line in stream:
+        log.write(line)
+        if show(line):
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        if not found and (run_id := parse_run_id(line)):
+            found.append(run_id)
+
+
+def _wait(sup: ProcessSupervisor, proc: subprocess.Popen[str], timeout: float | None) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while proc.poll() is None:
+        sup.raise_if_dead()
+        if deadline is not None and time.monotonic() > deadline:
+            raise FlowerError(f"run did not finish within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def stream_run(
+    sup: ProcessSupervisor,
+    cmd: Sequence[str],
+    cwd: Path,
+    *,
+    timeout: float | None = None,
+    show: Callable[[str], bool] = lambda _line: True,
+) -> Streamed:
+    """Run ``cmd`` (a ``flwr run ... --stream``) to its end, logged to
+    ``<log_dir>/flwr-run.log``; fail fast if a supervised process dies meanwhile."""
+    sup.log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = sup.log_dir / LOG_NAME
+    found: list[str] = []
+    with log_path.open("w", encoding="utf-8") as log:
+        proc = subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env=sup.child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None  # for mypy: stdout=PIPE
+        pump = threading.Thread(target=_pump, args=(proc.stdout, log, show, found), daemon=True)
+        pump.start()
+        try:
+            _wait(sup, proc, timeout)
+        finally:
+            stop_popen(proc, grace=10.0)
+            pump.join(timeout=5)
+    return Streamed(proc.returncode, found[0] if found else None, log_path)
+
+
+def run_app(
+    sup: ProcessSupervisor,
+    app: Path,
+    conn: str,
+    run_config: list[str],
+    cwd: Path,
+    timeout: float,
+) -> str:
+    """``flwr run APP CONN --stream``, echoing its log; return the run id.
+
+    Fails fast when a SuperLink/SuperNode/SuperExec process dies while the run is going.
+    """
+    cmd = [tool("flwr"), "run", str(app), conn, "--stream", *run_config]
+    streamed = stream_run(sup, cmd, cwd, timeout=timeout)
+    if streamed.returncode != 0 or streamed.run_id is None:
+        raise FlowerError(f"`flwr run` exited with {streamed.returncode}; see {streamed.log_path}")
+    return streamed.run_id

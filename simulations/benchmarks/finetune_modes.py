@@ -1,0 +1,87 @@
+"""What one private client round costs per fine-tuning mode, and what the cache saves.
+
+    python simulations/benchmarks/finetune_modes.py [--examples 2000] [--modes head,top-layers,lora]
+
+On one client of ``--examples`` synthetic rows, with the pretrained default model: the
+time to build the frozen-feature cache (``head``/``top-layers``), a cache hit, and one
+DP-SGD round (one local epoch, every default) per mode, measured side by side in one run.
+``full`` and ``lora`` run the whole encoder at every step, so they have no cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from clients.private_round import DPRandomness, run_private_round
+from simulations.experiment import parse_assignments
+from task import feature_cache
+from task.config import RunConfig, load_defaults, parse_run_config
+from task.data import encode, group_counts, group_names, label_names, load_splits
+from task.feature_cache import with_features
+from task.model import build_model, load_tokenizer
+
+MODES = ("head", "top-layers", "lora", "full")
+
+
+def _seconds(action) -> tuple[float, object]:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    value = action()
+    return time.perf_counter() - start, value
+
+
+def measure_mode(cfg: RunConfig, mode: str, examples: int) -> dict[str, float]:
+    model_cfg = replace(cfg.model, finetune=mode)
+    splits = load_splits(cfg.data, cfg.seed)
+    rows = splits["train"].select(range(min(examples, len(splits["train"]))))
+    groups = group_names(splits)
+    tokenizer = load_tokenizer(model_cfg, list(rows["text"]))
+    data = encode(rows, tokenizer, groups, model_cfg.max_length)
+    feature_cache._MEMORY.clear()
+    cold, data = _seconds(lambda: with_features(data, model_cfg))
+    feature_cache._MEMORY.clear()
+    warm, _ = _seconds(
+        lambda: with_features(encode(rows, tokenizer, groups, model_cfg.max_length), model_cfg)
+    )
+    model = build_model(model_cfg, tokenizer, len(label_names(splits)), seed=cfg.seed)
+    run_cfg = replace(cfg, model=model_cfg)
+    counts = group_counts(data, len(groups))  # type: ignore[arg-type]
+    round_s, _ = _seconds(
+        lambda: run_private_round(
+            run_cfg, model, data, counts, ledger_state={},  # type: ignore[arg-type]
+            randomness=DPRandomness(cfg.seed),
+        )
+    )  # fmt: skip
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    cached = model_cfg.uses_feature_cache
+    return {"cache_build_s": cold if cached else np.nan, "cache_hit_s": warm if cached else np.nan,
+            "round_s": round_s, "trained_params": float(trained)}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--examples", type=int, default=2000)
+    parser.add_argument("--modes", default="head,top-layers,lora")
+    parser.add_argument("--set", dest="assignments", action="append", default=[])
+    args = parser.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    if unknown := sorted(set(modes) - set(MODES)):
+        parser.error(f"--modes: unknown {unknown}; valid: {', '.join(MODES)}")
+    cfg = parse_run_config(load_defaults() | parse_assignments(args.assignments))
+    print(f"model={cfg.model.name} examples={args.examples} batch={cfg.train.batch_size} "
+          f"train-layers={cfg.model.train_layers} threads={torch.get_num_threads()}")  # fmt: skip
+    results = {mode: measure_mode(cfg, mode, args.examples) for mode in modes}
+    slowest = max(r["round_s"] for r in results.values())
+    for mode, r in results.items():
+        print(f"{mode:11s} trained {r['trained_params']:>10,.0f} params  "
+              f"cache build {r['cache_build_s']:6.1f} s  hit {r['cache_hit_s']:5.2f} s  "
+              f"round {r['round_s']:7.2f} s  "
+              f"({slowest / r['round_s']:5.1f}× faster than the slowest)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

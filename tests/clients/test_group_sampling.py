@@ -1,0 +1,45 @@
+"""Group-balanced Poisson sampling: inclusion rates as configured, accounted at q_max."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clients.group_sampling import GroupPoissonSampler, expected_batch, group_rates
+
+
+def test_group_rates_are_proportional_with_the_largest_at_q_max() -> None:
+    rates = group_rates(np.array([0.5, 1.0, 2.0, 4.0]), max_rate=0.2)
+    np.testing.assert_allclose(rates, [0.025, 0.05, 0.1, 0.2])
+    np.testing.assert_allclose(group_rates(np.zeros(3), max_rate=0.1), [0.1] * 3)
+
+
+def test_per_record_inclusion_rates_match_over_many_draws() -> None:
+    rates = torch.tensor([0.05] * 200 + [0.2] * 100 + [0.4] * 50)
+    draws = 4000
+    sampler = GroupPoissonSampler(rates, steps=draws, generator=torch.Generator().manual_seed(0))
+    hits = torch.zeros(len(rates))
+    sizes = []
+    for batch in sampler:
+        hits[batch] += 1
+        sizes.append(len(batch))
+    assert len(sampler) == draws and len(sizes) == draws
+    for lo, hi, rate in ((0, 200, 0.05), (200, 300, 0.2), (300, 350, 0.4)):
+        observed = float(hits[lo:hi].sum()) / ((hi - lo) * draws)
+        stderr = (rate * (1 - rate) / ((hi - lo) * draws)) ** 0.5
+        assert abs(observed - rate) < 5 * stderr, (rate, observed)
+    # inclusions are independent: batch sizes vary like a Poisson-binomial, not fixed
+    mean, var = float(np.mean(sizes)), float(np.var(sizes))
+    expected_var = float((rates * (1 - rates)).sum())
+    assert abs(mean - float(rates.sum())) < 0.5
+    assert 0.8 * expected_var < var < 1.2 * expected_var
+
+
+def test_expected_batch_uses_released_counts_floored_at_one() -> None:
+    assert expected_batch(np.array([100.0, -3.0]), np.array([0.1, 0.5])) == pytest.approx(10.5)
+
+
+def test_invalid_rates_are_refused() -> None:
+    with pytest.raises(ValueError, match="probabilities"):
+        GroupPoissonSampler(torch.tensor([0.5, 1.5]), steps=1, generator=torch.Generator())

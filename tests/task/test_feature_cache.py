@@ -1,0 +1,76 @@
+"""Frozen-encoder features: cached equals fresh, and any changed input misses the cache."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from task import feature_cache
+from task.config import load_defaults, parse_run_config
+from task.data import Encoded
+from task.feature_cache import cache_dir, cached_features, with_features
+from task.model import frozen_bottom, load_tokenizer
+
+CFG = parse_run_config(load_defaults()).model
+TEXTS = ["yall reckon the food was great", "hella bad dude", "the movie was nice", "ok"] * 3
+
+
+def encoded(texts: list[str] = TEXTS, max_length: int = 16) -> Encoded:
+    tokenizer = load_tokenizer(CFG, [])
+    tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length,
+                       return_tensors="pt")  # fmt: skip
+    n = len(texts)
+    return Encoded(tokens["input_ids"], tokens["attention_mask"], torch.zeros(n, dtype=torch.long),
+                   torch.zeros(n, dtype=torch.long))  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(feature_cache, "_MEMORY", {})
+
+
+@pytest.mark.parametrize("finetune", ["head", "top-layers"])
+def test_cached_features_equal_a_fresh_forward(finetune: str) -> None:
+    model_cfg = replace(CFG, finetune=finetune, train_layers=1)
+    data = encoded()
+    bottom, _digest = frozen_bottom(model_cfg)
+    fresh = bottom(data.input_ids, data.attention_mask)
+    first = with_features(data, model_cfg).features
+    feature_cache._MEMORY.clear()  # the second read comes from disk
+    second = with_features(data, model_cfg).features
+    assert first is not None and second is not None
+    mask = data.attention_mask.bool()
+    for got in (first, second):
+        diff = (got - fresh).abs() if finetune == "head" else (got - fresh)[mask].abs()
+        assert float(diff.max()) <= 1e-6
+
+
+def files() -> set[str]:
+    return {p.name for p in cache_dir().glob("*.pt")} if cache_dir().exists() else set()
+
+
+def test_cache_is_invalidated_when_data_model_or_max_length_change() -> None:
+    bottom, digest = frozen_bottom(CFG)
+    texts = [f"{text} unseen" for text in TEXTS]  # not cached by another test
+    data = encoded(texts)
+    before = files()
+    cached_features(bottom, data.input_ids, data.attention_mask, model_digest=digest)
+    after_first = files()
+    assert len(after_first - before) == 1
+    cached_features(bottom, data.input_ids, data.attention_mask, model_digest=digest)
+    assert files() == after_first  # a hit writes nothing
+    changed_text = encoded([*texts[:-1], "something else entirely"])
+    cached_features(
+        bottom, changed_text.input_ids, changed_text.attention_mask, model_digest=digest
+    )
+    shorter = encoded(texts, max_length=12)
+    cached_features(bottom, shorter.input_ids, shorter.attention_mask, model_digest=digest)
+    cached_features(bottom, data.input_ids, data.attention_mask, model_digest="other-model")
+    assert len(files() - after_first) == 3
+
+
+def test_not_cached_for_lora_or_full() -> None:
+    data = encoded()
+    assert with_features(data, replace(CFG, finetune="lora")).features is None
