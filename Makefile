@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export FEDEQUITY_CACHE ?= $(CURDIR)/.cache/fedequity
 
-.PHONY: install run test test-fast check lint typecheck bench deploy-local certs validate-compose test-deploy evidence clean
+.PHONY: install run test test-fast check lint typecheck format bench deploy-local certs validate-compose test-deploy evidence clean
 
 install: $(STAMP)
 
@@ -47,7 +47,12 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 bench: $(STAMP)
-	$(PY) -m simulations bench
+	$(PY) simulations/benchmarks/finetune_modes.py
+	$(PY) -m simulations bench --set model.name=tiny-bert --set model.finetune=full
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 deploy-local: $(STAMP)
 	$(PY) -m deploy.local

@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         f"steps={args.steps} grad-sample-mode={cfg.dp.grad_sample_mode}"
     )
     for label, model_cfg in (
-        ("full", replace(cfg.model, lora_r=0)),
-        (f"lora-r{args.lora_r}", replace(cfg.model, lora_r=args.lora_r)),
+        ("full", replace(cfg.model, finetune="full")),
+        (f"lora-r{args.lora_r}", replace(cfg.model, finetune="lora", lora_r=args.lora_r)),
     ):
         r = measure(cfg, model_cfg, steps=args.steps, batch_size=batch_size)
         print(f"{label:10s} plain {r['plain_ms']:7.2f} ms  dp {r['dp_ms']:7.2f} ms  "

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,10 +27,11 @@ from task.data import encode, group_counts, group_names, label_names, load_split
 from task.feature_cache import with_features
 from task.model import build_model, load_tokenizer
 
+T = TypeVar("T")
 MODES = ("head", "top-layers", "lora", "full")
 
 
-def _seconds(action) -> tuple[float, object]:  # type: ignore[no-untyped-def]
+def _seconds(action: Callable[[], T]) -> tuple[float, T]:
     start = time.perf_counter()
     value = action()
     return time.perf_counter() - start, value
@@ -49,10 +52,10 @@ def measure_mode(cfg: RunConfig, mode: str, examples: int) -> dict[str, float]:
     )
     model = build_model(model_cfg, tokenizer, len(label_names(splits)), seed=cfg.seed)
     run_cfg = replace(cfg, model=model_cfg)
-    counts = group_counts(data, len(groups))  # type: ignore[arg-type]
+    counts = group_counts(data, len(groups))
     round_s, _ = _seconds(
         lambda: run_private_round(
-            run_cfg, model, data, counts, ledger_state={},  # type: ignore[arg-type]
+            run_cfg, model, data, counts, ledger_state={},
             randomness=DPRandomness(cfg.seed),
         )
     )  # fmt: skip
