@@ -41,13 +41,22 @@ class GroupPoissonSampler(Sampler[list[int]]):
             yield torch.nonzero(draw < self.rates).reshape(-1).tolist()
 
 
-def group_rates(group_weights: np.ndarray, *, max_rate: float) -> np.ndarray:
-    """Per-group Poisson rates ∝ the weights, the largest equal to ``max_rate``."""
+def group_rates(
+    group_weights: np.ndarray, released_counts: np.ndarray, *, max_rate: float
+) -> np.ndarray:
+    """Per-group Poisson rates ∝ the weights, ``max_rate`` for the most-weighted group the
+    release shows (count > 0); never above ``max_rate``.
+
+    Groups the release does not show get the cap weight (their count is floored), but the
+    client holds (almost) none of them: letting them set the scale would draw every record
+    it does hold at a fraction of q while the ledger is charged the full q.
+    """
     weights = np.maximum(np.asarray(group_weights, dtype=float), 0.0)
-    top = float(weights.max()) if weights.size else 0.0
+    shown = np.asarray(released_counts, dtype=float) > 0
+    top = float(weights[shown].max()) if shown.any() else 0.0
     if top <= 0:
         return np.full(weights.shape, max_rate)
-    return max_rate * weights / top
+    return max_rate * np.minimum(weights / top, 1.0)
 
 
 def expected_batch(released_counts: np.ndarray, rates: np.ndarray) -> float:

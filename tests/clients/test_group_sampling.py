@@ -10,9 +10,18 @@ from clients.group_sampling import GroupPoissonSampler, expected_batch, group_ra
 
 
 def test_group_rates_are_proportional_with_the_largest_at_q_max() -> None:
-    rates = group_rates(np.array([0.5, 1.0, 2.0, 4.0]), max_rate=0.2)
+    counts = np.array([400.0, 200.0, 100.0, 50.0])
+    rates = group_rates(np.array([0.5, 1.0, 2.0, 4.0]), counts, max_rate=0.2)
     np.testing.assert_allclose(rates, [0.025, 0.05, 0.1, 0.2])
-    np.testing.assert_allclose(group_rates(np.zeros(3), max_rate=0.1), [0.1] * 3)
+    np.testing.assert_allclose(group_rates(np.zeros(3), np.ones(3), max_rate=0.1), [0.1] * 3)
+
+
+def test_groups_the_release_does_not_show_do_not_throttle_the_others() -> None:
+    # A client holding two groups equally: the absent ones are floored, so capped at 4.
+    rates = group_rates(np.array([0.5, 0.5, 4.0, 4.0]), np.array([150.0, 150.0, 0.0, 0.0]),
+                        max_rate=0.25)  # fmt: skip
+    np.testing.assert_allclose(rates, [0.25, 0.25, 0.25, 0.25])
+    assert (rates <= 0.25).all()
 
 
 def test_per_record_inclusion_rates_match_over_many_draws() -> None:

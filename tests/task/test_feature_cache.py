@@ -7,7 +7,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from task import feature_cache
 from task.config import load_defaults, parse_run_config
 from task.data import Encoded
 from task.feature_cache import cache_dir, cached_features, with_features
@@ -26,11 +25,6 @@ def encoded(texts: list[str] = TEXTS, max_length: int = 16) -> Encoded:
                    torch.zeros(n, dtype=torch.long))  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _fresh_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(feature_cache, "_MEMORY", {})
-
-
 @pytest.mark.parametrize("finetune", ["head", "top-layers"])
 def test_cached_features_equal_a_fresh_forward(finetune: str) -> None:
     model_cfg = replace(CFG, finetune=finetune, train_layers=1)
@@ -38,9 +32,10 @@ def test_cached_features_equal_a_fresh_forward(finetune: str) -> None:
     bottom, _digest = frozen_bottom(model_cfg)
     fresh = bottom(data.input_ids, data.attention_mask)
     first = with_features(data, model_cfg).features
-    feature_cache._MEMORY.clear()  # the second read comes from disk
+    files_before = files()
     second = with_features(data, model_cfg).features
     assert first is not None and second is not None
+    assert files() == files_before  # the second read came from disk
     mask = data.attention_mask.bool()
     for got in (first, second):
         diff = (got - fresh).abs() if finetune == "head" else (got - fresh)[mask].abs()
