@@ -127,8 +127,9 @@ def gap_vs_cost(summaries: list[dict[str, Any]]) -> list[tuple[str, float, float
 def plot_gap_vs_cost(summaries: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for label, cost, reduction in gap_vs_cost(summaries):
-        ax.scatter(cost, reduction, s=25)
-        ax.annotate(label, (cost, reduction), fontsize=6)
+        ax.scatter(cost, reduction, s=25, label=label)  # a legend: labels on points overlap
+    if ax.collections:
+        ax.legend(fontsize=7, loc="best")
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
     ax.set_xlabel("population-accuracy cost vs FedAvg (points)")
