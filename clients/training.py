@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -16,7 +15,7 @@ from clients.group_sampling import GroupPoissonSampler, expected_batch, group_ra
 from task.config import RunConfig
 from task.data import Encoded
 from task.inference import logits_of
-from task.privacy_plan import poisson_steps_per_epoch
+from task.privacy_plan import poisson_rate, poisson_steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,7 @@ def group_balanced_loader(
     the plan, σ and the accountant are those of unweighted DP-SGD; scarcer groups keep
     rate q and commoner ones are drawn less (:mod:`clients.group_sampling`).
     """
-    q_max = 1 / max(1, math.ceil(len(data) / cfg.train.batch_size))
+    q_max = poisson_rate(len(data), cfg.train.batch_size)
     num_groups = len(counts)
     per_group, _ = weights_from_released(
         counts, torch.arange(num_groups), alpha=cfg.fair.local_alpha,

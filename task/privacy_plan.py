@@ -151,9 +151,14 @@ def poisson_steps_per_epoch(sample_rate: float) -> int:
     return len(UniformWithReplacementSampler(num_samples=1, sample_rate=sample_rate))
 
 
+def poisson_rate(num_examples: int, batch_size: int) -> float:
+    """The plan's Poisson rate q = 1/ceil(n/B); group-balanced sampling draws at most this."""
+    return 1 / max(1, math.ceil(num_examples / batch_size))
+
+
 def plan_for(cfg: RunConfig, num_examples: int) -> PrivacyPlan:
     """The whole-run plan: expected participations × local steps at the Poisson rate."""
-    sample_rate = 1 / max(1, math.ceil(num_examples / cfg.train.batch_size))
+    sample_rate = poisson_rate(num_examples, cfg.train.batch_size)
     return PrivacyPlan(
         target_epsilon=cfg.dp.target_epsilon,
         delta=resolve_delta(cfg.dp.delta, num_examples=num_examples),
