@@ -141,7 +141,7 @@ class RoundRecorder:
             "clients": client_spread(self._eval_accuracies) if self._eval_accuracies else {},
             "weights": traced.get("weights", {}),
         }
-        for name in ("skipped_budget", "rejected", "prevalence", "extras"):
+        for name in ("skipped_budget", "excluded_exhausted", "rejected", "prevalence", "extras"):
             if name in traced:
                 record[name] = traced[name]
         for node in record.get("skipped_budget", []):

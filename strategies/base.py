@@ -4,15 +4,25 @@ The Flower-facing part is thin: the screening lives in :mod:`strategies.screenin
 weighting math in :mod:`strategies.weighting`.
 """
 
+import random
 from collections.abc import Iterable
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
 from strategies.screening import (
@@ -50,6 +60,33 @@ class ReplyScreening(FedAvg):
         super().__init__(**kwargs)
         self.current_arrays = None
         self.last_round = RoundTrace(round=0)
+        #: nodes that replied budget-exhausted: never sampled again in this run
+        self.exhausted: set[int] = set()
+        self._excluded_now = 0
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Keep a copy of the global arrays to check replies against, then sample.
+
+        Flower's FedAvg sampling, except that nodes in :attr:`exhausted` are never drawn:
+        the round keeps FedAvg's size (``fraction_train`` of all nodes) while enough
+        eligible nodes remain, and shrinks to the eligible ones after that.
+        """
+        self.current_arrays = arrays.copy()
+        if self.fraction_train == 0.0:
+            return []
+        # sample_size 0: only Flower's wait for min_available_nodes, then every node id
+        _, all_nodes = sample_nodes(grid, self.min_available_nodes, 0)
+        size = max(int(len(all_nodes) * self.fraction_train), self.min_train_nodes)
+        eligible = [node for node in all_nodes if node not in self.exhausted]
+        self._excluded_now = len(all_nodes) - len(eligible)
+        node_ids = random.sample(eligible, min(size, len(eligible)))
+        log(INFO, "configure_train: Sampled %s nodes (out of %s; %s excluded, budget spent)",
+            len(node_ids), len(all_nodes), self._excluded_now)  # fmt: skip
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, node_ids, MessageType.TRAIN)
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""
@@ -69,6 +106,8 @@ class ReplyScreening(FedAvg):
         valid, errors = self._check_and_log_replies(list(replies), is_train=True, validate=False)
         trace.failures = len(errors)
         accepted = screen_replies(valid, self.current_arrays, trace, self.metric_problem)
+        trace.excluded_exhausted = self._excluded_now
+        self.exhausted.update(trace.skipped_budget)
         if not accepted:
             log(WARNING, "aggregate_train: no reply left to aggregate in round %d", server_round)
         return accepted
@@ -111,13 +150,6 @@ class TracedFedAvg(ReplyScreening):
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (``fraction_train``,
         ``min_train_nodes``, ``weighted_by_key``, ``train_metrics_aggr_fn``, ...).
     """
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Keep a copy of the global arrays to check replies against, then sample."""
-        self.current_arrays = arrays.copy()
-        return super().configure_train(server_round, arrays, config, grid)
 
     def client_weights(
         self, server_round: int, node_ids: list[int], contents: list[RecordDict]

@@ -42,6 +42,9 @@ class RoundTrace:
         rejected clients are absent).
     skipped_budget : list[int]
         Clients that replied ``budget-exhausted == 1`` (did not train, not aggregated).
+    excluded_exhausted : int
+        Nodes left out of this round's sampling because an earlier reply said their
+        budget was spent.
     rejected : dict[int, str]
         Clients whose reply was refused, with the reason.
     failures : int
@@ -61,6 +64,7 @@ class RoundTrace:
     round: int
     weights: dict[int, float] = field(default_factory=dict)
     skipped_budget: list[int] = field(default_factory=list)
+    excluded_exhausted: int = 0
     rejected: dict[int, str] = field(default_factory=dict)
     failures: int = 0
     client_metrics: dict[int, dict[str, MetricValue]] = field(default_factory=dict)
@@ -74,6 +78,7 @@ class RoundTrace:
             "round": self.round,
             "weights": {str(k): v for k, v in self.weights.items()},
             "skipped_budget": [str(k) for k in self.skipped_budget],
+            "excluded_exhausted": self.excluded_exhausted,
             "rejected": {str(k): v for k, v in self.rejected.items()},
             "failures": self.failures,
             "client_metrics": {str(k): dict(v) for k, v in self.client_metrics.items()},

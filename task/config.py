@@ -103,6 +103,8 @@ class DPConfig:
     central_noise: float
     central_clip: float
     central_delta: float
+    plan_quantile: float = 0.999  # plan for this quantile of Binomial(rounds, fraction-train)
+    planned_participations: int = 0  # > 0: plan for exactly this many instead
 
     @property
     def local(self) -> bool:
@@ -220,6 +222,8 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "dp.central-noise": (float, _at_least(0)),
     "dp.central-clip": (float, _above(0)),
     "dp.central-delta": (float, _open_unit),
+    "dp.plan-quantile": (float, lambda v: None if 0.5 <= v < 1 else "a number in [0.5, 1)"),
+    "dp.planned-participations": (int, _at_least(0)),
     # (1/p)^α with p floored at 1e-6 overflows float64 for α above ~51; 10 is far past 1
     "fair.alpha": (float, lambda v: None if 0 <= v <= 10 else "a number in [0, 10]"),
     "fair.cap": (float, _at_least(1)),
@@ -321,6 +325,12 @@ def _check_combinations(v: Mapping[str, Any]) -> None:
             f"encoder, but {TINY_MODEL!r} is trained from scratch; valid: 'full' or 'lora', or "
             "a pretrained model.name such as 'minilm'"
         )
+    if v["dp.planned-participations"] > v["num-server-rounds"]:
+        raise ValueError(
+            f"run-config key 'dp.planned-participations': {v['dp.planned-participations']} "
+            f"exceeds num-server-rounds={v['num-server-rounds']}; valid: 0 (plan for "
+            "dp.plan-quantile) or 1..num-server-rounds"
+        )
     if v["strategy"] == "qfedavg" and v["dp.mode"] in ("central", "both"):
         # q-FedAvg divides every update by Σ_i h_i, which depends on all clients' update
         # norms: one client changes everyone's coefficient, so C·max w does not bound its
@@ -385,6 +395,8 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             central_noise=v["dp.central-noise"],
             central_clip=v["dp.central-clip"],
             central_delta=v["dp.central-delta"],
+            plan_quantile=v["dp.plan-quantile"],
+            planned_participations=v["dp.planned-participations"],
         ),
         fair=FairConfig(
             alpha=v["fair.alpha"],
