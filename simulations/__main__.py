@@ -18,7 +18,8 @@ from simulations.evidence import (
     select,
     summary_path,
 )
-from simulations.experiment import build_experiment
+from simulations.experiment import Experiment, build_experiment
+from simulations.inprocess import run_in_process
 from simulations.report import load_summaries, write_report
 from simulations.runner import RunFailed, run_experiment
 
@@ -43,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--supernodes", type=int, help="number of simulated clients")
     run.add_argument("--output-dir", help="where run directories go (default: outputs)")
     run.add_argument("--verbose", action="store_true", help="show all Flower output")
+    run.add_argument(
+        "--engine",
+        choices=("flower", "in-process"),
+        default="flower",
+        help="flower: `flwr run` on a private SuperLink with Ray (default); in-process: the "
+        "same ServerApp and ClientApp called in this one process (the compute floor)",
+    )
     evidence = commands.add_parser("evidence", help="run the evidence sweep and write the report")
     evidence.add_argument("grids", nargs="*", type=Path, help="grid TOMLs (default: all)")
     evidence.add_argument("--variants", help="comma-separated subset of variants")
@@ -56,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         help="where the report goes (default: OUTPUT_DIR/report; `--docs docs` publishes it)",
     )
     evidence.add_argument("--report-only", action="store_true", help="only rebuild the report")
+    evidence.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the cells in this process (the in-process engine: same results, no "
+        "SuperLink or Ray start per cell)",
+    )
     # Listed for --help only: main() hands `bench ARGS` to the benchmark's own parser.
     commands.add_parser(
         "bench", add_help=False, help="DP-SGD cost per step (simulations/benchmarks/dp_cost.py)"
@@ -109,7 +123,7 @@ def evidence_main(args: argparse.Namespace) -> int:
     coverage: dict[str, tuple[int, int, int]] = {}
     for path, grid in zip(paths, grids, strict=True):
         if path in to_run and not args.report_only:
-            run_cells(grid, selected[path], args.output_dir)
+            run_cells(grid, selected[path], args.output_dir, in_process=args.in_process)
         current, stale = current_and_stale(grid, grid.cells, args.output_dir)
         summaries += [summary_path(args.output_dir, c) for c in current]
         if outdated := [c for c in stale if c in selected[path]]:
@@ -136,6 +150,18 @@ def bench_main(argv: list[str]) -> int:
     return 0
 
 
+def _participation_summary(experiment: Experiment) -> str | None:
+    """The privacy plan's cost under partial participation, for the mean client size."""
+    from task.data import load_splits  # loads datasets: only when a run is asked for
+    from task.privacy_plan import participation_summary
+
+    cfg = experiment.run_config
+    if not cfg.dp.local or cfg.data.dataset == "hf":  # a hub dataset: the clients load it
+        return None
+    rows = len(load_splits(cfg.data, cfg.seed)["train"])
+    return participation_summary(cfg, max(1, rows // experiment.federation["num-supernodes"]))
+
+
 def run_main(args: argparse.Namespace) -> int:
     """Run one experiment; print its run directory."""
     try:
@@ -148,8 +174,13 @@ def run_main(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if summary := _participation_summary(experiment):
+        print(summary)
     try:
-        run_dir = run_experiment(experiment, verbose=args.verbose)
+        if args.engine == "in-process":
+            run_dir = run_in_process(experiment)[0]
+        else:
+            run_dir = run_experiment(experiment, verbose=args.verbose)
     except (RunFailed, RuntimeError, TimeoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from server.records import write_json
 from simulations.experiment import Experiment, build_experiment
+from simulations.inprocess import run_in_process
 from simulations.runner import run_experiment
 from task.config import flatten, load_defaults
 
@@ -236,8 +237,10 @@ def current_and_stale(
     return current, stale
 
 
-def run_cells(grid: Grid, cells: list[Cell], output_dir: Path) -> None:
-    """Run every cell without a current summary."""
+def run_cells(grid: Grid, cells: list[Cell], output_dir: Path, *, in_process: bool = False) -> None:
+    """Run every cell without a current summary: each with ``flwr run`` on its own
+    SuperLink, or (``in_process``) all in this process with the in-process engine, which
+    computes the same results (``tests/e2e/test_in_process.py``) without Flower's start-up."""
     runs_dir = output_dir / "runs"
     (output_dir / "cells").mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells if not is_current(grid, c, output_dir)]
@@ -248,7 +251,7 @@ def run_cells(grid: Grid, cells: list[Cell], output_dir: Path) -> None:
             tqdm.write(f"{cell.key}: cannot run: {error}")
             continue
         try:
-            run_dir = run_experiment(experiment)
+            run_dir = run_in_process(experiment)[0] if in_process else run_experiment(experiment)
         except (RuntimeError, TimeoutError) as error:  # RunFailed is one; a cell, not the sweep
             tqdm.write(f"{cell.key}: failed: {error}")
             continue
@@ -259,6 +262,7 @@ def run_cells(grid: Grid, cells: list[Cell], output_dir: Path) -> None:
             continue
         write_json(summary_path(output_dir, cell), summarise(cell, results, run_dir) | {
             "config": results["config"], "federation": experiment.federation,
+            "engine": "in-process" if in_process else "flower",
         })  # fmt: skip
 
 

@@ -68,7 +68,8 @@ def shown(verbose: bool) -> Callable[[str], bool]:
     return lambda line: verbose or bool(SHOWN.search(line) and not DUPLICATE.match(line))
 
 
-def _check_complete(run_dir: Path, num_rounds: int, logs: Path) -> None:
+def check_complete(run_dir: Path, num_rounds: int, logs: Path) -> None:
+    """Raise :class:`RunFailed` unless ``run_dir`` holds every round with a client in it."""
     results = run_dir / "results.json"
     if not results.is_file():
         raise RunFailed(f"the run wrote no {results}; see the logs in {logs}")
@@ -102,7 +103,7 @@ def run_experiment(experiment: Experiment, *, verbose: bool = False) -> Path:
     if run_id is None:
         raise RunFailed(f"`flwr run` did not start a run; see {logs / 'flwr-run.log'}")
     run_dir = output_dir / run_id
-    _check_complete(run_dir, cfg.num_server_rounds, logs)
+    check_complete(run_dir, cfg.num_server_rounds, logs)
     shutil.copytree(logs, run_dir / "logs")
     shutil.rmtree(work, ignore_errors=True)
     return run_dir
