@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
+from task.cache import cache_root
 from task.config import ModelConfig
 from task.data import Encoded
 from task.encoders import FrozenBottom
-from task.model import cache_root, frozen_bottom
+from task.model import frozen_bottom
 
 BATCH = 512
 # Part of every key: bump it when what the frozen part computes changes (pooling, masking),

@@ -13,7 +13,6 @@ only trainable weights travel. ``head``/``top-layers`` train only the top of a s
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from task.cache import cache_root
 from task.config import TINY_MODEL, ModelConfig, RunConfig
 from task.encoders import (
     MINILM,
@@ -50,12 +50,6 @@ from task.encoders import (
 )
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def cache_root() -> Path:
-    """Where locally trained tokenizers live (``FEDEQUITY_CACHE`` overrides)."""
-    default = Path.home() / ".cache" / "fedequity"
-    return Path(os.environ.get("FEDEQUITY_CACHE", default))
 
 
 def texts_fingerprint(texts: Sequence[str], vocab_size: int) -> str:

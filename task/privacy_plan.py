@@ -8,9 +8,15 @@ finds the smallest σ whose planned history stays within ``dp.target-epsilon``.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
+import os
+import tempfile
 from dataclasses import dataclass, replace
+from pathlib import Path
 
+import opacus
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from task.accounting import (
@@ -25,8 +31,11 @@ from task.accounting import (
     require,
     resolve_delta,
 )
+from task.cache import cache_root
 from task.config import RunConfig
 
+# Part of the disk key of calibrations: bump it when the search changes.
+CALIBRATION_FORMAT = 1
 EPSILON_TOLERANCE = 0.01  # absolute, as in opacus.accountants.utils.get_noise_multiplier
 MAX_SIGMA = 1e6  # as opacus.accountants.utils.MAX_SIGMA
 _MAX_BISECTIONS = 100
@@ -101,8 +110,46 @@ def calibrate_noise_multiplier(plan: PrivacyPlan) -> float:
 
     The history is ``planned_rounds`` × (``steps_per_round`` steps at (σ, q)) plus
     ``planned_rounds`` releases ``(σ_s, 1.0, 1)``; the result satisfies
-    ``target - 0.01 <= ε <= target``. Cached per (frozen, hashable) plan.
+    ``target - 0.01 <= ε <= target``. Cached per (frozen, hashable) plan in the process
+    and on disk (a pure function of the plan: every Ray worker and every cell of a sweep
+    would otherwise bisect the same plan again, ~2 s each on two cores).
     """
+    path = cache_root() / "noise" / f"{_plan_key(plan)}.json"
+    try:
+        sigma = float(json.loads(path.read_text())["sigma"])
+    except (OSError, ValueError, KeyError, TypeError):  # absent or unreadable: compute
+        sigma = math.nan
+    if _fits(plan, sigma):  # a cached σ is checked, never trusted
+        return sigma
+    sigma = _bisect_noise_multiplier(plan)
+    _write_atomically(path, json.dumps({"plan": repr(plan), "sigma": sigma}))
+    return sigma
+
+
+def _fits(plan: PrivacyPlan, sigma: float) -> bool:
+    """Whether ``sigma`` spends the plan's budget within the tolerance, not more."""
+    if not 0.0 < sigma <= MAX_SIGMA:
+        return False
+    eps = epsilon_of(plan.planned_history(sigma), delta=plan.delta, accountant=plan.accountant)
+    return plan.target_epsilon - EPSILON_TOLERANCE <= eps <= plan.target_epsilon
+
+
+def _plan_key(plan: PrivacyPlan) -> str:
+    """The plan and everything the bisection depends on, hashed."""
+    text = f"{CALIBRATION_FORMAT}:{opacus.__version__}:{EPSILON_TOLERANCE}:{plan!r}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(handle, "w") as file:
+        file.write(text)
+    os.replace(staging, path)  # concurrent writers write the same value
+
+
+def _bisect_noise_multiplier(plan: PrivacyPlan) -> float:
+    """The search behind :func:`calibrate_noise_multiplier`."""
     # opacus.accountants.utils.get_noise_multiplier overwrites accountant.history with a
     # single (σ, q, steps) entry, so it cannot include the count releases: we bisect
     # ourselves, with its ceiling (MAX_SIGMA) and tolerance, over the full planned history.

@@ -19,6 +19,7 @@ from task.accounting import (
     PrivacyLedger,
     default_delta,
     epsilon_of,
+    grouped_events,
     noise_group_counts,
     release_event,
     resolve_delta,
@@ -195,3 +196,19 @@ def test_denoise_zeroes_cells_below_the_threshold_only() -> None:
         denoise_counts(released, sigma=20.0, threshold=2.0), [0.0, 0.0, 40.0, 300.0]
     )
     np.testing.assert_array_equal(denoise_counts(released, sigma=20.0, threshold=0.0), released)
+
+
+def test_rdp_epsilon_is_opacus_rdp_accountant_bit_for_bit() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(25):
+        events = [
+            (float(rng.uniform(0.4, 4.0)), float(rng.choice([1.0, 0.5, 0.1, 1 / 7])),
+             int(rng.integers(1, 60)))
+            for _ in range(int(rng.integers(1, 4)))
+        ]  # fmt: skip
+        delta = float(rng.choice([1e-5, 1e-3]))
+        opacus_accountant = RDPAccountant()
+        opacus_accountant.history = grouped_events(events)
+        assert epsilon_of(events, delta=delta, accountant="rdp") == opacus_accountant.get_epsilon(
+            delta=delta
+        )

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 import torch
 
+from task.cache import cache_root
 from task.config import load_defaults, parse_run_config
 from task.inference import model_inputs
 from task.model import (
     build_model,
-    cache_root,
     exchanged_state,
     load_exchanged,
     load_tokenizer,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -93,3 +94,25 @@ def test_plan_without_release_plans_no_release() -> None:
     assert plan.round_events(1.5) == [(1.5, 0.05, 20)]
     assert plan.planned_history(1.5) == [(1.5, 0.05, 100)]
     assert _plan(stats_noise=2.0).planned_history(1.5) == [(1.5, 0.05, 100), (2.0, 1.0, 5)]
+
+
+def test_a_calibration_is_stored_on_disk_and_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = _plan(target_epsilon=3.3, stats_noise=5.0)
+    sigma = calibrate_noise_multiplier(plan)
+    calibrate_noise_multiplier.cache_clear()  # as a new process would start
+
+    def no_bisection(_: PrivacyPlan) -> float:
+        raise AssertionError("bisected again")
+
+    monkeypatch.setattr(privacy_plan, "_bisect_noise_multiplier", no_bisection)
+    assert calibrate_noise_multiplier(plan) == sigma
+
+
+def test_a_stored_calibration_that_overspends_is_recomputed_not_trusted() -> None:
+    plan = _plan(target_epsilon=2.7)
+    sigma = calibrate_noise_multiplier(plan)
+    calibrate_noise_multiplier.cache_clear()
+    stored = privacy_plan.cache_root() / "noise" / f"{privacy_plan._plan_key(plan)}.json"
+    stored.write_text(json.dumps({"sigma": sigma / 2}))  # would spend far more than 2.7
+    assert calibrate_noise_multiplier(plan) == sigma
+    assert json.loads(stored.read_text())["sigma"] == sigma
