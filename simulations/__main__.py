@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -137,7 +138,8 @@ def evidence_main(args: argparse.Namespace) -> int:
     # Not docs/ by default: in a fresh clone (no cell summaries yet) a one-grid command
     # would replace the committed report with its few cells.
     docs = args.docs or args.output_dir / "report"
-    report = write_report(load_summaries(summaries), docs, coverage)
+    command = None if args.report_only else " ".join([PROG, *map(shlex.quote, args.argv)])
+    report = write_report(load_summaries(summaries), docs, coverage, command)
     print(report)
     return 0
 
@@ -192,6 +194,7 @@ def _dispatch(argv: list[str]) -> int:
     if argv[:1] == ["bench"]:
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)
+    args.argv = argv  # the report prints the command that ran its latest cells
     if args.command == "evidence":
         try:
             return evidence_main(args)

@@ -82,7 +82,7 @@ class ReplyScreening(FedAvg):
         eligible = [node for node in all_nodes if node not in self.exhausted]
         self._excluded_now = len(all_nodes) - len(eligible)
         node_ids = random.sample(eligible, min(size, len(eligible)))
-        log(INFO, "configure_train: Sampled %s nodes (out of %s; %s excluded, budget spent)",
+        log(INFO, "configure_train: Sampled %s nodes (out of %s; %s excluded: budget spent)",
             len(node_ids), len(all_nodes), self._excluded_now)  # fmt: skip
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})

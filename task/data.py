@@ -77,7 +77,7 @@ def _load_raw_splits(cfg: DataConfig, seed: int) -> DatasetDict:
 
 def group_names(splits: DatasetDict) -> list[str]:
     """Sorted group names over both splits: the order of group-count vectors on the wire."""
-    return sorted(set(splits["train"]["group"]) | set(splits["test"]["group"]))
+    return sorted(set(splits["train"].unique("group")) | set(splits["test"].unique("group")))
 
 
 def label_names(splits: DatasetDict) -> list[str]:
@@ -171,8 +171,9 @@ class Encoded:
 def encode(
     ds: Dataset, tokenizer: PreTrainedTokenizerBase, groups: list[str], max_length: int
 ) -> Encoded:
+    rows = ds[:]  # all columns as lists in one batch: ds["text"] would format row by row
     batch = tokenizer(
-        list(ds["text"]),
+        rows["text"],
         padding="max_length",
         truncation=True,
         max_length=max_length,
@@ -182,9 +183,9 @@ def encode(
     return Encoded(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
-        labels=torch.tensor(list(ds["label"]), dtype=torch.long),
-        groups=torch.tensor([index[g] for g in list(ds["group"])], dtype=torch.long),
-        sets=torch.tensor(ds[SET_COLUMN], dtype=torch.long) if SET_COLUMN in ds.features else None,
+        labels=torch.tensor(rows["label"], dtype=torch.long),
+        groups=torch.tensor([index[g] for g in rows["group"]], dtype=torch.long),
+        sets=torch.tensor(rows[SET_COLUMN], dtype=torch.long) if SET_COLUMN in rows else None,
     )
 
 

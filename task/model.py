@@ -198,7 +198,7 @@ def build_for_run(cfg: RunConfig, splits: DatasetDict) -> tuple[PreTrainedTokeni
     Server and clients call this with the same config and data, so they build the same
     tokenizer and the same seeded initial weights.
     """
-    tokenizer = load_tokenizer(cfg.model, list(splits["train"]["text"]))
+    tokenizer = load_tokenizer(cfg.model, splits["train"][:]["text"])
     num_labels = len(splits["train"].features["label"].names)
     return tokenizer, build_model(cfg.model, tokenizer, num_labels, seed=cfg.seed)
 

@@ -27,7 +27,7 @@ from task.model import build_model, load_tokenizer
 
 def _steppers(cfg: RunConfig, model_cfg: ModelConfig, batch_size: int):  # type: ignore[no-untyped-def]
     splits = load_splits(cfg.data, cfg.seed)
-    tokenizer = load_tokenizer(cfg.model, list(splits["train"]["text"]))
+    tokenizer = load_tokenizer(cfg.model, splits["train"][:]["text"])
     data = encode(splits["train"], tokenizer, group_names(splits), cfg.model.max_length)
     batch = next(iter(make_loader(data, torch.ones(len(data)), batch_size, seed=0)))
     steppers = {}

@@ -43,7 +43,7 @@ def measure_mode(cfg: RunConfig, mode: str, examples: int) -> dict[str, float]:
     splits = load_splits(cfg.data, cfg.seed)
     rows = splits["train"].select(range(min(examples, len(splits["train"]))))
     groups = group_names(splits)
-    tokenizer = load_tokenizer(model_cfg, list(rows["text"]))
+    tokenizer = load_tokenizer(model_cfg, rows[:]["text"])
     data = encode(rows, tokenizer, groups, model_cfg.max_length)
     cold, data = _seconds(lambda: with_features(data, model_cfg))
     warm, _ = _seconds(
