@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -107,6 +109,27 @@ def _load_grids(paths: list[Path]) -> list[Grid]:
     return grids
 
 
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the repository root when it lies inside it."""
+    root = EVIDENCE_DIR.resolve().parents[2]
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _reproduce(path: Path, cells: list[Cell], output_dir: Path) -> str:
+    """The command that runs exactly these cells of the grid at ``path`` again."""
+    engines = {json.loads(summary_path(output_dir, c).read_text()).get("engine") for c in cells}
+    epsilons = sorted({c.epsilon for c in cells})
+    parts = [
+        "evidence", _shown_path(path),
+        "--variants", ",".join(sorted({c.variant for c in cells})),
+        "--epsilons", ",".join("inf" if math.isinf(e) else f"{e:g}" for e in epsilons),
+        "--seeds", ",".join(str(s) for s in sorted({c.seed for c in cells})),
+    ]  # fmt: skip
+    parts += ["--no-skew"] if all(c.skew is None for c in cells) else []
+    parts += ["--in-process"] if "in-process" in engines else []
+    return " ".join(["fedequity", *map(shlex.quote, parts), "--docs", "docs"])
+
+
 def evidence_main(args: argparse.Namespace) -> int:
     """Run the selected cells of the named grids (default: all); then rebuild the report
     from every current cell of every grid, so a partial command never shrinks it below
@@ -121,6 +144,7 @@ def evidence_main(args: argparse.Namespace) -> int:
         cells = list(select(grid.cells, **filters))
         selected[path] = [c for c in cells if c.skew is None] if args.no_skew else cells
     summaries: list[Path] = []
+    commands: list[str] = []
     coverage: dict[str, tuple[int, int, int]] = {}
     for path, grid in zip(paths, grids, strict=True):
         if path in to_run and not args.report_only:
@@ -135,11 +159,12 @@ def evidence_main(args: argparse.Namespace) -> int:
         for cell, reason in impossible.items():
             print(f"{cell.key}: cannot run: {reason}", file=sys.stderr)
         coverage[grid.name] = (len(current), len(grid.cells), len(impossible))
+        if current:
+            commands.append(_reproduce(path, current, args.output_dir))
     # Not docs/ by default: in a fresh clone (no cell summaries yet) a one-grid command
     # would replace the committed report with its few cells.
     docs = args.docs or args.output_dir / "report"
-    command = None if args.report_only else " ".join([PROG, *map(shlex.quote, args.argv)])
-    report = write_report(load_summaries(summaries), docs, coverage, command)
+    report = write_report(load_summaries(summaries), docs, coverage, commands)
     print(report)
     return 0
 
@@ -194,7 +219,6 @@ def _dispatch(argv: list[str]) -> int:
     if argv[:1] == ["bench"]:
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)
-    args.argv = argv  # the report prints the command that ran its latest cells
     if args.command == "evidence":
         try:
             return evidence_main(args)

@@ -156,7 +156,10 @@ def select(cells: tuple[Cell, ...], **only: set[Any] | None) -> Iterator[Cell]:
             yield cell
 
 
-def _experiment(grid: Grid, cell: Cell, runs_dir: Path, *, check_data: bool = True) -> Experiment:
+def cell_experiment(
+    grid: Grid, cell: Cell, runs_dir: Path, *, check_data: bool = True
+) -> Experiment:
+    """The validated experiment of one cell, its runs under ``runs_dir``."""
     cell_config = cell.overrides(grid.overrides, grid.no_dp_overrides)
     assignments = [f"{k}={json.dumps(v)}" for k, v in cell_config.items()]
     return build_experiment(
@@ -177,7 +180,7 @@ def infeasible(grid: Grid, cells: Iterable[Cell]) -> dict[Cell, str]:
         pattern = (cell.epsilon, cell.seed, cell.skew)
         if pattern not in reasons:
             try:
-                _experiment(grid, cell, Path("outputs"))
+                cell_experiment(grid, cell, Path("outputs"))
                 reasons[pattern] = None
             except (ValueError, FileNotFoundError) as error:
                 reasons[pattern] = str(error)
@@ -216,7 +219,7 @@ def is_current(grid: Grid, cell: Cell, output_dir: Path) -> bool:
     if not path.exists():
         return False
     recorded = json.loads(path.read_text())
-    today = _experiment(grid, cell, output_dir / "runs", check_data=False)
+    today = cell_experiment(grid, cell, output_dir / "runs", check_data=False)
     return (
         comparable(recorded.get("config", {})) == comparable(load_defaults() | today.overrides)
         and recorded.get("federation") == today.federation
@@ -247,7 +250,7 @@ def run_cells(grid: Grid, cells: list[Cell], output_dir: Path, *, in_process: bo
     todo = [c for c in cells if not is_current(grid, c, output_dir)]
     for cell in tqdm(todo, desc=f"evidence {grid.name}", unit="run"):
         try:
-            experiment = _experiment(grid, cell, runs_dir)
+            experiment = cell_experiment(grid, cell, runs_dir)
         except (ValueError, FileNotFoundError) as error:
             tqdm.write(f"{cell.key}: cannot run: {error}")
             continue

@@ -161,11 +161,22 @@ def engines_line(summaries: list[dict[str, Any]]) -> str:
     )
 
 
+def reproduce_block(commands: list[str]) -> str:
+    """How to rerun the reported cells (already stored ones are not run again)."""
+    if not commands:
+        return ""
+    lines = "\n".join(commands)
+    return (
+        "Reproduce, from the repository root (a fresh `outputs/` runs every cell):\n\n"
+        f"```\n{lines}\n```\n\n"
+    )
+
+
 def write_report(
     summaries: list[dict[str, Any]],
     docs: Path,
     coverage: dict[str, tuple[int, int, int]] | None = None,
-    command: str | None = None,
+    commands: list[str] | None = None,
 ) -> Path:
     if not group_cells(summaries):  # before anything in ``docs`` is touched
         raise ValueError("no finished main-grid cell to report yet: run the sweep first")
@@ -180,7 +191,7 @@ def write_report(
         "set, mean ± sample std "
         f"(n − 1) over seeds. {len(summaries)} runs, {wall / 60:.0f} min of round wall time "
         "on 2 CPU cores.\n\n"
-        + (f"Latest cells run by: `{command}` (from the repository root).\n\n" if command else "")
+        + reproduce_block(commands or [])
         + coverage_line(coverage or {})
         + markdown_table(summaries)
         + ("\n## Partition skew\n\n" + skew if skew else "")

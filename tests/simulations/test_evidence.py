@@ -12,7 +12,7 @@ from simulations.evidence import (
     VARIANTS,
     Cell,
     Grid,
-    _experiment,
+    cell_experiment,
     comparable,
     current_and_stale,
     infeasible,
@@ -142,7 +142,7 @@ num-supernodes = 4
 
 def record_cell(output_dir: Path, grid: Grid, cell: Cell, **config_changes: object) -> Path:
     """Write a summary as `run_cells` does, for a run whose config differs by `config_changes`."""
-    experiment = _experiment(grid, cell, output_dir / "runs")
+    experiment = cell_experiment(grid, cell, output_dir / "runs")
     config = load_defaults() | experiment.overrides | config_changes
     path = summary_path(output_dir, cell)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +220,11 @@ def test_the_report_goes_under_the_output_dir_unless_docs_is_named(
     record_cell(out, grid, grid.cells[0])
     argv = ["evidence", str(tmp_path / "g.toml"), "--report-only", "--output-dir", str(out)]
     assert main(argv) == 0
-    assert "g 1 of 2" in (out / "report" / "evidence.md").read_text()
+    report = (out / "report" / "evidence.md").read_text()
+    assert "g 1 of 2" in report
+    cell = grid.cells[0]
+    assert (f"fedequity evidence {tmp_path / 'g.toml'} --variants {cell.variant} --epsilons "
+            f"{cell.epsilon:g} --seeds {cell.seed} --no-skew --docs docs") in report  # fmt: skip
     assert not (tmp_path / "docs").exists()
 
 
@@ -253,7 +257,7 @@ def test_a_bad_grid_file_is_named_with_the_key(
 def test_a_grid_federation_is_validated_like_an_experiments(tmp_path: Path) -> None:
     grid = load_grid(write_grid(tmp_path, GRID_TOML.replace("num-supernodes", "num-supernode")))
     with pytest.raises(ValueError, match=r"unknown \[federation\] key\(s\) \['num-supernode'\]"):
-        _experiment(grid, grid.cells[0], tmp_path)
+        cell_experiment(grid, grid.cells[0], tmp_path)
 
 
 def test_cells_whose_data_cannot_be_partitioned_are_skipped_and_counted(
