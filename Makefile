@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export FEDEQUITY_CACHE ?= $(CURDIR)/.cache/fedequity
 
-.PHONY: install run test test-fast check lint typecheck format bench deploy-local certs validate-compose test-deploy evidence clean
+.PHONY: install run test test-fast check lint typecheck format bench bench-quick deploy-local certs validate-compose test-deploy evidence clean
 
 install: $(STAMP)
 
@@ -47,8 +47,21 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 bench: $(STAMP)
+	$(PY) simulations/benchmarks/overhead.py
+	$(PY) simulations/benchmarks/scale.py
+	$(PY) simulations/benchmarks/wire.py
+	$(PY) simulations/benchmarks/sweep.py
 	$(PY) simulations/benchmarks/finetune_modes.py
 	$(PY) -m simulations bench --set model.name=tiny-bert --set model.finetune=full
+	$(PY) simulations/benchmarks/summary.py --docs docs
+
+# A reduced `bench` (no 10,000-client run, a 2-cell sweep): under 10 minutes on 2 cores.
+bench-quick: $(STAMP)
+	$(PY) simulations/benchmarks/overhead.py --set num-server-rounds=4
+	$(PY) simulations/benchmarks/scale.py --clients 10,1000 --rounds 2
+	$(PY) simulations/benchmarks/wire.py
+	$(PY) simulations/benchmarks/sweep.py --variants fedavg --epsilons 8 --seeds 1,2 --set synthetic.num-examples=2000 --set num-server-rounds=3
+	$(PY) simulations/benchmarks/summary.py
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

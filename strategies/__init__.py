@@ -65,6 +65,7 @@ def _base_strategy(
 ) -> ReplyScreening:
     common: dict[str, Any] = {
         "fraction_train": cfg.fraction_train,
+        "fraction_evaluate": cfg.fraction_evaluate,
         "min_train_nodes": 1,
         "min_evaluate_nodes": 1,
         "min_available_nodes": 2,

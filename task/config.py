@@ -134,6 +134,7 @@ class RunConfig:
     num_server_rounds: int
     strategy: str
     fraction_train: float
+    fraction_evaluate: float
     output_dir: str
     data: DataConfig
     partition: PartitionConfig
@@ -173,6 +174,8 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "num-server-rounds": (int, _at_least(1)),
     "strategy": (str, _one_of(*STRATEGIES)),
     "fraction-train": (float, _fraction),
+    # Flower's fraction_evaluate: 0 = no federated evaluation (the server's test set stays)
+    "fraction-evaluate": (float, lambda v: None if 0 <= v <= 1 else "a number in [0, 1]"),
     "output-dir": (str, lambda v: None if v else "a non-empty path"),
     "dataset": (str, _one_of(*DATASETS)),
     "data.path": (str, _any),
@@ -351,6 +354,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         num_server_rounds=v["num-server-rounds"],
         strategy=v["strategy"],
         fraction_train=v["fraction-train"],
+        fraction_evaluate=v["fraction-evaluate"],
         output_dir=v["output-dir"],
         data=DataConfig(
             dataset=v["dataset"],

@@ -5,11 +5,12 @@
 
 Each size runs as one whole ``python -m simulations run`` (``flwr run`` with Ray) on an
 IID split of a synthetic set of ``rows-per-client × clients`` rows (at least the default
-10,000), ``per-round`` clients sampled per round. Measured per size: the steady round wall
-(median of rounds 2..), the **per-call overhead** — (round wall × cores − summed client
-training time) / client calls, what a call costs beyond its training — and the peak RSS of
-the whole process tree (the runner, SuperLink, the simulation, Ray's workers), sampled
-every 0.2 s. Written to ``outputs/bench/scale.json``.
+10,000), ``per-round`` clients sampled per round for training and as many for federated
+evaluation (Flower's default would evaluate every client every round). Measured per
+size: the steady round wall (median of rounds 2..), the **per-call overhead** — (round
+wall × cores − summed client training time) / client calls, what a call costs beyond its
+training — and the peak RSS of the whole process tree (the runner, SuperLink, the
+simulation, Ray's workers), sampled every 0.2 s. Written to ``outputs/bench/scale.json``.
 
 The model defaults to the from-scratch ``tiny-bert`` (full fine-tuning): the benchmark
 measures the framework's cost per client, and a pretrained encoder's one-off feature
@@ -87,7 +88,8 @@ def measure(clients: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     rows = max(10_000, clients * args.rows_per_client)
     fraction = min(1.0, args.per_round / clients)
     settings = [*MODEL, "partition.method=iid", f"synthetic.num-examples={rows}",
-                f"fraction-train={fraction}", f"num-server-rounds={args.rounds}",
+                f"fraction-train={fraction}", f"fraction-evaluate={fraction}",
+                f"num-server-rounds={args.rounds}",
                 *args.assignments]  # fmt: skip
     command = [sys.executable, "-m", "simulations", "run", "--supernodes", str(clients),
                "--output-dir", str(tmp / str(clients))]  # fmt: skip
