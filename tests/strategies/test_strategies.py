@@ -476,3 +476,15 @@ def test_qfedavg_lipschitz_comes_from_its_own_learning_rate() -> None:
     )
     assert isinstance(strategy, TracedQFedAvg)
     assert strategy.client_learning_rate == 20.0
+
+
+def test_federated_evaluation_samples_fraction_evaluate_of_the_nodes() -> None:
+    cfg = parse_run_config(load_defaults() | {"fraction-train": 0.1, "fraction-evaluate": 0.2})
+    strategy = build_strategy(
+        cfg, ["a", "b"], num_nodes=50,
+        train_metrics_aggr_fn=aggregate_metricrecords,
+        evaluate_metrics_aggr_fn=aggregate_metricrecords,
+    )  # fmt: skip
+    sent = strategy.configure_evaluate(1, record(GLOBAL), ConfigRecord(),
+                                       cast(Grid, FakeGrid(list(range(1, 51)))))  # fmt: skip
+    assert len(list(sent)) == 10
