@@ -116,7 +116,8 @@ def _shown_path(path: Path) -> str:
 
 
 def _reproduce(path: Path, cells: list[Cell], output_dir: Path) -> str:
-    """The command that runs exactly these cells of the grid at ``path`` again."""
+    """A command that runs these cells of the grid at ``path`` again: the product of their
+    variants, ε and seeds, so a report of a partial product reruns a superset."""
     engines = {json.loads(summary_path(output_dir, c).read_text()).get("engine") for c in cells}
     epsilons = sorted({c.epsilon for c in cells})
     parts = [
@@ -183,7 +184,8 @@ def _participation_summary(experiment: Experiment) -> str | None:
     from task.privacy_plan import participation_summary
 
     cfg = experiment.run_config
-    if not cfg.dp.local or cfg.data.dataset == "hf":  # a hub dataset: the clients load it
+    full = cfg.fraction_train >= 1.0 and cfg.dp.planned_participations == 0
+    if full or not cfg.dp.local or cfg.data.dataset == "hf":  # hf: the clients load it
         return None
     rows = len(load_splits(cfg.data, cfg.seed)["train"])
     return participation_summary(cfg, max(1, rows // experiment.federation["num-supernodes"]))
@@ -198,10 +200,11 @@ def run_main(args: argparse.Namespace) -> int:
             supernodes=args.supernodes,
             output_dir=args.output_dir,
         )
+        summary = _participation_summary(experiment)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if summary := _participation_summary(experiment):
+    if summary:
         print(summary)
     try:
         if args.engine == "in-process":

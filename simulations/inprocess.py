@@ -3,7 +3,9 @@
 Flower strategies talk to a :class:`~flwr.serverapp.Grid`. :class:`InProcessGrid` answers
 each message by calling the ClientApp directly, node after node, with a per-node
 ``Context`` that lives as long as the run (so ledgers in ``context.state`` persist, as in
-simulation). Same clients, same data, same DP training and aggregation as ``flwr run``:
+simulation). Same clients, same data, same DP training and aggregation as ``flwr run``
+(a seeded run at full participation gives its metrics: ``tests/e2e/test_in_process.py``;
+with ``fraction-train < 1`` which nodes are sampled is Flower's unseeded draw in both):
 what is left of a round's wall time here is the work itself, which is what the overhead
 benchmark compares Flower against. Flower ships no such grid (its ``InMemoryGrid`` needs a
 SuperLink state and a separate ClientApp runtime), hence this one.
@@ -113,9 +115,13 @@ def run_in_process(experiment: Experiment) -> tuple[Path, InProcessGrid]:
     )  # fmt: skip
     assert isinstance(server_app, ServerApp)
     # What Flower's ServerApp runtime sets before it calls the app; Messages read it.
+    saved = TaskIdentity._task_id, TaskIdentity._node_id, TaskIdentity._run_id
     TaskIdentity.task_id, TaskIdentity.node_id = 1, SUPERLINK_NODE_ID
     TaskIdentity.run_id = grid.run.run_id
-    server_app(grid, context)
+    try:
+        server_app(grid, context)
+    finally:
+        TaskIdentity._task_id, TaskIdentity._node_id, TaskIdentity._run_id = saved
     run_dir = Path(run_config["output-dir"]) / str(grid.run.run_id)
     check_complete(run_dir, experiment.run_config.num_server_rounds, run_dir)
     return run_dir, grid

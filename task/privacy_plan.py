@@ -141,11 +141,19 @@ def _plan_key(plan: PrivacyPlan) -> str:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(handle, "w") as file:
-        file.write(text)
-    os.replace(staging, path)  # concurrent writers write the same value
+    """Store a calibration; a cache that cannot be written only costs the next bisection."""
+    staging = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.replace(staging, path)  # concurrent writers write the same value
+    except OSError:
+        pass
+    finally:
+        if staging is not None:
+            Path(staging).unlink(missing_ok=True)
 
 
 def _bisect_noise_multiplier(plan: PrivacyPlan) -> float:
@@ -203,16 +211,20 @@ def poisson_rate(num_examples: int, batch_size: int) -> float:
     return 1 / max(1, math.ceil(num_examples / batch_size))
 
 
+def _binomial_pmf(trials: int, rate: float, k: int) -> float:
+    """P(Binomial(trials, rate) = k), in log space (no overflow at thousands of rounds)."""
+    log_pmf = (math.lgamma(trials + 1) - math.lgamma(k + 1) - math.lgamma(trials - k + 1)
+               + k * math.log(rate) + (trials - k) * math.log1p(-rate))  # fmt: skip
+    return math.exp(log_pmf)
+
+
 def binomial_quantile(trials: int, rate: float, quantile: float) -> int:
-    """Smallest k with P(Binomial(trials, rate) <= k) >= quantile (exact, in log space)."""
+    """Smallest k with P(Binomial(trials, rate) <= k) >= quantile."""
     if rate >= 1.0:
         return trials
-    log_rate, log_miss = math.log(rate), math.log1p(-rate)
     cdf = 0.0
     for k in range(trials + 1):
-        log_pmf = (math.lgamma(trials + 1) - math.lgamma(k + 1) - math.lgamma(trials - k + 1)
-                   + k * log_rate + (trials - k) * log_miss)  # fmt: skip
-        cdf += math.exp(log_pmf)
+        cdf += _binomial_pmf(trials, rate, k)
         if cdf >= quantile - 1e-12:
             return k
     return trials
@@ -239,9 +251,7 @@ def exhaustion_share(cfg: RunConfig) -> float:
     planned, rounds, rate = planned_participations(cfg), cfg.num_server_rounds, cfg.fraction_train
     if rate >= 1.0 or planned >= rounds:
         return 0.0
-    below = sum(
-        math.comb(rounds, k) * rate**k * (1 - rate) ** (rounds - k) for k in range(planned + 1)
-    )
+    below = sum(_binomial_pmf(rounds, rate, k) for k in range(planned + 1))
     return max(0.0, 1.0 - below)
 
 

@@ -79,6 +79,8 @@ def run_with_peak_rss(command: list[str]) -> tuple[subprocess.CompletedProcess[s
 def per_call_overhead(rounds: list[dict[str, Any]], cores: int) -> float:
     """Median over steady rounds (2..) of (wall × cores − client training) / calls."""
     steady = [r for r in rounds[1:] or rounds if r["num_clients"] > 0]
+    if not steady:
+        raise RuntimeError("no round had a client: nothing to measure")
     return statistics.median(
         (r["wall_s"] * cores - r["client_train_s"]) / r["num_clients"] for r in steady
     )
@@ -100,10 +102,10 @@ def measure(clients: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
         raise RuntimeError(f"{clients} clients: run failed:\n{done.stderr[-3000:]}")
     run_dir = Path(done.stdout.strip().splitlines()[-1])
     rounds = json.loads((run_dir / "results.json").read_text())["rounds"]
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))  # the cores this process may use, not the host's
     return {
         "clients": clients,
-        "per_round": round(fraction * clients),
+        "per_round": max(r["num_clients"] for r in rounds),
         "wall_s": wall,
         "steady_round_s": statistics.median(r["wall_s"] for r in rounds[1:] or rounds),
         "per_call_overhead_s": per_call_overhead(rounds, cores),

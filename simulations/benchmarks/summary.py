@@ -25,6 +25,7 @@ FIGURES = {
     "per_call_overhead_ratio_10k": ("per-call overhead, 10,000 / 10 clients", "–"),
     "clients_10k_peak_rss_gib": ("peak RSS of the tree, 10,000 clients, GiB", "≤ 4"),
     "sweep_cells_per_hour_ratio": ("sweep runner / fresh run per cell, cells per hour", "≥ 3"),
+    "sweep_identical_results": ("every sweep cell's metrics identical in both runners", "yes"),
     "wire_ratio_min": ("full / smallest mode, bytes per client per round", "≥ 50"),
 }
 
@@ -52,6 +53,14 @@ def collect() -> dict[str, Any]:
         "sweep_identical_results": sweep and sweep["identical_results"],
         "wire_ratio_min": wire and wire["wire_ratio_min"],
     }
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.2f}"
 
 
 def markdown(summary: dict[str, Any]) -> str:

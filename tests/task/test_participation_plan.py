@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
+from task.accounting import PrivacyLedger
 from task.config import load_defaults, parse_run_config
 from task.privacy_plan import (
+    EPSILON_TOLERANCE,
     binomial_quantile,
     calibrate_noise_multiplier,
     exhaustion_share,
@@ -35,10 +37,20 @@ def test_the_plans_sigma_is_the_accountants_sigma_at_the_binomial_quantile() -> 
     planned = int(binom.ppf(0.999, 100, 0.1))
     plan = plan_for(cfg, num_examples=500)
     assert plan.planned_rounds == planned == planned_participations(cfg)
-    expected = calibrate_noise_multiplier(dataclasses.replace(plan, planned_rounds=planned))
-    assert calibrate_noise_multiplier(plan) == expected
+    sigma = calibrate_noise_multiplier(plan)
+    ledger = PrivacyLedger(accountant="rdp")
+    for _ in range(planned):  # the accountant over the quantile's participations, one by one
+        ledger.record(plan.round_events(sigma))
+    assert 8.0 - EPSILON_TOLERANCE <= ledger.epsilon(plan.delta) <= 8.0
     mean_plan = dataclasses.replace(plan, planned_rounds=10)  # the expected count
-    assert calibrate_noise_multiplier(plan) > calibrate_noise_multiplier(mean_plan)
+    assert sigma > calibrate_noise_multiplier(mean_plan)
+
+
+def test_exhaustion_is_computed_for_thousands_of_rounds() -> None:
+    cfg = _cfg(**{"num-server-rounds": 3000, "fraction-train": 0.1})
+    assert exhaustion_share(cfg) == pytest.approx(
+        binom.sf(planned_participations(cfg), 3000, 0.1), abs=1e-9
+    )
 
 
 def test_under_one_percent_of_a_thousand_clients_exhaust_at_the_default_quantile() -> None:
