@@ -74,13 +74,7 @@ def markdown(summary: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for key, (label, bar) in FIGURES.items():
-        value = summary.get(key)
-        shown = (
-            "–"
-            if value is None or (isinstance(value, float) and math.isnan(value))
-            else (f"{value:.2f}")
-        )
-        lines.append(f"| {label} (`{key}`) | {shown} | {bar} |")
+        lines.append(f"| {label} (`{key}`) | {_shown(summary.get(key))} | {bar} |")
     return "\n".join(lines) + "\n"
 
 
