@@ -19,34 +19,27 @@ Ratios, not seconds, are the result: the machines here are shared and noisy.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from simulations.benchmarks.harness import REPO, results_of, run_command, write_result
+
 EXPERIMENT = REPO / "simulations" / "experiments" / "default.toml"
-OUT = REPO / "outputs" / "bench"
 
 
 def timed_run(engine: str, output_dir: Path, assignments: list[str]) -> dict[str, Any]:
     """One whole ``python -m simulations run`` command: its wall and its round walls."""
-    command = [sys.executable, "-m", "simulations", "run", str(EXPERIMENT),
-               "--engine", engine, "--output-dir", str(output_dir)]  # fmt: skip
-    for assignment in assignments:
-        command += ["--set", assignment]
+    command = run_command(str(EXPERIMENT), "--engine", engine, "--output-dir", str(output_dir),
+                          assignments=assignments)  # fmt: skip
     start = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{engine} run failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    run_dir = Path(done.stdout.strip().splitlines()[-1])
-    rounds = json.loads((run_dir / "results.json").read_text())["rounds"]
+    rounds = results_of(done, engine)["rounds"]
     return {"wall_s": wall, "round_wall_s": [float(r["wall_s"]) for r in rounds]}
 
 
@@ -79,9 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         flower = timed_run("flower", Path(tmp) / "flower", args.assignments)
         floor = timed_run("in-process", Path(tmp) / "floor", args.assignments)
     figures = ratios(flower, floor)
-    OUT.mkdir(parents=True, exist_ok=True)
-    record = figures | {"flower": flower, "floor": floor, "set": args.assignments}
-    (OUT / "overhead.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_result("overhead", figures | {"flower": flower, "floor": floor, "set": args.assignments})
     print(
         f"steady round: Flower {figures['flower_steady_round_s']:.2f} s, floor "
         f"{figures['floor_steady_round_s']:.2f} s -> {figures['overhead_steady_ratio']:.2f}x"

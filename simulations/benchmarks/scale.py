@@ -20,11 +20,9 @@ build for 200,000 rows would dominate the run (``--set model.name=minilm …`` t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,8 +31,8 @@ from typing import Any
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[2]
-OUT = REPO / "outputs" / "bench"
+from simulations.benchmarks.harness import REPO, results_of, run_command, write_result
+
 MODEL = ["model.name=tiny-bert", "model.finetune=full"]
 
 
@@ -93,15 +91,10 @@ def measure(clients: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
                 f"fraction-train={fraction}", f"fraction-evaluate={fraction}",
                 f"num-server-rounds={args.rounds}",
                 *args.assignments]  # fmt: skip
-    command = [sys.executable, "-m", "simulations", "run", "--supernodes", str(clients),
-               "--output-dir", str(tmp / str(clients))]  # fmt: skip
-    for setting in settings:
-        command += ["--set", setting]
+    command = run_command("--supernodes", str(clients), "--output-dir", str(tmp / str(clients)),
+                          assignments=settings)  # fmt: skip
     done, peak, wall = run_with_peak_rss(command)
-    if done.returncode != 0:
-        raise RuntimeError(f"{clients} clients: run failed:\n{done.stderr[-3000:]}")
-    run_dir = Path(done.stdout.strip().splitlines()[-1])
-    rounds = json.loads((run_dir / "results.json").read_text())["rounds"]
+    rounds = results_of(done, f"{clients} clients")["rounds"]
     cores = len(os.sched_getaffinity(0))  # the cores this process may use, not the host's
     return {
         "clients": clients,
@@ -133,8 +126,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
               f"{r['steady_round_s']:6.1f} s, per-call overhead {r['per_call_overhead_s']:.3f} s "
               f"({r['per_call_overhead_ratio']:.2f}x the {results[0]['clients']}-client figure), "
               f"peak RSS {r['peak_rss_gib']:.2f} GiB")  # fmt: skip
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_result("scale", results)
     return results
 
 

@@ -15,7 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-OUT = Path(__file__).resolve().parents[2] / "outputs" / "bench"
+from simulations.benchmarks.harness import OUT, write_result
+
 # key: (what it measures, the bar of the performance issue)
 FIGURES = {
     "overhead_steady_ratio": ("steady round, Flower / compute floor", "≤ 1.3"),
@@ -83,8 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--docs", type=Path, help="also write DOCS/bench.md")
     args = parser.parse_args(argv)
     summary = collect()
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_result("summary", summary)
     text = markdown(summary)
     print(text)
     if args.docs:

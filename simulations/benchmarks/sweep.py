@@ -28,11 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from simulations.benchmarks.harness import REPO, results_of, run_command, write_result
 from simulations.evidence import REPORTED, VARIANTS, cell_experiment, load_grid, summary_path
 from simulations.experiment import parse_assignments
-
-REPO = Path(__file__).resolve().parents[2]
-OUT = REPO / "outputs" / "bench"
 
 
 def write_grid(path: Path, args: argparse.Namespace) -> None:
@@ -64,15 +62,14 @@ def fresh_runs(grid_path: Path, output_dir: Path) -> tuple[float, dict[str, dict
     start = time.perf_counter()
     for cell in grid.cells:
         experiment = cell_experiment(grid, cell, output_dir / "runs")
-        command = [sys.executable, "-m", "simulations", "run", "--supernodes",
-                   str(experiment.federation["num-supernodes"]),
-                   "--output-dir", str(output_dir / "runs")]  # fmt: skip
-        for key, value in experiment.overrides.items():
-            if key != "output-dir":
-                command += ["--set", f"{key}={json.dumps(value)}"]
-        done = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
-        run_dir = Path(done.stdout.strip().splitlines()[-1])
-        finals[cell.key] = json.loads((run_dir / "results.json").read_text())["final"]
+        settings = [f"{k}={json.dumps(v)}" for k, v in experiment.overrides.items()
+                    if k != "output-dir"]  # fmt: skip
+        command = run_command(
+            "--supernodes", str(experiment.federation["num-supernodes"]),
+            "--output-dir", str(output_dir / "runs"), assignments=settings,
+        )  # fmt: skip
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+        finals[cell.key] = results_of(done, cell.key)["final"]
     return time.perf_counter() - start, finals
 
 
@@ -107,8 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"sweep runner {result['sweep_cells_per_hour']:.0f} cells/h -> "
           f"{result['sweep_cells_per_hour_ratio']:.2f}x; identical per-cell results: "
           f"{identical}")  # fmt: skip
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result("sweep", result)
     return result
 
 

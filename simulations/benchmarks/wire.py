@@ -11,18 +11,16 @@ reply's ArrayRecord carries. Written to ``outputs/bench/wire.json`` with the rat
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
+from simulations.benchmarks.harness import write_result
 from simulations.experiment import parse_assignments
 from task.config import load_defaults, parse_run_config
 from task.data import label_names, load_splits
 from task.model import build_model, exchanged_state, load_tokenizer
 
 MODES = ("full", "lora", "top-layers", "head")
-OUT = Path(__file__).resolve().parents[2] / "outputs" / "bench"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -44,8 +42,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"(full / this = {ratios[f'full_over_{mode}']:7.1f}x)")  # fmt: skip
     result = {"model": cfg.model.name, "bytes": sent, **ratios,
               "wire_ratio_min": sent["full"] / min(sent.values())}  # fmt: skip
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "wire.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result("wire", result)
     return result
 
 
