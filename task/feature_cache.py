@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-from task.cache import cache_root
+from task.cache import cache_root, write_atomically
 from task.config import ModelConfig
 from task.data import Encoded
 from task.encoders import FrozenBottom
@@ -62,17 +60,6 @@ def compute_features(
     return torch.cat(parts).clone() if parts else torch.zeros(shape)
 
 
-def _save_atomically(features: torch.Tensor, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(features, staging)
-        os.replace(staging, target)  # concurrent writers produce identical files
-    finally:
-        Path(staging).unlink(missing_ok=True)
-
-
 def cached_features(
     bottom: FrozenBottom,
     input_ids: torch.Tensor,
@@ -95,7 +82,7 @@ def cached_features(
             features = None
     if features is None or features.shape[0] != input_ids.shape[0]:
         features = compute_features(bottom, input_ids, attention_mask)
-        _save_atomically(features, path)
+        write_atomically(path, lambda staging: torch.save(features, staging))
     return features
 
 

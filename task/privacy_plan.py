@@ -7,14 +7,12 @@ finds the smallest σ whose planned history stays within ``dp.target-epsilon``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import opacus
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
@@ -31,7 +29,7 @@ from task.accounting import (
     require,
     resolve_delta,
 )
-from task.cache import cache_root
+from task.cache import cache_root, write_atomically
 from task.config import RunConfig
 
 # Part of the disk key of calibrations: bump it when the search changes.
@@ -122,7 +120,9 @@ def calibrate_noise_multiplier(plan: PrivacyPlan) -> float:
     if _fits(plan, sigma):  # a cached σ is checked, never trusted
         return sigma
     sigma = _bisect_noise_multiplier(plan)
-    _write_atomically(path, json.dumps({"plan": repr(plan), "sigma": sigma}))
+    text = json.dumps({"plan": repr(plan), "sigma": sigma})
+    with contextlib.suppress(OSError):  # an unwritable cache only costs the next bisection
+        write_atomically(path, lambda staging: staging.write_text(text))
     return sigma
 
 
@@ -138,22 +138,6 @@ def _plan_key(plan: PrivacyPlan) -> str:
     """The plan and everything the bisection depends on, hashed."""
     text = f"{CALIBRATION_FORMAT}:{opacus.__version__}:{EPSILON_TOLERANCE}:{plan!r}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Store a calibration; a cache that cannot be written only costs the next bisection."""
-    staging = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(staging, path)  # concurrent writers write the same value
-    except OSError:
-        pass
-    finally:
-        if staging is not None:
-            Path(staging).unlink(missing_ok=True)
 
 
 def _bisect_noise_multiplier(plan: PrivacyPlan) -> float:
