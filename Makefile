@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(PY) simulations/benchmarks/wire.py
 	$(PY) simulations/benchmarks/sweep.py
 	$(PY) simulations/benchmarks/finetune_modes.py
+	$(PY) simulations/benchmarks/augment_cost.py
 	$(PY) -m simulations bench --set model.name=tiny-bert --set model.finetune=full
 	$(PY) simulations/benchmarks/summary.py --docs docs
 
@@ -61,6 +62,7 @@ bench-quick: $(STAMP)
 	$(PY) simulations/benchmarks/scale.py --clients 10,1000 --rounds 2
 	$(PY) simulations/benchmarks/wire.py
 	$(PY) simulations/benchmarks/sweep.py --variants fedavg --epsilons 8 --seeds 1,2 --set synthetic.num-examples=2000 --set num-server-rounds=3
+	$(PY) simulations/benchmarks/augment_cost.py --k 3 --modes head --steps 5
 	$(PY) simulations/benchmarks/summary.py
 
 format: $(STAMP)

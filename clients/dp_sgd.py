@@ -50,6 +50,12 @@ class WeightedDPOptimizer(DPOptimizer):
     Poisson sampling each step has the (ε, δ) the accountant gives for ``(σ, q)``. With
     all weights 1 and ``w_max = 1`` this is plain Opacus DP-SGD.
 
+    Augmentation multiplicity (De et al. 2022): with :meth:`set_variant_mask`, a batch of
+    ``b`` records holds ``b·m`` rows, record-major (a record, then its ``m - 1`` variants);
+    the per-sample gradients of a record's real rows are averaged *before* clipping, so
+    record ``i`` still contributes ``w_i · clip_C(mean_j g_ij)``, norm at most ``C·w_max``,
+    and nothing above changes: the same (σ, q, steps) hold however many variants it has.
+
     The argument needs each ``w_i`` to depend only on example ``i`` itself and on public
     or already-DP-released information (e.g. server weights computed from noised group
     counts). Weights computed from this client's raw data (local group frequencies,
@@ -100,6 +106,7 @@ class WeightedDPOptimizer(DPOptimizer):
         self.max_sample_weight = float(max_sample_weight)
         self.sample_rate = sample_rate
         self._sample_weights: torch.Tensor | None = None
+        self._variant_mask: torch.Tensor | None = None
         self._noised_steps: dict[float, int] = {}
 
     def set_sample_weights(self, weights: torch.Tensor | None) -> None:
@@ -121,6 +128,33 @@ class WeightedDPOptimizer(DPOptimizer):
                     "(noise grows with it)"
                 )
         self._sample_weights = weights
+
+    def set_variant_mask(self, mask: torch.Tensor | None) -> None:
+        """For the next step: ``(records, m)`` bool, which of each record's ``m`` rows are
+        real (column 0, the record itself, always is); None: one row per record."""
+        if mask is not None:
+            mask = torch.as_tensor(mask, dtype=torch.bool).detach()
+            if mask.dim() != 2 or (mask.numel() and not bool(mask[:, 0].all())):
+                raise ValueError("variant mask must be (records, rows per record) with column 0 "
+                                 "(the record itself) set")  # fmt: skip
+        self._variant_mask = mask
+
+    def _per_record(self, grad_samples: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each record's mean per-sample gradient over its real rows (multiplicity)."""
+        mask, self._variant_mask = self._variant_mask, None
+        if mask is None:
+            return grad_samples
+        records, rows = mask.shape
+        if self._batch_size(grad_samples) != records * rows:
+            raise ValueError(f"variant mask of {records}x{rows} rows for a batch of "
+                             f"{self._batch_size(grad_samples)} per-sample gradients")  # fmt: skip
+        share = mask.to(grad_samples[0].dtype)
+        share = share / share.sum(dim=1, keepdim=True).clamp(min=1.0)
+        return [
+            torch.einsum("rm,rm...->r...", share.to(g.device, g.dtype), g.view(records, rows,
+                         *g.shape[1:]))
+            for g in grad_samples
+        ]  # fmt: skip
 
     def _take_weights(self, batch_size: int, device: torch.device) -> torch.Tensor:
         weights, self._sample_weights = self._sample_weights, None
@@ -146,9 +180,10 @@ class WeightedDPOptimizer(DPOptimizer):
     def clip_and_accumulate(self) -> None:
         """Clip per-sample gradients to C, multiply by ``w_i`` and add into ``summed_grad``.
 
-        Same as ``DPOptimizer.clip_and_accumulate`` except for the weight factor.
+        Same as ``DPOptimizer.clip_and_accumulate`` except for the weight factor and the
+        per-record mean over variants.
         """
-        grad_samples = self.grad_samples
+        grad_samples = self._per_record(self.grad_samples)
         batch_size = self._batch_size(grad_samples)
         device = grad_samples[0].device
         weights = self._take_weights(batch_size, device)
@@ -196,6 +231,7 @@ class WeightedDPOptimizer(DPOptimizer):
         for p in self.params:
             p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
         self.set_sample_weights(None)
+        self.set_variant_mask(None)
         self.step()
 
     def pop_privacy_events(self) -> list[Event]:

@@ -13,6 +13,7 @@ from functools import lru_cache
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from task.augment import public_pool, with_counterfactuals
 from task.config import RunConfig
 from task.data import Encoded, encode, group_names, load_partition, load_splits
 from task.feature_cache import with_features
@@ -24,9 +25,11 @@ class ClientRuntime:
     """What a client keeps between rounds in one process (rebuilt if the process restarts)."""
 
     model: nn.Module
-    train: Encoded
+    train: Encoded  # with its counterfactual variants under augment.method = counterfactual
     eval: Encoded
     groups: list[str]
+    #: ``augment.method = synthesize``: the recipe's public examples to draw from
+    public: Encoded | None = None
 
 
 @lru_cache(maxsize=1)
@@ -48,9 +51,24 @@ def client_runtime(cfg: RunConfig, partition_id: int, num_partitions: int) -> Cl
     )
     tokenizer, model = _tokenizer_and_model(cfg)
     max_length = cfg.model.max_length
+    train = encode(local["train"], tokenizer, groups, max_length)
+    if cfg.augment.counterfactual:
+        train = with_counterfactuals(
+            local["train"], train, cfg.augment, cfg.data.dataset, tokenizer=tokenizer,
+            groups=groups, max_length=max_length, seed=cfg.seed + partition_id,
+        )  # fmt: skip
     return ClientRuntime(
         model=model,
-        train=with_features(encode(local["train"], tokenizer, groups, max_length), cfg.model),
+        train=with_features(train, cfg.model),
         eval=with_features(encode(local["eval"], tokenizer, groups, max_length), cfg.model),
         groups=groups,
+        public=_public_examples(cfg, tuple(groups)) if cfg.augment.synthesize else None,
     )
+
+
+@lru_cache(maxsize=1)
+def _public_examples(cfg: RunConfig, groups: tuple[str, ...]) -> Encoded:
+    """The recipe's public pool, encoded once per process (the same for every client)."""
+    tokenizer, _ = _tokenizer_and_model(cfg)
+    pool = public_pool(cfg.augment, cfg.data, cfg.seed, list(groups))
+    return with_features(encode(pool, tokenizer, list(groups), cfg.model.max_length), cfg.model)

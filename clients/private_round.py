@@ -8,7 +8,9 @@ Order within a participation, each step accounted in the same ledger:
 3. derive per-example group weights from the *released* counts only (post-processing,
    so the weights add no privacy cost and w_max is data-independent given the release);
 4. DP-SGD with Opacus (Poisson sampling), post-clip weights with noise σ·C·w_max, or a
-   pre-clip loss weight, or none; the optimizer reports the steps it actually took.
+   pre-clip loss weight, or none; a record's counterfactuals averaged into its gradient
+   before clipping, public synthesized rows drawn beside the records at the same rate;
+   the optimizer reports the steps it actually took.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 from clients.dp_sgd import make_private
 from clients.training import TrainResult, local_training, train
 from task.accounting import PrivacyLedger, denoise_counts, noise_group_counts, release_event
+from task.augment import synthesized_rows
 from task.config import RunConfig
 from task.data import Encoded
 from task.privacy_plan import calibrate_noise_multiplier, plan_for
@@ -76,8 +79,13 @@ def run_private_round(
     *,
     ledger_state: dict[str, Any],
     randomness: DPRandomness,
+    public_pool: Encoded | None = None,
 ) -> PrivateRound:
-    """Train ``model`` in place with DP-SGD if the budget allows this participation."""
+    """Train ``model`` in place with DP-SGD if the budget allows this participation.
+
+    ``public_pool`` (``augment.method = synthesize``): public examples, of which the
+    groups the *released* counts show as scarce get theirs (post-processing, no ε).
+    """
     plan = plan_for(cfg, len(data))
     sigma = calibrate_noise_multiplier(plan)
     ledger = PrivacyLedger.from_state(ledger_state, accountant=cfg.dp.accountant)
@@ -87,7 +95,11 @@ def run_private_round(
     released = noise_group_counts(counts, sigma=plan.stats_noise, rng=randomness.counts_rng())
     ledger.record([release_event(plan.stats_noise)])
     released = denoise_counts(released, sigma=plan.stats_noise, threshold=cfg.fair.count_threshold)
-    local = local_training(cfg, model, data, released, seed=randomness.batch_seed())
+    public = None
+    if public_pool is not None:
+        public = synthesized_rows(public_pool, released, min_share=cfg.augment.min_share)
+    local = local_training(cfg, model, data, released, seed=randomness.batch_seed(),
+                           public=public)  # fmt: skip
     model.train()  # Opacus refuses a model left in eval mode by the last evaluation
     module, optimizer, dp_loader = make_private(
         model,

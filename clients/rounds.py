@@ -14,8 +14,9 @@ from clients.local import ClientRuntime
 from clients.private_round import DPRandomness, PrivateRound, run_private_round
 from clients.training import TrainResult, local_training, train
 from task import wire
+from task.augment import synthesized_rows
 from task.config import RunConfig
-from task.data import Encoded, group_counts
+from task.data import Encoded, concat, group_counts
 from task.inference import predict
 from task.model import exchanged_state, load_exchanged
 
@@ -41,8 +42,13 @@ def local_gap(runtime: ClientRuntime, data: Encoded) -> float:
 def _plain_round(
     cfg: RunConfig, runtime: ClientRuntime, counts: np.ndarray, seed: int
 ) -> TrainResult:
-    """Train without DP (``dp.mode`` off or central); weights from the true counts."""
-    local = local_training(cfg, runtime.model, runtime.train, counts, seed=seed)
+    """Train without DP (``dp.mode`` off or central); weights from the true counts, and
+    augmented examples as plain rows (no per-record privacy unit to keep)."""
+    data = runtime.train.with_variants_as_rows()
+    if runtime.public is not None:
+        public = synthesized_rows(runtime.public, counts, min_share=cfg.augment.min_share)
+        data = concat(data, public)
+    local = local_training(cfg, runtime.model, data, counts, seed=seed)
     return train(
         runtime.model,
         local.optimizer,
@@ -120,7 +126,7 @@ def train_round(
     if cfg.dp.local:
         private = run_private_round(
             cfg, runtime.model, runtime.train, counts, ledger_state=ledger_state,
-            randomness=DPRandomness(seed, secure=secure_rng),
+            randomness=DPRandomness(seed, secure=secure_rng), public_pool=runtime.public,
         )  # fmt: skip
         result, new_state = private.result, private.ledger.to_state()
         sent_counts = private.released_counts if result else np.zeros_like(counts)

@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from clients.group_sampling import GroupPoissonSampler, expected_batch, group_rates
 from task.config import RunConfig
-from task.data import Encoded
-from task.inference import logits_of
+from task.data import Encoded, concat
+from task.inference import logits_of, takes_row_axis
 from task.privacy_plan import poisson_rate, poisson_steps_per_epoch
 
 
@@ -29,11 +29,26 @@ class TrainResult:
     num_examples: int
 
 
+def record_tensors(data: Encoded, weights: torch.Tensor) -> TensorDataset:
+    """One item per record: (inputs, attention mask, label, weight), and with
+    counterfactuals its (k variant inputs, k masks, k real-variant flags)."""
+    tensors = [data.model_input, data.attention_mask, data.labels, weights]
+    if data.variants is not None and data.variant_valid is not None:
+        n, k = data.variant_valid.shape
+        variants = data.variants
+        tensors += [
+            variants.model_input.reshape(n, k, *variants.model_input.shape[1:]),
+            variants.attention_mask.reshape(n, k, -1),
+            data.variant_valid,
+        ]
+    return TensorDataset(*tensors)
+
+
 def make_loader(
     data: Encoded, weights: torch.Tensor, batch_size: int, *, seed: int, shuffle: bool = True
 ) -> DataLoader:
-    """Batches of (inputs, attention mask, label, weight), shuffled by ``seed``."""
-    dataset = TensorDataset(data.model_input, data.attention_mask, data.labels, weights)
+    """Batches of :func:`record_tensors`, shuffled by ``seed``."""
+    dataset = record_tensors(data, weights)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
@@ -44,6 +59,27 @@ def per_example_loss(model: nn.Module, batch: list[torch.Tensor]) -> tuple[torch
     logits = logits_of(model, inputs, attention_mask)
     losses = nn.functional.cross_entropy(logits, labels, reduction="none")
     return losses, int((logits.argmax(-1) == labels).sum())
+
+
+def with_variant_rows(batch: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """A batch of records with variants as record-major rows (a record, then its k
+    variants), and the (records, 1 + k) mask of real rows."""
+    inputs, mask, labels, weights, v_inputs, v_mask, v_valid = batch
+    rows = 1 + v_valid.shape[1]
+    real = torch.cat([torch.ones_like(v_valid[:, :1]), v_valid], dim=1)
+    flat = [
+        torch.cat([inputs[:, None], v_inputs], dim=1).flatten(0, 1),
+        torch.cat([mask[:, None], v_mask], dim=1).flatten(0, 1),
+        labels.repeat_interleave(rows),
+        weights.repeat_interleave(rows),
+    ]
+    return flat, real
+
+
+def record_losses(losses: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Per record, the mean loss over its real rows."""
+    share = real.to(losses.dtype)
+    return (losses.view(real.shape) * share).sum(1) / share.sum(1)
 
 
 def train(
@@ -64,7 +100,6 @@ def train(
     model.train()
     start = time.perf_counter()
     total_loss, correct, seen, steps = 0.0, 0, 0, 0
-    weighted_optimizer = hasattr(optimizer, "set_sample_weights")
     for _ in range(epochs):
         for batch in loader:
             optimizer.zero_grad()
@@ -73,15 +108,7 @@ def train(
                 if hasattr(optimizer, "step_on_empty_batch"):  # (without DP: nothing to do)
                     optimizer.step_on_empty_batch()
                 continue
-            losses, batch_correct = per_example_loss(model, batch)
-            weights = batch[3]
-            if weighting == "post-clip" and weighted_optimizer:
-                optimizer.set_sample_weights(weights)  # type: ignore[attr-defined]
-                loss = losses.mean()
-            elif weighting != "off":
-                loss = (losses * weights).mean()
-            else:
-                loss = losses.mean()
+            loss, losses, batch_correct = batch_loss(model, optimizer, batch, weighting)
             loss.backward()
             optimizer.step()
             total_loss += float(losses.detach().sum())
@@ -94,6 +121,64 @@ def train(
         seconds=time.perf_counter() - start,
         num_examples=len(loader.dataset),  # type: ignore[arg-type]
     )
+
+
+def batch_loss(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batch: list[torch.Tensor],
+    weighting: str,
+) -> tuple[torch.Tensor, torch.Tensor, int]:  # fmt: skip
+    """The loss to back-propagate, the per-row losses and the correct predictions; hands
+    per-record weights and the variant mask to a weighted DP optimizer.
+
+    With variants each record's objective is the mean loss over its real rows. Under DP
+    the optimizer takes the mean of a record's per-row gradients before clipping, which is
+    exactly that objective's gradient: rows interact in no layer, so each row's per-sample
+    gradient is its own loss's.
+    """
+    weighted_optimizer = hasattr(optimizer, "set_sample_weights")
+    weights = batch[3]
+    if len(batch) == 4:
+        losses, correct = per_example_loss(model, batch)
+        if weighting == "post-clip" and weighted_optimizer:
+            optimizer.set_sample_weights(weights)  # type: ignore[attr-defined]
+            return losses.mean(), losses, correct
+        scale = weights if weighting != "off" else torch.ones_like(losses)
+        return (losses * scale).mean(), losses, correct
+    if weighted_optimizer and takes_row_axis(model):
+        return _row_axis_loss(model, optimizer, batch, weighting)
+    rows, real = with_variant_rows(batch)
+    losses, correct = per_example_loss(model, rows)
+    if not weighted_optimizer:  # no per-sample gradients: the per-record mean, on the loss
+        scale = weights if weighting != "off" else torch.ones_like(weights)
+        return (record_losses(losses, real) * scale).mean(), losses, correct
+    optimizer.set_variant_mask(real)  # type: ignore[attr-defined]
+    if weighting == "post-clip":
+        optimizer.set_sample_weights(weights)  # type: ignore[attr-defined]
+    scale = weights if weighting == "pre-clip" else torch.ones_like(weights)
+    return (losses * scale.repeat_interleave(real.shape[1])).mean(), losses, correct
+
+
+def _row_axis_loss(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batch: list[torch.Tensor],
+    weighting: str,
+) -> tuple[torch.Tensor, torch.Tensor, int]:  # fmt: skip
+    """:func:`batch_loss` with a record's rows on an axis of their own, (records, 1 + k, …).
+
+    Opacus' per-sample gradient of a linear layer sums over every axis but the first, so
+    the gradients come out per record, already the gradient of the record's mean loss:
+    no per-row gradient is materialised and regrouped (that costs more than the step)."""
+    inputs, mask, labels, weights, v_inputs, v_mask, v_valid = batch
+    real = torch.cat([torch.ones_like(v_valid[:, :1]), v_valid], dim=1)
+    logits = logits_of(model, torch.cat([inputs[:, None], v_inputs], 1),
+                       torch.cat([mask[:, None], v_mask], 1))  # fmt: skip
+    rows_labels = labels[:, None].expand(real.shape)
+    losses = nn.functional.cross_entropy(logits.flatten(0, 1), rows_labels.flatten(),
+                                         reduction="none")  # fmt: skip
+    correct = int((logits.argmax(-1) == rows_labels).sum())
+    if weighting == "post-clip":
+        optimizer.set_sample_weights(weights)  # type: ignore[attr-defined]
+    scale = weights if weighting == "pre-clip" else torch.ones_like(weights)
+    return (record_losses(losses, real) * scale).mean(), losses, correct
 
 
 @dataclass(frozen=True)
@@ -126,43 +211,61 @@ def weights_from_released(
 
 
 def local_training(
-    cfg: RunConfig, model: nn.Module, data: Encoded, counts: np.ndarray, *, seed: int
-) -> LocalTraining:
-    """Weights from ``counts`` (released ones under DP), the loader and the optimizer."""
+    cfg: RunConfig, model: nn.Module, data: Encoded, counts: np.ndarray, *, seed: int,
+    public: Encoded | None = None,
+) -> LocalTraining:  # fmt: skip
+    """Weights from ``counts`` (released ones under DP), the loader and the optimizer.
+
+    ``public``: synthesized examples under DP. They join the Poisson draw at the private
+    records' rate q, so the plan's q, steps and σ hold unchanged; being public, they cost
+    no ε (without DP the caller appends them to ``data`` as plain rows).
+    """
     weighting = cfg.fair.local_weighting if cfg.fair.local_alpha > 0 else "off"
     params = [p for p in model.parameters() if p.requires_grad]
-    if weighting == "sampling":
-        loader, sampled = group_balanced_loader(cfg, data, counts, seed=seed)
-        return LocalTraining(weighting, loader, cfg.train.make_optimizer(params), 1.0, sampled)
-    weights, w_max = torch.ones(len(data)), 1.0
-    if weighting != "off":
+    optimizer = cfg.train.make_optimizer(params)
+    rows = data if public is None else concat(data, public)
+    weights, w_max = torch.ones(len(rows)), 1.0
+    if weighting in ("post-clip", "pre-clip"):
         weights, w_max = weights_from_released(
-            counts, data.groups, alpha=cfg.fair.local_alpha, max_weight=cfg.fair.local_max_weight
+            counts, rows.groups, alpha=cfg.fair.local_alpha, max_weight=cfg.fair.local_max_weight
         )
+    if weighting == "sampling" or public is not None:
+        loader, sampled = poisson_loader(
+            cfg, rows, weights, counts, private_records=len(data), balanced=weighting == "sampling",
+            seed=seed,
+        )  # fmt: skip
+        return LocalTraining(weighting, loader, optimizer, w_max, sampled)
     loader = make_loader(data, weights, cfg.train.batch_size, seed=seed)
-    return LocalTraining(weighting, loader, cfg.train.make_optimizer(params), w_max)
+    return LocalTraining(weighting, loader, optimizer, w_max)
 
 
-def group_balanced_loader(
-    cfg: RunConfig, data: Encoded, counts: np.ndarray, *, seed: int
-) -> tuple[DataLoader, tuple[float, float]]:
-    """Poisson batches with per-group rates from ``counts`` (released ones under DP).
+def poisson_loader(
+    cfg: RunConfig, rows: Encoded, weights: torch.Tensor, counts: np.ndarray, *,
+    private_records: int, balanced: bool, seed: int,
+) -> tuple[DataLoader, tuple[float, float]]:  # fmt: skip
+    """Poisson batches where every row has its own rate: by group (``balanced``, from
+    ``counts``, released ones under DP) or the plain rate q.
 
-    The largest rate is the plain Poisson rate ``q = 1/ceil(n/B)`` of the privacy plan, so
-    the plan, σ and the accountant are those of unweighted DP-SGD; scarcer groups keep
-    rate q and commoner ones are drawn less (:mod:`clients.group_sampling`).
+    The largest rate is the plain Poisson rate ``q = 1/ceil(n/B)`` of the privacy plan for
+    the ``private_records`` records, so the plan, σ and the accountant are those of
+    unweighted DP-SGD; with ``balanced`` scarcer groups keep rate q and commoner ones are
+    drawn less (:mod:`clients.group_sampling`). Rows after the private records (public
+    ones) are drawn at their group's rate too.
     """
-    q_max = poisson_rate(len(data), cfg.train.batch_size)
+    q_max = poisson_rate(private_records, cfg.train.batch_size)
     num_groups = len(counts)
-    per_group, _ = weights_from_released(
-        counts, torch.arange(num_groups), alpha=cfg.fair.local_alpha,
-        max_weight=cfg.fair.local_max_weight,
-    )  # fmt: skip
-    rates = group_rates(per_group.double().numpy(), counts, max_rate=q_max)
-    dataset = TensorDataset(data.model_input, data.attention_mask, data.labels,
-                            torch.ones(len(data)))  # fmt: skip
+    rates = np.full(num_groups, q_max)
+    if balanced:
+        per_group, _ = weights_from_released(
+            counts, torch.arange(num_groups), alpha=cfg.fair.local_alpha,
+            max_weight=cfg.fair.local_max_weight,
+        )  # fmt: skip
+        rates = group_rates(per_group.double().numpy(), counts, max_rate=q_max)
+    public_groups = rows.groups[private_records:].numpy()
+    expected_counts = counts + np.bincount(public_groups, minlength=num_groups)
+    dataset = record_tensors(rows, weights)
     sampler = GroupPoissonSampler(
-        torch.from_numpy(rates)[data.groups], steps=poisson_steps_per_epoch(q_max),
+        torch.from_numpy(rates)[rows.groups], steps=poisson_steps_per_epoch(q_max),
         generator=torch.Generator().manual_seed(seed),
     )  # fmt: skip
     first = dataset[0]
@@ -171,4 +274,4 @@ def group_balanced_loader(
         dtypes=[x.dtype for x in first],
     )  # fmt: skip
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
-    return loader, (q_max, expected_batch(counts, rates))
+    return loader, (q_max, expected_batch(expected_counts, rates))

@@ -39,7 +39,7 @@ from simulations.inprocess import run_in_process
 from simulations.runner import run_experiment
 from task.config import flatten, load_defaults
 
-VARIANTS: dict[str, dict[str, Any]] = {
+_BASE_VARIANTS: dict[str, dict[str, Any]] = {
     "fedavg": {"strategy": "fedavg", "fair.local-weighting": "off"},
     "qfedavg": {"strategy": "qfedavg", "fair.local-weighting": "off"},
     "fairfed": {"strategy": "fairfed", "fair.local-weighting": "off"},
@@ -50,6 +50,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "representation+sampling": {"strategy": "representation", "fair.local-weighting": "sampling"},
     "fedavg+sampling": {"strategy": "fedavg", "fair.local-weighting": "sampling"},
 }
+# Every variant without augmentation, and "<variant>+counterfactual" / "+synthesize".
+VARIANTS: dict[str, dict[str, Any]] = {
+    f"{name}{suffix}": keys | {"augment.method": method}
+    for name, keys in _BASE_VARIANTS.items()
+    for suffix, method in (("", "none"), ("+counterfactual", "counterfactual"),
+                           ("+synthesize", "synthesize"))
+}  # fmt: skip
 REPORTED = ("accuracy", "balanced_accuracy", "worst_group_accuracy", "group_accuracy_gap",
             "equalized_odds_difference", "demographic_parity_difference",
             "counterfactual_flip_rate")  # fmt: skip
@@ -93,7 +100,8 @@ class Grid:
 
 REQUIRED = ("name", "variants", "epsilons", "seeds")
 # Keys each cell sets itself: a grid override of one would make cells lie about their label.
-SET_BY_CELL = ("strategy", "fair.local-weighting", "seed", "dp.mode", "dp.target-epsilon")
+SET_BY_CELL = ("strategy", "fair.local-weighting", "augment.method", "seed", "dp.mode",
+               "dp.target-epsilon")  # fmt: skip
 
 
 def _epsilon(value: Any, path: Path) -> float:

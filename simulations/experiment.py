@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.run_config import load_experiment_file, run_config_flag
+from task.augment import check_augmentation
 from task.config import RunConfig, load_defaults, parse_run_config
 from task.data import check_partitions
 from task.model import check_model_source
@@ -77,8 +78,9 @@ def build_experiment(
     overrides |= parse_assignments(assignments)
     if output_dir is not None:
         overrides["output-dir"] = output_dir
-    if overrides.get("data.path"):  # Flower's processes run elsewhere: pin it to the caller's cwd
-        overrides["data.path"] = str(Path(overrides["data.path"]).expanduser().resolve())
+    for key in ("data.path", "augment.lexicon"):  # Flower's processes run elsewhere: pin
+        if overrides.get(key):  # paths to the caller's cwd
+            overrides[key] = str(Path(overrides[key]).expanduser().resolve())
     if supernodes is not None:
         federation["num-supernodes"] = supernodes
     experiment = Experiment(overrides=overrides, federation=_check_federation(federation))
@@ -89,4 +91,5 @@ def build_experiment(
     if check_data and cfg.data.dataset != "hf":  # a hub dataset would download: clients check
         check_partitions(cfg.data, cfg.partition, experiment.federation["num-supernodes"], cfg.seed)
     check_model_source(cfg.model, online=os.environ.get("FEDEQUITY_ONLINE") == "1")
+    check_augmentation(cfg.augment, cfg.data)
     return experiment

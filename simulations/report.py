@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from itertools import product
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
@@ -76,14 +77,21 @@ def skew_table(summaries: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _unaugmented(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cells without augmentation: the augmented ones have a plot of their own."""
+    return [s for s in summaries if VARIANTS[s["variant"]]["augment.method"] == "none"]
+
+
 def _colour(variant: str) -> str:
-    """One colour per variant in every panel, so one legend is true for all of them."""
-    return f"C{list(VARIANTS).index(variant) % 10}"
+    """One colour per variant in every panel, so one legend is true for all of them (the
+    unaugmented variants: ten colours for nine)."""
+    unaugmented = [v for v, keys in VARIANTS.items() if keys["augment.method"] == "none"]
+    return f"C{unaugmented.index(variant) % 10}"
 
 
 def plot_worst_group_vs_epsilon(summaries: list[dict[str, Any]], path: Path) -> None:
-    groups = group_cells(summaries)
-    grids = sorted({g for g, _, _ in groups})
+    groups = group_cells(_unaugmented(summaries))
+    grids = sorted({g for g, _, _ in groups}) or ["(no unaugmented cells)"]
     fig, axes = plt.subplots(1, len(grids), figsize=(5 * len(grids), 4.6), squeeze=False)
     for ax, grid in zip(axes[0], grids, strict=True):
         for variant in sorted({v for g, v, _ in groups if g == grid}):
@@ -126,7 +134,7 @@ def gap_vs_cost(summaries: list[dict[str, Any]]) -> list[tuple[str, float, float
 
 def plot_gap_vs_cost(summaries: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for label, cost, reduction in gap_vs_cost(summaries):
+    for label, cost, reduction in gap_vs_cost(_unaugmented(summaries)):
         ax.scatter(cost, reduction, s=25, label=label)  # a legend: labels on points overlap
     if ax.collections:
         ax.legend(fontsize=7, loc="best")
@@ -137,6 +145,106 @@ def plot_gap_vs_cost(summaries: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+AUGMENT_METHODS = ("none", "counterfactual", "synthesize")
+AUGMENT_STYLE = {"none": "-", "counterfactual": "--", "synthesize": ":"}
+AUGMENT_METRICS = ("accuracy", "worst_group_accuracy", "group_accuracy_gap",
+                   "equalized_odds_difference", "counterfactual_flip_rate")  # fmt: skip
+
+
+def _split_variant(variant: str) -> tuple[str, str]:
+    """``"fedavg+counterfactual"`` → ``("fedavg", "counterfactual")``."""
+    method = VARIANTS[variant]["augment.method"]
+    return (variant.removesuffix(f"+{method}") if method != "none" else variant), method
+
+
+def _paired_means(
+    cells: list[dict[str, Any]], base: list[dict[str, Any]], metric: str
+) -> tuple[float, float] | None:
+    """Means of ``metric`` over the seeds both have (None where either lacks it)."""
+    seeds = {c["seed"] for c in cells if c.get(metric) is not None}
+    seeds &= {c["seed"] for c in base if c.get(metric) is not None}
+    if not seeds:
+        return None
+    ours = mean(c[metric] for c in cells if c["seed"] in seeds)
+    return ours, mean(c[metric] for c in base if c["seed"] in seeds)
+
+
+def _relative_change(cells: list[dict[str, Any]], base: list[dict[str, Any]], metric: str) -> str:
+    means = _paired_means(cells, base, metric)
+    if means is None or not means[1]:
+        return "–"
+    return f"{100 * (means[0] / means[1] - 1):+.0f} %"
+
+
+def augmentation_table(summaries: list[dict[str, Any]]) -> str:
+    """Each augmented variant against the same variant without augmentation, at the same
+    (data, ε), over the seeds both have: means and the change of the paired means."""
+    groups = group_cells(summaries)
+    header = ["data", "variant", "ε", "seeds", *AUGMENT_METRICS, "Δ flip rate", "Δ worst",
+              "Δ accuracy (points)"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (grid, variant, eps), cells in sorted(groups.items()):
+        base_name, method = _split_variant(variant)
+        base = groups.get((grid, base_name, eps), [])
+        accuracy = _paired_means(cells, base, "accuracy")
+        if method == "none" or accuracy is None:
+            continue
+        seeds = {c["seed"] for c in cells} & {c["seed"] for c in base}
+        row = [grid, variant, "∞" if math.isinf(eps) else f"{eps:g}", str(len(seeds))]
+        row += [_cell([c[m] for c in cells if c.get(m) is not None]) for m in AUGMENT_METRICS]
+        row += [_relative_change(cells, base, "counterfactual_flip_rate"),
+                _relative_change(cells, base, "worst_group_accuracy"),
+                f"{100 * (accuracy[0] - accuracy[1]):+.1f}"]  # fmt: skip
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def _series(
+    groups: dict[Key, list[dict[str, Any]]], grid: str, variant: str, metric: str
+) -> tuple[list[float], list[float]]:
+    """(ε with ∞ drawn at 16, mean of ``metric``) for one line of a panel."""
+    points = sorted((e, c) for (g, v, e), c in groups.items() if g == grid and v == variant)
+    values = [(e, [x[metric] for x in c if x.get(metric) is not None]) for e, c in points]
+    kept = [(e if math.isfinite(e) else 16.0, mean(v)) for e, v in values if v]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
+def plot_augmentation(summaries: list[dict[str, Any]], path: Path) -> bool:
+    """Flip rate (where the data has counterfactual sets) and worst-group accuracy vs ε,
+    one colour per base variant, one line style per augmentation method."""
+    groups = group_cells(summaries)
+    augmented = {(g, _split_variant(v)[0]) for g, v, _ in groups if _split_variant(v)[1] != "none"}
+    if not augmented:
+        return False
+    grids = sorted({g for g, _ in augmented})
+    bases = sorted({b for _, b in augmented}, key=list(VARIANTS).index)
+    metrics = ("counterfactual_flip_rate", "worst_group_accuracy")
+    fig, axes = plt.subplots(2, len(grids), figsize=(5 * len(grids), 7.5), squeeze=False)
+    for column, grid in enumerate(grids):
+        for row, metric in enumerate(metrics):
+            ax = axes[row][column]
+            for (index, base), method in product(enumerate(bases), AUGMENT_METHODS):
+                name = base if method == "none" else f"{base}+{method}"
+                xs, ys = _series(groups, grid, name, metric)
+                if xs:
+                    ax.plot(xs, ys, marker="o", color=f"C{index}", ls=AUGMENT_STYLE[method])
+            if not ax.lines:
+                ax.text(0.5, 0.5, "no counterfactual sets in this data", ha="center",
+                        va="center", transform=ax.transAxes)  # fmt: skip
+            ax.set_title(grid, fontsize=9)
+            ax.set_xlabel("ε (16 = no DP)")
+            ax.set_ylabel(metric.replace("_", " "))
+            ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=f"C{i}", marker="o") for i in range(len(bases))]
+    handles += [plt.Line2D([], [], color="k", ls=AUGMENT_STYLE[m]) for m in AUGMENT_METHODS]
+    labels = [*bases, *(f"augment: {m}" for m in AUGMENT_METHODS)]
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def coverage_line(coverage: dict[str, tuple[int, int, int]]) -> str:
@@ -183,8 +291,10 @@ def write_report(
     docs.mkdir(parents=True, exist_ok=True)
     plot_worst_group_vs_epsilon(summaries, docs / "evidence_worst_group_vs_epsilon.png")
     plot_gap_vs_cost(summaries, docs / "evidence_gap_vs_cost.png")
+    augmented = plot_augmentation(summaries, docs / "evidence_augmentation.png")
     wall = sum(s["wall_s"] for s in summaries)
     skew = skew_table(summaries)
+    augment = augmentation_table(summaries)
     text = (
         "# Evidence\n\nGenerated by `python -m simulations evidence` (`--docs docs` writes it "
         f"here); {engines_line(summaries)}; metrics of the final round on the global test "
@@ -197,6 +307,15 @@ def write_report(
         + ("\n## Partition skew\n\n" + skew if skew else "")
         + "\n![worst-group accuracy vs ε](evidence_worst_group_vs_epsilon.png)\n"
         + "\n![gap reduction vs accuracy cost](evidence_gap_vs_cost.png)\n"
+        + (
+            "\n## Augmentation\n\nEach augmented variant against the same variant without "
+            "augmentation (same data, ε and seeds; Δ: change of the seed-paired means). "
+            "Methods and their privacy argument: [augmentation.md](augmentation.md).\n\n"
+            + augment
+            + ("\n![augmentation vs none](evidence_augmentation.png)\n" if augmented else "")
+            if augment
+            else ""
+        )
     )
     path = docs / "evidence.md"
     path.write_text(text)

@@ -23,6 +23,9 @@ GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
 OPTIMIZERS = ("adamw", "sgd")
 LOCAL_WEIGHTINGS = ("post-clip", "pre-clip", "sampling", "off")
 FINETUNE_MODES = ("head", "top-layers", "lora", "full")
+AUGMENT_METHODS = ("none", "counterfactual", "synthesize")
+#: datasets whose recipe ships a lexicon (task/lexicons/) and public synthesis material
+AUGMENT_RECIPES = ("synthetic", "hatecheck")
 TINY_MODEL = "tiny-bert"
 
 
@@ -129,6 +132,22 @@ class FairConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    method: str
+    k: int
+    lexicon: str  # "" = the dataset recipe's own
+    min_share: float
+
+    @property
+    def counterfactual(self) -> bool:
+        return self.method == "counterfactual"
+
+    @property
+    def synthesize(self) -> bool:
+        return self.method == "synthesize"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int
     num_server_rounds: int
@@ -142,6 +161,7 @@ class RunConfig:
     train: TrainConfig
     dp: DPConfig
     fair: FairConfig
+    augment: AugmentConfig
 
 
 def _one_of(*valid: str) -> Callable[[Any], str | None]:
@@ -235,6 +255,10 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "fair.local-max-weight": (float, _at_least(1)),
     "fair.fairfed-beta": (float, _at_least(0)),
     "fair.count-threshold": (float, lambda v: None if 0 <= v <= 10 else "a number in [0, 10]"),
+    "augment.method": (str, _one_of(*AUGMENT_METHODS)),
+    "augment.k": (int, lambda v: None if 1 <= v <= 16 else "an int in [1, 16]"),
+    "augment.lexicon": (str, _any),
+    "augment.min-share": (float, _open_unit),
     "qfedavg.q": (float, _at_least(0)),
     "qfedavg.learning-rate": (float, _above(0)),
 }
@@ -328,6 +352,7 @@ def _check_combinations(v: Mapping[str, Any]) -> None:
             f"encoder, but {TINY_MODEL!r} is trained from scratch; valid: 'full' or 'lora', or "
             "a pretrained model.name such as 'minilm'"
         )
+    _check_augment(v)
     if v["dp.planned-participations"] > v["num-server-rounds"]:
         raise ValueError(
             f"run-config key 'dp.planned-participations': {v['dp.planned-participations']} "
@@ -342,6 +367,22 @@ def _check_combinations(v: Mapping[str, Any]) -> None:
             "run-config key 'dp.mode': central DP is not available with strategy='qfedavg' "
             "(its step depends on every client's update norm, so one client's influence is "
             "not bounded by the clip); valid: 'off' or 'local', or another strategy"
+        )
+
+
+def _check_augment(v: Mapping[str, Any]) -> None:
+    method, dataset = v["augment.method"], v["dataset"]
+    if method == "synthesize" and dataset not in AUGMENT_RECIPES:
+        raise ValueError(
+            f"run-config key 'augment.method': 'synthesize' needs public material of the "
+            f"dataset's recipe, which only {', '.join(map(repr, AUGMENT_RECIPES))} ship; "
+            f"dataset={dataset!r} has none; valid: 'none' or 'counterfactual' with augment.lexicon"
+        )
+    if method == "counterfactual" and dataset not in AUGMENT_RECIPES and not v["augment.lexicon"]:
+        raise ValueError(
+            f"run-config key 'augment.lexicon' is required for augment.method='counterfactual' "
+            f"with dataset={dataset!r} (only {', '.join(map(repr, AUGMENT_RECIPES))} ship one): "
+            "a JSON or CSV file of group -> terms"
         )
 
 
@@ -412,5 +453,11 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             count_threshold=v["fair.count-threshold"],
             qfedavg_q=v["qfedavg.q"],
             qfedavg_learning_rate=v["qfedavg.learning-rate"],
+        ),
+        augment=AugmentConfig(
+            method=v["augment.method"],
+            k=v["augment.k"],
+            lexicon=v["augment.lexicon"],
+            min_share=v["augment.min-share"],
         ),
     )

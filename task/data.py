@@ -8,6 +8,7 @@ population's group shares.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -158,14 +159,55 @@ class Encoded:
     features: torch.Tensor | None = None
     #: counterfactual set per row (rows of one template with identities swapped), or -1
     sets: torch.Tensor | None = None
+    #: ``augment.k`` variants per row, record-major (``len(self) * k`` rows), and which of
+    #: them exist (``(len(self), k)`` bool; the others repeat the row and are masked out)
+    variants: Encoded | None = None
+    variant_valid: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def select(self, rows: torch.Tensor) -> Encoded:
+        """These rows (and their variants) only."""
+        variants = None
+        if self.variants is not None and self.variant_valid is not None:
+            k = self.variant_valid.shape[1]
+            flat = (rows[:, None] * k + torch.arange(k)).reshape(-1)
+            variants = self.variants.select(flat)
+        return Encoded(
+            **{name: _take(getattr(self, name), rows) for name in _ROW_FIELDS},  # type: ignore[arg-type]
+            variants=variants,
+            variant_valid=_take(self.variant_valid, rows),
+        )
+
+    def with_variants_as_rows(self) -> Encoded:
+        """Valid variants appended as plain rows (training without DP: no privacy unit)."""
+        if self.variants is None or self.variant_valid is None:
+            return self
+        extra = self.variants.select(torch.nonzero(self.variant_valid.reshape(-1)).reshape(-1))
+        return concat(dataclasses.replace(self, variants=None, variant_valid=None), extra)
 
     @property
     def model_input(self) -> torch.Tensor:
         """What the trained model reads: cached features when present, else token ids."""
         return self.input_ids if self.features is None else self.features
+
+
+_ROW_FIELDS = ("input_ids", "attention_mask", "labels", "groups", "features", "sets")
+
+
+def _take(tensor: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    return None if tensor is None else tensor[rows]
+
+
+def concat(first: Encoded, second: Encoded) -> Encoded:
+    """The rows of both, without variants (sets and features only if both have them)."""
+
+    def joined(name: str) -> torch.Tensor | None:
+        a, b = getattr(first, name), getattr(second, name)
+        return None if a is None or b is None else torch.cat([a, b])
+
+    return Encoded(**{name: joined(name) for name in _ROW_FIELDS})  # type: ignore[arg-type]
 
 
 def encode(

@@ -165,6 +165,8 @@ class TrainedTop(nn.Module):
         self.head = nn.Sequential(
             nn.Linear(width, head_hidden), nn.ReLU(), nn.Linear(head_hidden, num_labels)
         )
+        # the head alone is linear layers and a ReLU: a record's rows can share its batch slot
+        self.takes_row_axis = not self.layers
 
     def forward(self, features: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if not self.layers:

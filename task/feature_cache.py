@@ -87,11 +87,13 @@ def cached_features(
 
 
 def with_features(encoded: Encoded, cfg: ModelConfig) -> Encoded:
-    """``encoded`` with the frozen part's outputs attached (``head``/``top-layers`` only)."""
+    """``encoded`` (and its variants) with the frozen part's outputs attached
+    (``head``/``top-layers`` only)."""
     if not cfg.uses_feature_cache:
         return encoded
     bottom, digest = frozen_bottom(cfg)
     features = cached_features(
         bottom, encoded.input_ids, encoded.attention_mask, model_digest=digest
     )
-    return dataclasses.replace(encoded, features=features)
+    variants = None if encoded.variants is None else with_features(encoded.variants, cfg)
+    return dataclasses.replace(encoded, features=features, variants=variants)

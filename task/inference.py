@@ -34,6 +34,12 @@ def logits_of(model: nn.Module, inputs: torch.Tensor, attention_mask: torch.Tens
     return model(**model_inputs(model, inputs, attention_mask)).logits
 
 
+def takes_row_axis(model: nn.Module) -> bool:
+    """Whether the model maps (batch, rows, …) inputs row by row, only through layers whose
+    per-sample gradients sum over the extra axis (augmentation multiplicity's fast path)."""
+    return bool(getattr(_innermost(model), "takes_row_axis", False))
+
+
 def model_inputs(
     model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> dict[str, torch.Tensor]:

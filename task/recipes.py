@@ -40,6 +40,18 @@ HATECHECK_FILE = "test_suite_cases.csv"
 HATECHECK_LABELS = ("non-hateful", "hateful")
 HATECHECK_NO_GROUP = "none"
 _HATECHECK_COLUMNS = ("test_case", "label_gold", "target_ident", "templ_id")
+#: HateCheck's identity placeholders and the form of task/lexicons/hatecheck.json each takes
+HATECHECK_PLACEHOLDER_FORMS = {
+    "[IDENTITY_S]": "singular",
+    "[IDENTITY_P]": "plural",
+    "[IDENTITY_A]": "adjective",
+    "[IDENTITY_S_char_del]": "singular-char-del",
+    "[IDENTITY_P_char_del]": "plural-char-del",
+    "[IDENTITY_S_space_add]": "singular-space-add",
+    "[IDENTITY_P_space_add]": "plural-space-add",
+    "[IDENTITY_S_leet]": "singular-leet",
+    "[IDENTITY_P_leet]": "plural-leet",
+}
 
 
 def _read_adult(path: Path) -> pd.DataFrame:
@@ -189,6 +201,37 @@ def template_split(
     return np.isin(ids, templates[chosen])
 
 
+def _read_hatecheck(directory: str | Path, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    path = Path(directory) / HATECHECK_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"data.path={directory} must be a folder with {HATECHECK_FILE}")
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    needed = (*_HATECHECK_COLUMNS, *extra)
+    missing = [column for column in needed if column not in frame.columns]
+    unexpected = sorted(set(frame.get("label_gold", [])) - set(HATECHECK_LABELS))
+    if missing or unexpected:
+        raise ValueError(
+            f"data.path: {path} needs columns {list(needed)} (missing: {missing}) "
+            f"and label_gold in {list(HATECHECK_LABELS)} (found also: {unexpected})"
+        )
+    return frame
+
+
+def hatecheck_training_templates(
+    directory: str | Path, *, test_fraction: float, seed: int
+) -> list[tuple[str, int]]:
+    """(``case_templ``, label id) of every template of the *training* split, in file order.
+
+    The public material of synthesis: HateCheck is a published suite, its templates are
+    public; those of the test split (the same :func:`template_split`) are never returned.
+    """
+    frame = _read_hatecheck(directory, ("case_templ",))
+    in_test = template_split(frame["templ_id"], test_fraction=test_fraction, seed=seed)
+    train = frame[~in_test].drop_duplicates("templ_id")
+    labels = (train["label_gold"] == HATECHECK_LABELS[1]).astype("int64")
+    return list(zip(train["case_templ"].astype(str), labels.tolist(), strict=True))
+
+
 def load_hatecheck(directory: str | Path, *, test_fraction: float, seed: int) -> DatasetDict:
     """Load HateCheck's ``test_suite_cases.csv`` with a template-disjoint train/test split.
 
@@ -220,17 +263,7 @@ def load_hatecheck(directory: str | Path, *, test_fraction: float, seed: int) ->
         another label.
     """
     check_test_fraction(test_fraction)
-    path = Path(directory) / HATECHECK_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"data.path={directory} must be a folder with {HATECHECK_FILE}")
-    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    missing = [column for column in _HATECHECK_COLUMNS if column not in frame.columns]
-    unexpected = sorted(set(frame.get("label_gold", [])) - set(HATECHECK_LABELS))
-    if missing or unexpected:
-        raise ValueError(
-            f"data.path: {path} needs columns {list(_HATECHECK_COLUMNS)} (missing: {missing}) "
-            f"and label_gold in {list(HATECHECK_LABELS)} (found also: {unexpected})"
-        )
+    frame = _read_hatecheck(directory)
     clean = pd.DataFrame(
         {
             TEXT: frame["test_case"].str.strip(),

@@ -80,6 +80,14 @@ def _sentence(group: str, positive: bool, rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
+def public_examples(group: str, count: int, *, seed: int) -> list[tuple[str, int]]:
+    """``count`` (sentence, label) of ``group`` from the generator itself: the recipe's
+    public material for synthesis (a seed of its own, no row of any run's data)."""
+    rng = np.random.default_rng([seed, sorted(GROUP_SHARES).index(group)])
+    positive = rng.random(count) < POSITIVE_RATE[group]
+    return [(_sentence(group, bool(p), rng), int(p)) for p in positive]
+
+
 def generate(num_examples: int, rng: np.random.Generator) -> Dataset:
     """Generate ``num_examples`` rows with columns ``text``, ``label``, ``group``."""
     texts: list[str] = []

@@ -28,6 +28,11 @@ FIGURES = {
     "sweep_cells_per_hour_ratio": ("sweep runner / fresh run per cell, cells per hour", "≥ 3"),
     "sweep_identical_results": ("every sweep cell's metrics identical in both runners", "yes"),
     "wire_ratio_min": ("full / smallest mode, bytes per client per round", "≥ 50"),
+    "augment_k3_step_ratio_head": ("DP step, 3 counterfactuals per record / none, head", "–"),
+    "augment_k3_step_ratio_top_layers": (
+        "DP step, 3 counterfactuals per record / none, top-layers",
+        "–",
+    ),
 }
 
 
@@ -42,7 +47,9 @@ def _scale(scale: list[dict[str, Any]] | None, clients: int, key: str) -> float 
 
 
 def collect() -> dict[str, Any]:
-    overhead, scale, wire, sweep = (_read(n) for n in ("overhead", "scale", "wire", "sweep"))
+    overhead, scale, wire, sweep, augment = (
+        _read(n) for n in ("overhead", "scale", "wire", "sweep", "augment_cost")
+    )
     return {
         "overhead_steady_ratio": overhead and overhead["overhead_steady_ratio"],
         "overhead_run_ratio": overhead and overhead["overhead_run_ratio"],
@@ -53,7 +60,13 @@ def collect() -> dict[str, Any]:
         "sweep_cells_per_hour_ratio": sweep and sweep["sweep_cells_per_hour_ratio"],
         "sweep_identical_results": sweep and sweep["identical_results"],
         "wire_ratio_min": wire and wire["wire_ratio_min"],
+        "augment_k3_step_ratio_head": _augment(augment, "head"),
+        "augment_k3_step_ratio_top_layers": _augment(augment, "top-layers"),
     }
+
+
+def _augment(augment: dict[str, Any] | None, mode: str) -> float | None:
+    return (augment or {}).get(mode, {}).get("k3_ratio")
 
 
 def _shown(value: Any) -> str:

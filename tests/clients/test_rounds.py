@@ -146,10 +146,7 @@ def test_dp_with_zero_noise_and_huge_clip_reproduces_the_plain_update(
     cfg = parse_run_config(load_defaults() | SMALL | {
         "model.name": model_name, "model.finetune": finetune, "model.lora.r": 4})  # fmt: skip
     runtime = runtime_for(cfg)
-    train = runtime.train
-    rows = (train.input_ids, train.attention_mask, train.labels, train.groups)
-    features = None if train.features is None else train.features[:16]
-    data = Encoded(*(t[:16] for t in rows), features=features)  # type: ignore[misc]
+    data = runtime.train.select(torch.arange(16))
     tokenizer = load_tokenizer(cfg.model, list(load_splits(cfg.data, cfg.seed)["train"]["text"]))
     base = build_model(cfg.model, tokenizer, 2, seed=0)
     plain = _one_step(copy.deepcopy(base), data, private=False)

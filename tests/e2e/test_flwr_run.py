@@ -43,6 +43,7 @@ def test_flwr_run_writes_the_results_contract_and_stops_everything(tmp_path: Pat
             "synthetic.num-examples=2000",
             "dp.mode=both",
             "dp.target-epsilon=4",
+            "augment.method=counterfactual",  # the lexicon travels in the FAB
         ],
         supernodes=4,
         output_dir=str(tmp_path),
@@ -54,6 +55,7 @@ def test_flwr_run_writes_the_results_contract_and_stops_everything(tmp_path: Pat
     results = json.loads((run_dir / "results.json").read_text())
     assert {"config", "rounds", "privacy", "final"} <= set(results)
     assert results["config"]["strategy"] == "representation"
+    assert results["config"]["augment.method"] == "counterfactual"
     assert [r["round"] for r in results["rounds"]] == [1, 2]
     for record in results["rounds"]:
         assert set(record) >= ROUND_KEYS
@@ -71,12 +73,13 @@ def test_flwr_run_writes_the_results_contract_and_stops_everything(tmp_path: Pat
     assert processes_started_under(tmp_path) == []
 
 
-@pytest.mark.parametrize("strategy", ["qfedavg", "fairfed"])
-def test_baselines_run_end_to_end(strategy: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("strategy", "augment"), [("qfedavg", "synthesize"), ("fairfed", "none")])
+def test_baselines_run_end_to_end(strategy: str, augment: str, tmp_path: Path) -> None:
     experiment = build_experiment(
         None,
         [f"strategy={strategy}", "num-server-rounds=2", "synthetic.num-examples=2000",
-         "dp.mode=off", "train.optimizer=adamw", "train.learning-rate=0.003"],
+         "dp.mode=off", "train.optimizer=adamw", "train.learning-rate=0.003",
+         f"augment.method={augment}"],
         supernodes=4,
         output_dir=str(tmp_path),
     )  # fmt: skip

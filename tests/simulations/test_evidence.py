@@ -22,7 +22,13 @@ from simulations.evidence import (
     select,
     summary_path,
 )
-from simulations.report import gap_vs_cost, markdown_table, skew_table, write_report
+from simulations.report import (
+    augmentation_table,
+    gap_vs_cost,
+    markdown_table,
+    skew_table,
+    write_report,
+)
 from task.config import load_defaults
 
 GRIDS = Path(__file__).resolve().parents[2] / "simulations" / "experiments" / "evidence"
@@ -31,9 +37,10 @@ SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def test_shipped_grids_expand_to_the_full_design() -> None:
-    for name in ("synthetic", "hatecheck", "adult-race"):
+    # synthetic and hatecheck also cross 4 augmented variants (docs/augmentation.md)
+    for name, variants in (("synthetic", 11), ("hatecheck", 11), ("adult-race", 7)):
         pretrained = load_grid(GRIDS / f"{name}.toml")
-        assert len(pretrained.cells) == 7 * 4 * 3  # variants × ε × seeds, no skew cells
+        assert len(pretrained.cells) == variants * 4 * 3  # variants × ε × seeds, no skew
         assert {c.epsilon for c in pretrained.cells} == {1.0, 4.0, 8.0, math.inf}
         assert "representation+sampling" in {c.variant for c in pretrained.cells}
     grid = load_grid(FROM_SCRATCH / "synthetic.toml")
@@ -55,8 +62,11 @@ def test_shipped_grids_expand_to_the_full_design() -> None:
 def test_cell_overrides_turn_variant_and_epsilon_into_run_config() -> None:
     dp = Cell("g", "representation+post-clip", 4.0, 2, 0.1).overrides({"dataset": "synthetic"})
     assert dp == {"dataset": "synthetic", "strategy": "representation",
-                  "fair.local-weighting": "post-clip", "seed": 2, "dp.target-epsilon": 4.0,
-                  "partition.alpha": 0.1}  # fmt: skip
+                  "fair.local-weighting": "post-clip", "augment.method": "none", "seed": 2,
+                  "dp.target-epsilon": 4.0, "partition.alpha": 0.1}  # fmt: skip
+    augmented = Cell("g", "representation+sampling+counterfactual", 8.0, 1, None).overrides({})
+    assert augmented["augment.method"] == "counterfactual"
+    assert augmented["fair.local-weighting"] == "sampling"
     no_dp = Cell("g", "fedavg", math.inf, 1, None).overrides({})
     assert no_dp["dp.mode"] == "off" and "dp.target-epsilon" not in no_dp
     assert Cell("g", "fedavg", math.inf, 1, None).key == "g-fedavg-epsinf-s1"
@@ -103,6 +113,22 @@ def test_table_reports_mean_and_sample_std_over_seeds(tmp_path: Path) -> None:
     assert (
         "Cells run of the designed grid: g 3 of 81; h 0 of 9 (2 cannot run)." in report.read_text()
     )
+
+
+def test_augmentation_is_compared_with_the_same_variant_seed_by_seed(tmp_path: Path) -> None:
+    rows = [summary("fedavg", 1, 0.8, 0.4), summary("fedavg", 2, 0.6, 0.2),
+            summary("fedavg+counterfactual", 1, 0.9, 0.2),
+            summary("representation+sampling+counterfactual", 1, 0.9, 0.2)]  # fmt: skip
+    for row, flips in zip(rows, (0.4, 0.9, 0.3, 0.1), strict=True):
+        row["counterfactual_flip_rate"] = flips
+    table = augmentation_table(rows)
+    # paired on seed 1 only: flip 0.4 → 0.3 (−25 %), worst 0.4 → 0.7 (+75 %), acc +10 points
+    assert "| g | fedavg+counterfactual | 8 | 1 |" in table
+    assert table.rstrip().endswith("| -25 % | +75 % | +10.0 |")
+    assert "representation+sampling+counterfactual" not in table  # its base never ran
+    report = write_report(rows, tmp_path)
+    assert (tmp_path / "evidence_augmentation.png").stat().st_size > 1000
+    assert "## Augmentation" in report.read_text()
 
 
 def test_skew_table_puts_the_main_cells_at_the_grids_own_alpha() -> None:
