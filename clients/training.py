@@ -147,15 +147,24 @@ def batch_loss(
     if weighted_optimizer and takes_row_axis(model):
         return _row_axis_loss(model, optimizer, batch, weighting)
     rows, real = with_variant_rows(batch)
-    losses, correct = per_example_loss(model, rows)
+    logits = logits_of(model, rows[0], rows[1])
+    losses = nn.functional.cross_entropy(logits, rows[2], reduction="none")
+    correct = _real_correct(logits, rows[2], real.flatten())
     if not weighted_optimizer:  # no per-sample gradients: the per-record mean, on the loss
         scale = weights if weighting != "off" else torch.ones_like(weights)
-        return (record_losses(losses, real) * scale).mean(), losses, correct
+        return (record_losses(losses, real) * scale).mean(), losses[real.flatten()], correct
     optimizer.set_variant_mask(real)  # type: ignore[attr-defined]
     if weighting == "post-clip":
         optimizer.set_sample_weights(weights)  # type: ignore[attr-defined]
     scale = weights if weighting == "pre-clip" else torch.ones_like(weights)
-    return (losses * scale.repeat_interleave(real.shape[1])).mean(), losses, correct
+    loss = (losses * scale.repeat_interleave(real.shape[1])).mean()
+    return loss, losses[real.flatten()], correct
+
+
+def _real_correct(logits: torch.Tensor, labels: torch.Tensor, real: torch.Tensor) -> int:
+    """Correct predictions among the real rows (a missing variant's masked repeat of its
+    record is not counted)."""
+    return int(((logits.argmax(-1) == labels) & real).sum())
 
 
 def _row_axis_loss(
@@ -174,11 +183,11 @@ def _row_axis_loss(
     rows_labels = labels[:, None].expand(real.shape)
     losses = nn.functional.cross_entropy(logits.flatten(0, 1), rows_labels.flatten(),
                                          reduction="none")  # fmt: skip
-    correct = int((logits.argmax(-1) == rows_labels).sum())
+    correct = _real_correct(logits, rows_labels, real)
     if weighting == "post-clip":
         optimizer.set_sample_weights(weights)  # type: ignore[attr-defined]
     scale = weights if weighting == "pre-clip" else torch.ones_like(weights)
-    return (record_losses(losses, real) * scale).mean(), losses, correct
+    return (record_losses(losses, real) * scale).mean(), losses[real.flatten()], correct
 
 
 @dataclass(frozen=True)

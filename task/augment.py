@@ -18,6 +18,7 @@ data. How many a client adds depends only on its released counts (post-processin
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -74,12 +75,21 @@ def counterfactual_variants(
     texts: list[str], groups: list[str], lexicon: Lexicon, *, k: int, seed: int
 ) -> list[list[tuple[str, str]]]:
     """Per record, up to ``k`` (text, target group) counterfactuals, targets in a seeded
-    order so a record's variants spread over the other groups."""
-    rng = np.random.default_rng(seed)
+    order so a record's variants spread over the other groups.
+
+    Each record's order is seeded by ``seed`` and the record itself, never by a stream
+    shared with the other records: a record's variants (and so its gradient) must not
+    change when another record is added or removed, or the per-record bound breaks."""
     return [
-        lexicon.counterfactuals(text, group, k, target_order(group, lexicon.groups, rng))
+        lexicon.counterfactuals(text, group, k, target_order(group, lexicon.groups,
+                                                             _record_rng(seed, text, group)))
         for text, group in zip(texts, groups, strict=True)
-    ]
+    ]  # fmt: skip
+
+
+def _record_rng(seed: int, text: str, group: str) -> np.random.Generator:
+    digest = hashlib.blake2b(f"{group}\x00{text}".encode(), digest_size=8).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest, "little")])
 
 
 def variant_table(

@@ -60,7 +60,11 @@ class Lexicon:
         for group, forms in self.terms.items():
             ordered = sorted(set(forms.values()), key=len, reverse=True)
             body = "|".join(r"\s+".join(map(re.escape, term.split())) for term in ordered)
-            patterns[group] = re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)
+            # an article right before a term is part of the match, so "an immigrant" can
+            # become "a woman" rather than "an woman"
+            patterns[group] = re.compile(
+                rf"(?<!\w)(?:(?P<article>an?)\s+)?(?P<term>{body})(?!\w)", re.IGNORECASE
+            )
         return patterns
 
     def _is_unsafe(self, text: str, group: str) -> bool:
@@ -76,22 +80,37 @@ class Lexicon:
             return None
         if self._is_unsafe(text, target):
             return None
-        by_term = {_norm(term): form for form, term in self.terms[source].items()}
+        forms_of: dict[str, list[str]] = {}
+        for form, term in self.terms[source].items():
+            forms_of.setdefault(_norm(term), []).append(form)
         missing = False
 
         def replace(match: re.Match[str]) -> str:
             nonlocal missing
-            found = match.group(0)
-            form = by_term[_norm(found)]
-            term = self.terms[target].get(form)
+            found, article = match.group("term"), match.group("article")
+            term = self._target_term(forms_of[_norm(found)], target)
             if term is None:
                 missing = True
-                return found
-            at_start = bool(_SENTENCE_START.search(match.string[: match.start()]))
-            return _with_case_of(found, self.terms[source][form], term, at_start=at_start)
+                return match.group(0)
+            at_start = bool(_SENTENCE_START.search(match.string[: match.start("term")]))
+            form = forms_of[_norm(found)][0]
+            swapped = _with_case_of(found, self.terms[source][form], term, at_start=at_start)
+            if article is None:
+                return swapped
+            between = match.string[match.end("article") : match.start("term")]
+            return _article_for(swapped, article) + between + swapped
 
         swapped, count = self._patterns[source].subn(replace, text)
         return None if missing or count == 0 else swapped
+
+    def _target_term(self, forms: list[str], target: str) -> str | None:
+        """The target's term for a source term written as ``forms`` (one term can serve
+        two forms, "Muslim" noun and adjective); None where the target lacks the form or
+        the forms' target terms differ (which one the text means is not known)."""
+        terms = {_norm(self.terms[target][f]) for f in forms if f in self.terms[target]}
+        if len(terms) != 1 or any(f not in self.terms[target] for f in forms):
+            return None
+        return self.terms[target][forms[0]]
 
     def counterfactuals(
         self, text: str, group: str, k: int, order: list[str]
@@ -123,6 +142,14 @@ def _with_case_of(found: str, source_term: str, target_term: str, *, at_start: b
     return target_term
 
 
+def _article_for(word: str, article: str) -> str:
+    """ "a" or "an" before ``word`` by its first letter, in the case ``article`` was written."""
+    chosen = "an" if word[:1].lower() in "aeiou" else "a"
+    if article[:1].isupper():
+        return chosen.upper() if word.isupper() and len(word) > 1 else chosen.capitalize()
+    return chosen
+
+
 def load_lexicon(path: str | Path) -> Lexicon:
     """Read a JSON or CSV lexicon; a malformed one raises :class:`LexiconError` naming the
     file (key ``augment.lexicon``) and the line."""
@@ -130,7 +157,7 @@ def load_lexicon(path: str | Path) -> Lexicon:
     if not path.is_file():
         raise LexiconError(f"augment.lexicon: {path} is not a file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's BOM is no content
     except UnicodeDecodeError as error:
         line = text_line_of_byte(path.read_bytes(), error.start)
         raise LexiconError(f"augment.lexicon: {path}, line {line}: not UTF-8 text") from error

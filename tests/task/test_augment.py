@@ -45,7 +45,8 @@ def test_no_hatecheck_test_template_appears_in_any_synthesized_text(seed: int) -
     train_fills = {_fills(t, terms[g]) for t in set(frame["case_templ"]) - test_templates
                    for g in terms}  # fmt: skip
     texts = set(pool["text"])
-    assert not texts & set(splits["test"]["text"])
+    folded = {" ".join(t.lower().split()) for t in texts}  # case and spacing aside
+    assert not folded & {" ".join(t.lower().split()) for t in splits["test"]["text"]}
     assert not texts & test_fills
     assert texts <= train_fills
 
@@ -80,6 +81,20 @@ def test_hatecheck_counterfactuals_keep_the_label_and_take_the_target_group() ->
     assert table["label"] == [1, 1, 1, 0, 0, 0, 0, 0, 0]
     assert table["group"][:3] == [g for _, g in variants[0]]
     assert table["text"][6:] == ["Nothing to see here."] * 3  # masked repeats
+
+
+def test_a_records_counterfactuals_do_not_depend_on_the_other_records() -> None:
+    lexicon = lexicon_for(_config(**{"augment.method": "counterfactual"}).augment, "hatecheck")
+    texts = ["I hate women.", "Nothing here.", "Muslims are lovely.", "I hate women."]
+    groups = ["women", "none", "Muslims", "women"]
+    every = counterfactual_variants(texts, groups, lexicon, k=2, seed=7)
+    for removed in range(len(texts)):
+        kept = [i for i in range(len(texts)) if i != removed]
+        alone = counterfactual_variants([texts[i] for i in kept], [groups[i] for i in kept],
+                                        lexicon, k=2, seed=7)  # fmt: skip
+        assert alone == [every[i] for i in kept]
+    assert every[0] == every[3]  # the same record, the same variants
+    assert every[0] != counterfactual_variants(texts[:1], groups[:1], lexicon, k=2, seed=8)[0]
 
 
 def test_synthesis_lifts_a_scarce_group_to_the_minimum_share() -> None:

@@ -51,6 +51,24 @@ def test_a_form_the_target_lacks_leaves_the_record_unswapped() -> None:
     assert lexicon.swap("feline cats", "a", "b") is None
 
 
+def test_an_article_follows_the_new_term() -> None:
+    lexicon = Lexicon({"a": {"singular": "immigrant"}, "b": {"singular": "woman"}})
+    assert lexicon.swap("I met an immigrant.", "a", "b") == "I met a woman."
+    assert lexicon.swap("An immigrant came.", "a", "b") == "A woman came."
+    assert lexicon.swap("AN IMMIGRANT CAME", "a", "b") == "A WOMAN CAME"
+    assert lexicon.swap("a  woman", "b", "a") == "an  immigrant"
+    assert lexicon.swap("banana woman", "b", "a") == "banana immigrant"
+    assert HATECHECK.swap("Worse than a Muslim.", "Muslims", "immigrants") == (
+        "Worse than an immigrant."
+    )
+
+
+def test_a_term_serving_two_forms_is_swapped_only_where_the_target_agrees() -> None:
+    # "Muslim" is HateCheck's singular and adjective; women's are "woman" and "female"
+    assert HATECHECK.swap("There is nothing worse than a Muslim.", "Muslims", "women") is None
+    assert HATECHECK.swap("Muslims are the worst.", "Muslims", "women") == "Women are the worst."
+
+
 def test_unsafe_words_of_either_group_stop_a_swap() -> None:
     # "bad" is positive in south's dialect: a north sentence with it is not south's
     assert SYNTHETIC.swap("indeed the food was bad rather", "north", "south") is None
