@@ -119,11 +119,14 @@ def test_stop_all_reaches_marked_orphans(tmp_path: Path) -> None:
                               start_new_session=True)  # fmt: skip
     try:
         ProcessSupervisor(env=dict(os.environ), log_dir=tmp_path, marker=marker).stop_all(grace=5)
-        # Exited (poll is None only while it runs); not psutil.pid_exists, which a busy
-        # machine can make true again by reusing the pid.
-        assert orphan.poll() is not None
+        # Signalled, so it exits within seconds (unsignalled, `sleep 60` would not): waiting
+        # rather than polling at once, which a loaded machine can beat to the signal's
+        # delivery; not psutil.pid_exists, which a busy machine can make true again by
+        # reusing the pid.
+        assert orphan.wait(timeout=5) is not None
     finally:
         orphan.kill()
+        orphan.wait()
 
 
 def test_child_env_carries_the_marker(tmp_path: Path) -> None:
