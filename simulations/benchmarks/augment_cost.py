@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -24,7 +23,7 @@ import torch
 from clients.dp_sgd import make_private
 from clients.local import client_runtime
 from clients.training import batch_loss, make_loader
-from simulations.benchmarks.harness import write_result
+from simulations.benchmarks.harness import interleaved_medians, write_result
 from simulations.experiment import parse_assignments
 from task.config import RunConfig, load_defaults, parse_run_config
 
@@ -66,15 +65,9 @@ def _stepper(cfg: RunConfig, k: int) -> Callable[[], float]:
 
 def measure(cfg: RunConfig, ks: list[int], steps: int) -> dict[str, float]:
     steppers = {k: _stepper(cfg, k) for k in [0, *ks]}
-    times: dict[int, list[float]] = {k: [] for k in steppers}
-    for _ in range(2):  # warm-up
-        for step in steppers.values():
-            step()
-    for _ in range(steps):
-        for k, step in steppers.items():
-            times[k].append(step())
-    base = statistics.median(times[0])
-    return {"k0_ms": base * 1e3} | {f"k{k}_ratio": statistics.median(times[k]) / base for k in ks}
+    medians = interleaved_medians(steppers, steps=steps, warmup=2)
+    base = medians[0]
+    return {"k0_ms": base * 1e3} | {f"k{k}_ratio": medians[k] / base for k in ks}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,6 @@ fine-tuning and for LoRA.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from dataclasses import replace
 
@@ -19,6 +18,7 @@ import torch
 
 from clients.dp_sgd import make_private
 from clients.training import make_loader, per_example_loss
+from simulations.benchmarks.harness import interleaved_medians
 from simulations.experiment import parse_assignments
 from task.config import ModelConfig, RunConfig, load_defaults, parse_run_config
 from task.data import encode, group_names, label_names, load_splits
@@ -57,15 +57,8 @@ def _steppers(cfg: RunConfig, model_cfg: ModelConfig, batch_size: int):  # type:
 
 
 def measure(cfg: RunConfig, model_cfg: ModelConfig, *, steps: int, batch_size: int) -> dict:
-    steppers = _steppers(cfg, model_cfg, batch_size)
-    times: dict[str, list[float]] = {"plain": [], "dp": []}
-    for _ in range(3):  # warm-up
-        for step in steppers.values():
-            step()
-    for _ in range(steps):
-        for name, step in steppers.items():
-            times[name].append(step())
-    plain, dp = statistics.median(times["plain"]), statistics.median(times["dp"])
+    medians = interleaved_medians(_steppers(cfg, model_cfg, batch_size), steps=steps, warmup=3)
+    plain, dp = medians["plain"], medians["dp"]
     return {"plain_ms": plain * 1e3, "dp_ms": dp * 1e3, "ratio": dp / plain}
 
 

@@ -1,17 +1,34 @@
-"""What the benchmark scripts share: whole ``python -m simulations run`` commands and
-where their figures go (``outputs/bench/NAME.json``)."""
+"""What the benchmark scripts share: whole ``python -m simulations run`` commands, step
+timings side by side, and where their figures go (``outputs/bench/NAME.json``)."""
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "outputs" / "bench"
+K = TypeVar("K", bound=Hashable)
+
+
+def interleaved_medians(
+    steppers: Mapping[K, Callable[[], float]], *, steps: int, warmup: int
+) -> dict[K, float]:
+    """Median seconds of each stepper, called in turn step by step so that machine noise
+    hits all of them alike (``warmup`` rounds first, not counted)."""
+    for _ in range(warmup):
+        for step in steppers.values():
+            step()
+    times: dict[K, list[float]] = {name: [] for name in steppers}
+    for _ in range(steps):
+        for name, step in steppers.items():
+            times[name].append(step())
+    return {name: statistics.median(samples) for name, samples in times.items()}
 
 
 def run_command(*options: str, assignments: Iterable[str] = ()) -> list[str]:
