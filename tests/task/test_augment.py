@@ -22,6 +22,10 @@ from task.config import RunConfig, load_defaults, parse_run_config
 from tests.conftest import SHARED_DATA
 
 HATECHECK = SHARED_DATA / "hatecheck"
+needs_hatecheck = pytest.mark.skipif(
+    not HATECHECK.is_dir(),
+    reason=f"shared datasets not found at {HATECHECK} (see shared/data/README.md)",
+)
 
 
 def _config(**keys: object) -> RunConfig:
@@ -29,6 +33,7 @@ def _config(**keys: object) -> RunConfig:
                             | keys)  # fmt: skip
 
 
+@needs_hatecheck
 @pytest.mark.parametrize("seed", [1, 2, 3, 42])
 def test_no_hatecheck_test_template_appears_in_any_synthesized_text(seed: int) -> None:
     cfg = _config(**{"augment.method": "synthesize", "seed": seed})
@@ -51,6 +56,7 @@ def test_no_hatecheck_test_template_appears_in_any_synthesized_text(seed: int) -
     assert texts <= train_fills
 
 
+@needs_hatecheck
 def test_synthesized_hatecheck_examples_keep_their_template_label() -> None:
     cfg = _config(**{"augment.method": "synthesize"})
     templates = recipes.hatecheck_training_templates(HATECHECK, test_fraction=0.2, seed=42)
