@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients import faults, ledger_store
 from clients.local import ClientRuntime, client_runtime
 from clients.rounds import evaluate_round, train_round
 from task.config import RunConfig, parse_run_config
@@ -12,8 +16,10 @@ from task.wire import (
     ARRAYS_RECORD,
     CLIENT_RECORD,
     CONFIG_RECORD,
+    LEDGER_DIR,
     METRICS_RECORD,
     PRIVACY_STATE,
+    SERVER_ROUND,
 )
 
 app = ClientApp()
@@ -40,30 +46,83 @@ def _runtime(context: Context) -> tuple[RunConfig, ClientRuntime]:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the received global weights on the local partition."""
+    """Train the received global weights on the local partition (``faults.*``: misbehave)."""
     cfg, runtime = _runtime(context)
+    server_config = msg.content.config_records[CONFIG_RECORD]
+    server_round = int(cast(int, server_config.get(SERVER_ROUND, 0)))
+    partition, num_partitions = _partition(context)
+    fault = faults.drawn_fault(
+        cfg.faults, seed=cfg.seed, server_round=server_round, partition_id=partition
+    )
+    if fault == faults.CRASH:
+        raise faults.InjectedCrash(f"injected crash (faults.crash-rate) in round {server_round}")
     weights = msg.content.array_records[ARRAYS_RECORD].to_torch_state_dict()
-    ledger = context.state.config_records.get(PRIVACY_STATE, ConfigRecord())
+    ledger = _DurableLedger(context, server_config, weights, server_round)
     outcome = train_round(
         cfg,
         runtime,
         weights,
-        msg.content.config_records[CONFIG_RECORD],
+        server_config,
         node_id=context.node_id,
-        partition_id=_partition(context)[0],
-        ledger_state=dict(ledger),
+        partition_id=partition,
+        ledger_state=ledger.start,
         secure_rng=_secure_rng(context),
     )
     if outcome.ledger_state is not None:  # the accountant's history outlives the process
-        context.state[PRIVACY_STATE] = ConfigRecord(outcome.ledger_state)
+        ledger.keep(outcome.ledger_state)
+    sent, metrics = faults.misbehave(
+        cfg, fault, outcome.weights, outcome.metrics, weights,
+        server_round=server_round, partition_id=partition, num_partitions=num_partitions,
+        rarest_group=runtime.rarest_group,
+    )  # fmt: skip
     content = RecordDict(
         {
-            ARRAYS_RECORD: ArrayRecord(outcome.weights),
-            METRICS_RECORD: MetricRecord(outcome.metrics),
+            ARRAYS_RECORD: ArrayRecord(sent),
+            METRICS_RECORD: MetricRecord(metrics),
             CLIENT_RECORD: ConfigRecord(outcome.client_record),
         }
     )
     return Message(content=content, reply_to=msg)
+
+
+class _DurableLedger:
+    """The node's privacy ledger: ``context.state`` and, where there is a ledger directory,
+    a file that survives restarts and resumes (:mod:`clients.ledger_store`).
+
+    The directory is the node's own (node-config ``ledger-dir``) or, for a simulated node
+    with seeded randomness only, the one the ServerApp names under the run directory: a
+    deployed node never lets the server choose where its ε is remembered.
+    """
+
+    def __init__(
+        self,
+        context: Context,
+        server_config: ConfigRecord,
+        weights: dict[str, torch.Tensor],
+        server_round: int,
+    ) -> None:
+        self.context, self.server_round = context, server_round
+        secure = _secure_rng(context)
+        directory = context.node_config.get(LEDGER_DIR) or (
+            None if secure else server_config.get(LEDGER_DIR)
+        )
+        self.path = (
+            ledger_store.ledger_path(str(directory), _partition(context)[0]) if directory else None
+        )
+        self.digest = ledger_store.weights_digest(weights) if self.path else ""
+        memory = context.state.config_records.get(PRIVACY_STATE, ConfigRecord())
+        stored = ledger_store.load(self.path) if self.path else None
+        self.start = ledger_store.starting_state(
+            stored, dict(memory), server_round=server_round, digest=self.digest,
+            reproducible=not secure,
+        )  # fmt: skip
+
+    def keep(self, state: dict[str, Any]) -> None:
+        """Remember the new state; on disk (fsync'd) before the reply leaves."""
+        self.context.state[PRIVACY_STATE] = ConfigRecord(state)
+        if self.path is not None:
+            stored = ledger_store.StoredLedger(self.server_round, self.digest, self.start, state)
+            ledger_store.save(self.path, stored)
 
 
 @app.evaluate()

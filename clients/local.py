@@ -7,6 +7,7 @@ shared: every round starts by loading the global weights into it anyway.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -30,6 +31,8 @@ class ClientRuntime:
     groups: list[str]
     #: ``augment.method = synthesize``: the recipe's public examples to draw from
     public: Encoded | None = None
+    #: index of the population's rarest training group (what a lying client claims)
+    rarest_group: int = 0
 
 
 @lru_cache(maxsize=1)
@@ -63,7 +66,13 @@ def client_runtime(cfg: RunConfig, partition_id: int, num_partitions: int) -> Cl
         eval=with_features(encode(local["eval"], tokenizer, groups, max_length), cfg.model),
         groups=groups,
         public=_public_examples(cfg, tuple(groups)) if cfg.augment.synthesize else None,
+        rarest_group=_rarest(splits["train"]["group"], groups),
     )
+
+
+def _rarest(train_groups: list[str], groups: list[str]) -> int:
+    sizes = Counter(train_groups)
+    return groups.index(min(sizes, key=sizes.__getitem__))
 
 
 @lru_cache(maxsize=1)

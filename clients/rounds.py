@@ -121,7 +121,7 @@ def train_round(
     torch.manual_seed(seed)
     fair_metric = local_gap(runtime, runtime.eval) if cfg.strategy == "fairfed" else 0.0
     counts = group_counts(runtime.train, len(runtime.groups))
-    record: dict[str, Any] = {wire.NODE_ID: str(node_id)}
+    record: dict[str, Any] = {wire.NODE_ID: str(node_id), wire.PARTITION_ID: partition_id}
     new_state = None
     if cfg.dp.local:
         private = run_private_round(

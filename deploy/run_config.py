@@ -33,8 +33,13 @@ def load_experiment_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     and federation settings; the free-form ``[experiment]`` block is dropped."""
     if not path.is_file():
         raise FileNotFoundError(f"experiment file {path} does not exist")
-    with path.open("rb") as handle:
-        table = tomllib.load(handle)
+    try:
+        with path.open("rb") as handle:
+            table = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"experiment file {path} is not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"experiment file {path} is not UTF-8 text: {error}") from None
     federation = table.pop("federation", {})
     table.pop("experiment", None)
     return flatten(table), federation

@@ -61,13 +61,16 @@ def stream_run(
     *,
     timeout: float | None = None,
     show: Callable[[str], bool] = lambda _line: True,
+    found: list[str] | None = None,
 ) -> Streamed:
     """Run ``cmd`` (a ``flwr run ... --stream``) to its end, logged to
-    ``<log_dir>/flwr-run.log``; fail fast if a supervised process dies meanwhile."""
+    ``<log_dir>/flwr-run.log``; fail fast if a supervised process dies meanwhile.
+    ``found`` (the caller's list) gets the run id as soon as Flower prints it, so that a
+    caller interrupted meanwhile still knows which run it was."""
     sup.log_dir.mkdir(parents=True, exist_ok=True)
     log_path = sup.log_dir / LOG_NAME
-    found: list[str] = []
-    with log_path.open("w", encoding="utf-8") as log:
+    found = [] if found is None else found
+    with log_path.open("w", encoding="utf-8", buffering=1) as log:  # lines survive a kill -9
         proc = subprocess.Popen(
             list(cmd),
             cwd=cwd,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,7 @@ class FlowerError(RuntimeError):
     """A Flower process or ``flwr`` command failed; the message carries its output."""
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie."""
     try:
         stat = (PROC / str(pid) / "stat").read_text()
@@ -51,7 +52,7 @@ def marked_pids(marker: str) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if needle in environ.split(b"\0") and _alive(int(entry.name)):
+        if needle in environ.split(b"\0") and pid_alive(int(entry.name)):
             found.append(int(entry.name))
     return found
 
@@ -102,6 +103,7 @@ class ProcessSupervisor:
     log_dir: Path
     marker: str = field(default_factory=lambda: uuid.uuid4().hex)
     procs: list[Managed] = field(default_factory=list)
+    watchdog: subprocess.Popen[bytes] | None = None
 
     def child_env(self) -> dict[str, str]:
         """Environment for children: ``env`` plus the marker."""
@@ -110,8 +112,11 @@ class ProcessSupervisor:
     def start(
         self, name: str, cmd: Sequence[str], cwd: Path, extra_env: Mapping[str, str] | None = None
     ) -> Managed:
-        """Start ``cmd`` in its own session, output to ``<log_dir>/<name>.log``."""
+        """Start ``cmd`` in its own session, output to ``<log_dir>/<name>.log``; the first
+        start also starts the watchdog that stops everything if this process is killed."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.watchdog is None:
+            self.watchdog = self._start_watchdog()
         log_path = self.log_dir / f"{name}.log"
         log_file = log_path.open("ab")
         popen = subprocess.Popen(
@@ -126,6 +131,20 @@ class ProcessSupervisor:
         managed = Managed(name, popen, log_path, log_file)
         self.procs.append(managed)
         return managed
+
+    def _start_watchdog(self) -> subprocess.Popen[bytes]:
+        """``launch.watchdog`` on this process, without the marker (it must outlive the
+        processes it stops) and in its own session (a group kill of ours spares it)."""
+        env = {k: v for k, v in os.environ.items() if k != MARKER_ENV}
+        return subprocess.Popen(
+            [sys.executable, "-m", "launch.watchdog", str(os.getpid()), self.marker],
+            cwd=Path(__file__).resolve().parents[1],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def run(
         self, cmd: Sequence[str], cwd: Path, timeout: float
@@ -178,6 +197,9 @@ class ProcessSupervisor:
             with suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=5)
             proc.log_file.close()
+        if self.watchdog is not None:  # nothing left for it to guard
+            stop_popen(self.watchdog, grace=2.0)
+            self.watchdog = None
         return sorted(set(killed))
 
     def _live_roots(self) -> list[int]:

@@ -2,38 +2,41 @@
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from pathlib import Path
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from server import checkpoint
 from server.central_accountant import CentralAccountant
 from server.evaluation import build_evaluator
-from server.recorder import RoundRecorder
+from server.recorder import RoundRecorder, restore_random_state
 from server.records import RunDirectory
 from strategies import build_strategy, sampled_per_round
-from task.config import parse_run_config
+from task.config import RunConfig, parse_run_config
 from task.privacy_plan import check_release_budget
-from task.wire import LEARNING_RATE
+from task.wire import LEARNING_RATE, LEDGER_DIR
 
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Federate ``num-server-rounds`` rounds and write the run directory."""
+    """Federate ``num-server-rounds`` rounds and write the run directory (``resume-from``:
+    continue the run in that directory from its checkpoint)."""
     cfg = parse_run_config(context.run_config)
     if cfg.dp.local:
         check_release_budget(cfg)
     evaluator = build_evaluator(cfg)
-    run_dir = RunDirectory(cfg.output_dir, str(context.run_id), dict(context.run_config))
     num_nodes = len(list(grid.get_node_ids()))
-    central = None
-    if cfg.dp.central:
-        central = CentralAccountant(
-            noise_multiplier=cfg.dp.central_noise,
-            num_sampled=sampled_per_round(cfg, num_nodes),
-            delta=cfg.dp.central_delta,
-        )
-    recorder = RoundRecorder(run_dir, evaluator, num_rounds=cfg.num_server_rounds, central=central)
+    resumed = _checkpoint_to_resume(cfg, num_nodes)
+    if resumed is None:
+        run_dir = RunDirectory(cfg.output_dir, str(context.run_id), dict(context.run_config))
+    else:
+        run_dir = RunDirectory.reopen(cfg.resume_from, resumed.state["rounds"])
+    recorder = RoundRecorder(
+        run_dir, evaluator, num_rounds=cfg.num_server_rounds, central=_central(cfg, num_nodes)
+    )
     strategy = build_strategy(
         cfg,
         evaluator.groups,
@@ -42,10 +45,43 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_metrics_aggr_fn=recorder.aggregate_eval_metrics,
     )
     recorder.watch(strategy)
+    recorder.extra["num_nodes"] = num_nodes
+    initial = ArrayRecord(evaluator.initial_weights())
+    if resumed is not None:
+        recorder.resume_from(resumed)
+        strategy.resume_from(resumed.round, resumed.state["strategy"])
+        restore_random_state(resumed.state["random"])
+        initial = ArrayRecord({k: Array(v) for k, v in resumed.arrays.items()})
+    train_config = ConfigRecord({LEARNING_RATE: cfg.train.learning_rate})
+    if cfg.dp.local:  # simulated clients keep their ledger files under the run directory
+        train_config[LEDGER_DIR] = str(run_dir.path / "ledgers")
     strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(evaluator.initial_weights()),
-        num_rounds=cfg.num_server_rounds,
-        train_config=ConfigRecord({LEARNING_RATE: cfg.train.learning_rate}),
+        initial_arrays=initial,
+        num_rounds=cfg.num_server_rounds - recorder.round_offset,
+        timeout=cfg.round_timeout,
+        train_config=train_config,
         evaluate_fn=recorder.evaluate,
+    )
+
+
+def _checkpoint_to_resume(cfg: RunConfig, num_nodes: int) -> checkpoint.Checkpoint | None:
+    if not cfg.resume_from:
+        return None
+    resumed = checkpoint.load(Path(cfg.resume_from))
+    if (had := resumed.state["extra"].get("num_nodes")) != num_nodes:
+        raise ValueError(
+            f"resume-from {cfg.resume_from}: the run had {had} nodes, this federation has "
+            f"{num_nodes}"
+        )
+    return resumed
+
+
+def _central(cfg: RunConfig, num_nodes: int) -> CentralAccountant | None:
+    if not cfg.dp.central:
+        return None
+    return CentralAccountant(
+        noise_multiplier=cfg.dp.central_noise,
+        num_sampled=sampled_per_round(cfg, num_nodes),
+        delta=cfg.dp.central_delta,
     )

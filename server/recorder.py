@@ -7,6 +7,7 @@ client replies. The recorder evaluates the global model, writes results, logs on
 
 from __future__ import annotations
 
+import random
 import time
 from logging import INFO, WARNING
 from typing import Any, Protocol
@@ -15,19 +16,24 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from server import checkpoint
 from server.central_accountant import CentralAccountant
+from server.checkpoint import Checkpoint
 from server.evaluation import GlobalEvaluator
-from server.records import RunDirectory
+from server.records import RunDirectory, to_json
 from strategies.screening import RoundTrace
 from task import wire
 from task.fairness import client_spread
 
 
 class TracedStrategy(Protocol):
-    """What the recorder reads of a strategy: the trace of its latest ``aggregate_train``."""
+    """What the recorder reads of a strategy: the trace of its latest ``aggregate_train``,
+    and the state a checkpoint keeps."""
 
     @property
     def last_round(self) -> RoundTrace: ...
+
+    def checkpoint_state(self) -> dict[str, Any]: ...
 
 
 class RoundRecorder:
@@ -52,6 +58,30 @@ class RoundRecorder:
         self._train_replies: list[RecordDict] = []
         self._eval_accuracies: list[float] = []
         self._clock = time.perf_counter()
+        #: rounds done before this process started (a resumed run); Flower counts from 1
+        self.round_offset = 0
+
+    # --- checkpoints ----------------------------------------------------------------
+    def resume_from(self, checkpoint: Checkpoint) -> None:
+        """Continue after ``checkpoint``: its rounds, privacy reports and accountant."""
+        self.round_offset = checkpoint.round
+        self.rounds = list(checkpoint.state["rounds"])
+        self.privacy = dict(checkpoint.state["privacy"])
+        self.extra = dict(checkpoint.state["extra"])
+        if self.central is not None:
+            self.central.history = [tuple(e) for e in checkpoint.state["central_history"]]
+
+    def _checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+        state = {
+            "rounds": self.rounds,
+            "privacy": self.privacy,
+            "extra": self.extra,
+            "central_history": self.central.history if self.central is not None else [],
+            "strategy": self.strategy.checkpoint_state() if self.strategy is not None else {},
+            "random": _random_state(),
+        }
+        arrays_np = {k: v.numpy() for k, v in arrays.items()}
+        checkpoint.save(self.run_dir.path, Checkpoint(server_round, arrays_np, to_json(state)))
 
     def watch(self, strategy: TracedStrategy) -> None:
         """Read the strategy's ``last_round`` trace (weights, skips) after each round."""
@@ -80,7 +110,13 @@ class RoundRecorder:
         if wire.EPSILON not in record:
             return  # no local DP
         try:
-            self.privacy[str(node)] = self._privacy_entry(record)
+            entry = self._privacy_entry(record)
+            # a resumed run's nodes have new ids: one entry per partition, the newest
+            part = entry["partition"]
+            same = [n for n, e in self.privacy.items() if part >= 0 and e["partition"] == part]
+            for other in same:
+                del self.privacy[other]
+            self.privacy[str(node)] = entry
         except (KeyError, TypeError, ValueError) as error:
             log(WARNING, "node %d sent a malformed privacy record (%r): not reported", node, error)
 
@@ -103,20 +139,27 @@ class RoundRecorder:
             "noise_multiplier": float(record[wire.NOISE_MULTIPLIER]),
             "stopped_by_budget": bool(record[wire.BUDGET_EXHAUSTED]),
             "secure_rng": bool(record.get(wire.SECURE_RNG, False)),
+            "partition": int(record.get(wire.PARTITION_ID, -1)),
         }
 
     # --- evaluate_fn -----------------------------------------------------------------
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Evaluate the global model; record and write the round (round 0: baseline only)."""
-        global_metrics = self.evaluator.evaluate(arrays.to_torch_state_dict())
+        """Evaluate the global model; record and write the round, then checkpoint it
+        (round 0: the baseline only, and nothing when resuming)."""
         if server_round == 0:
-            self.extra["initial"] = global_metrics
+            if not self.round_offset:
+                self.extra["initial"] = self.evaluator.evaluate(arrays.to_torch_state_dict())
             self._clock = time.perf_counter()
             return None
+        server_round += self.round_offset
+        global_metrics = self.evaluator.evaluate(arrays.to_torch_state_dict())
         record = self._round_record(server_round, global_metrics)
         self.rounds.append(record)
         self.run_dir.append_round(record)
         self.run_dir.write_results(self.results())
+        self._checkpoint(server_round, arrays)
+        if server_round == self.num_rounds:
+            self.run_dir.point_latest()
         self._log(record)
         self._train_replies, self._eval_accuracies = [], []
         return MetricRecord({k: v for k, v in global_metrics.items() if isinstance(v, float | int)})
@@ -141,7 +184,8 @@ class RoundRecorder:
             "clients": client_spread(self._eval_accuracies) if self._eval_accuracies else {},
             "weights": traced.get("weights", {}),
         }
-        for name in ("skipped_budget", "excluded_exhausted", "rejected", "prevalence", "extras"):
+        for name in ("skipped_budget", "excluded_exhausted", "rejected", "failure_reasons",
+                     "skipped", "prevalence", "extras"):  # fmt: skip
             if name in traced:
                 record[name] = traced[name]
         for node in record.get("skipped_budget", []):
@@ -170,6 +214,7 @@ class RoundRecorder:
         epsilons = [p["epsilon"] for p in self.privacy.values()]
         final["max_epsilon"] = max(epsilons) if epsilons else None
         results = {
+            "status": "complete" if len(self.rounds) == self.num_rounds else "running",
             "config": self.run_dir.config,
             "rounds": self.rounds,
             "privacy": self.privacy,
@@ -185,6 +230,10 @@ class RoundRecorder:
         g = record["global"]
         eps = [p["epsilon"] for p in self.privacy.values()]
         eps_text = f" max_eps={max(eps):.2f}" if eps else ""
+        if record["failures"] or record.get("rejected"):
+            eps_text += f" failed={record['failures']} rejected={len(record.get('rejected', {}))}"
+        if record.get("skipped"):
+            eps_text += f" SKIPPED ({record['skipped']})"
         log(
             INFO,
             "round %d/%d acc=%.3f bal_acc=%.3f worst=%.3f gap=%.3f clients=%d wall=%.1fs%s",
@@ -221,3 +270,13 @@ def same_shape_metrics(contents: list[RecordDict]) -> list[RecordDict]:
         )
         for r in records
     ]
+
+
+def _random_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def restore_random_state(state: list[Any]) -> None:
+    """Python's ``random`` as it was at the checkpoint (Flower draws the sampled nodes)."""
+    random.setstate((state[0], tuple(state[1]), state[2]))

@@ -22,6 +22,11 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def to_json(value: Any) -> Any:
+    """``value`` as plain JSON data (what :func:`write_json` writes)."""
+    return json.loads(json.dumps(_finite(value)))
+
+
 def write_json(path: Path, payload: Any) -> None:
     """Write atomically: a crash mid-write never leaves a truncated file behind."""
     staging = path.with_suffix(path.suffix + ".tmp")
@@ -56,9 +61,21 @@ class RunDirectory:
         self.config = dict(config)
         write_json(self.path / "config.json", self.config)
         self._rows: list[dict[str, Any]] = []
-        self._point_latest()
 
-    def _point_latest(self) -> None:
+    @classmethod
+    def reopen(cls, path: str | Path, rounds: list[dict[str, Any]]) -> RunDirectory:
+        """The existing run directory ``path`` (a resumed run), its ``rounds.csv`` rows
+        those of ``rounds``; its ``config.json`` stays as written."""
+        self = cls.__new__(cls)
+        self.path = Path(path).expanduser().resolve()
+        self.root = self.path.parent
+        self.config = json.loads((self.path / "config.json").read_text())
+        self._rows = [flat_row(record) for record in rounds]
+        return self
+
+    def point_latest(self) -> None:
+        """``<output-dir>/latest`` -> this run: done once it completed, so that a failed or
+        interrupted run never hides the last complete one."""
         latest = self.root / "latest"
         staging = self.root / f".latest-{self.path.name}"
         staging.unlink(missing_ok=True)
@@ -84,3 +101,12 @@ class RunDirectory:
             writer.writeheader()
             writer.writerows(self._rows)
         os.replace(staging, path)
+
+
+def mark_status(run_dir: Path, status: str) -> None:
+    """Record in ``results.json`` how a run ended early (``failed``, ``interrupted``)."""
+    path = run_dir / "results.json"
+    if path.is_file():
+        results = json.loads(path.read_text())
+        results["status"] = status
+        write_json(path, results)

@@ -9,22 +9,13 @@ import math
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launch.signals import Interrupted, signals_raise
-from simulations.evidence import (
-    Cell,
-    Grid,
-    current_and_stale,
-    infeasible,
-    load_grid,
-    run_cells,
-    select,
-    summary_path,
-)
-from simulations.experiment import Experiment, build_experiment
-from simulations.inprocess import run_in_process
-from simulations.report import load_summaries, write_report
-from simulations.runner import RunFailed, run_experiment
+
+if TYPE_CHECKING:  # the modules themselves load on use: --help and config errors stay fast
+    from simulations.evidence import Cell, Grid
+    from simulations.experiment import Experiment
 
 EVIDENCE_DIR = Path(__file__).parent / "experiments" / "evidence"
 # The console script (pyproject's [project.scripts]) or `python -m simulations`.
@@ -47,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--supernodes", type=int, help="number of simulated clients")
     run.add_argument("--output-dir", help="where run directories go (default: outputs)")
     run.add_argument("--verbose", action="store_true", help="show all Flower output")
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue the stopped run in RUN_DIR from its last checkpoint (an experiment "
+        "or --set, if given, must match its config)",
+    )
     run.add_argument(
         "--engine",
         choices=("flower", "in-process"),
@@ -101,6 +99,8 @@ def _filters(args: argparse.Namespace, grids: list[Grid]) -> dict[str, set | Non
 
 
 def _load_grids(paths: list[Path]) -> list[Grid]:
+    from simulations.evidence import load_grid
+
     grids = [load_grid(path) for path in paths]
     names = [g.name for g in grids]
     if duplicated := sorted({n for n in names if names.count(n) > 1}):
@@ -118,6 +118,8 @@ def _shown_path(path: Path) -> str:
 def _reproduce(path: Path, cells: list[Cell], output_dir: Path) -> str:
     """A command that runs these cells of the grid at ``path`` again: the product of their
     variants, ε and seeds, so a report of a partial product reruns a superset."""
+    from simulations.evidence import summary_path
+
     engines = {json.loads(summary_path(output_dir, c).read_text()).get("engine") for c in cells}
     epsilons = sorted({c.epsilon for c in cells})
     parts = [
@@ -135,6 +137,15 @@ def evidence_main(args: argparse.Namespace) -> int:
     """Run the selected cells of the named grids (default: all); then rebuild the report
     from every current cell of every grid, so a partial command never shrinks it below
     the cells stored under OUTPUT_DIR/cells."""
+    from simulations.evidence import (
+        current_and_stale,
+        infeasible,
+        run_cells,
+        select,
+        summary_path,
+    )
+    from simulations.report import load_summaries, write_report
+
     shipped = sorted(EVIDENCE_DIR.resolve().glob("*.toml"))
     to_run = [p.resolve() for p in args.grids] or shipped
     paths = list(dict.fromkeys([*shipped, *to_run]))
@@ -193,19 +204,32 @@ def _participation_summary(experiment: Experiment) -> str | None:
 
 def run_main(args: argparse.Namespace) -> int:
     """Run one experiment; print its run directory."""
+    from simulations.experiment import build_experiment
+    from simulations.resume import resume_experiment
+
     try:
-        experiment = build_experiment(
-            args.experiment,
-            args.assignments,
-            supernodes=args.supernodes,
-            output_dir=args.output_dir,
-        )
+        if args.resume is not None:
+            if args.output_dir is not None:
+                raise ValueError("--output-dir: a resumed run stays in its RUN_DIR; drop it")
+            experiment = resume_experiment(
+                args.resume, args.experiment, args.assignments, supernodes=args.supernodes
+            )
+        else:
+            experiment = build_experiment(
+                args.experiment,
+                args.assignments,
+                supernodes=args.supernodes,
+                output_dir=args.output_dir,
+            )
         summary = _participation_summary(experiment)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if summary:
         print(summary)
+    from simulations.inprocess import run_in_process
+    from simulations.runner import RunFailed, run_experiment
+
     try:
         if args.engine == "in-process":
             run_dir = run_in_process(experiment)[0]
@@ -231,6 +255,12 @@ def _dispatch(argv: list[str]) -> int:
     return run_main(args)
 
 
+INTERRUPTED = (
+    "interrupted: every process of the run was stopped; its run directory, if it has one, is "
+    "marked 'interrupted' in results.json: continue it with `run --resume RUN_DIR`"
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``fedequity`` and ``python -m simulations``.
 
@@ -242,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
             return _dispatch(sys.argv[1:] if argv is None else list(argv))
     except Interrupted as interrupted:
         return interrupted.exit_code
+    except KeyboardInterrupt:  # every process of the run was stopped on the way out
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -207,7 +207,7 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     Left out: where outputs go, and keys the run never reads given its strategy and local
     weighting, so that adding or changing, say, a q-FedAvg default does not void FedAvg cells.
     """
-    unread = {"output-dir"}
+    unread = {"output-dir", "resume-from"}
     if config.get("strategy") != "qfedavg":
         unread |= {"qfedavg.q", "qfedavg.learning-rate"}
     if config.get("strategy") != "fairfed":
@@ -229,7 +229,10 @@ def is_current(grid: Grid, cell: Cell, output_dir: Path) -> bool:
     recorded = json.loads(path.read_text())
     today = cell_experiment(grid, cell, output_dir / "runs", check_data=False)
     return (
-        comparable(recorded.get("config", {})) == comparable(load_defaults() | today.overrides)
+        # A key the recorded run predates reads as today's default: new keys default to
+        # the behaviour before them, so adding one does not void every stored cell.
+        comparable(load_defaults() | recorded.get("config", {}))
+        == comparable(load_defaults() | today.overrides)
         and recorded.get("federation") == today.federation
     )
 

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deploy.run_config import load_experiment_file, run_config_flag
-from task.augment import check_augmentation
 from task.config import RunConfig, load_defaults, parse_run_config
-from task.data import check_partitions
-from task.model import check_model_source
-from task.privacy_plan import check_release_budget
 
 FEDERATION_KEYS = {"num-supernodes": int, "client-cpus": int}
 DEFAULT_FEDERATION = {"num-supernodes": 10, "client-cpus": 1}
@@ -61,6 +58,23 @@ def _check_federation(federation: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
+def check_output_dir(output_dir: str) -> None:
+    """``output-dir`` must be (or become) a directory this process can write in."""
+    path = Path(output_dir).expanduser()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under the file {existing}"
+        raise ValueError(f"--output-dir / output-dir {str(path)!r} {where}; valid: a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"--output-dir / output-dir {str(path)!r} is not writable ({error.strerror})"
+        ) from None
+
+
 def build_experiment(
     path: Path | None,
     assignments: list[str],
@@ -71,8 +85,8 @@ def build_experiment(
     check_data: bool = True,
 ) -> Experiment:
     """Experiment file, then ``--set`` and ``federation``, then the dedicated flags;
-    validated before any run: keys, budget and (``check_data``) that the data loads and
-    partitions."""
+    validated before any run: keys, output directory, model, budget and (``check_data``)
+    that the data loads and partitions, and that some client can train within the budget."""
     overrides, file_federation = load_experiment_file(path) if path else ({}, {})
     federation = file_federation | (federation or {})
     overrides |= parse_assignments(assignments)
@@ -85,11 +99,23 @@ def build_experiment(
         federation["num-supernodes"] = supernodes
     experiment = Experiment(overrides=overrides, federation=_check_federation(federation))
     cfg = experiment.run_config  # validates every key now, before anything starts
+    check_output_dir(cfg.output_dir)
     run_config_flag(overrides)  # and that each value survives Flower's key=value parser
+    # Only now the heavy imports (torch, transformers, datasets): a bad key answers at once.
+    from task.augment import check_augmentation
+    from task.data import check_partitions
+    from task.model import check_model_source
+    from task.privacy_plan import check_client_budgets, check_release_budget
+
     if cfg.dp.local:
         check_release_budget(cfg)  # as the ServerApp will, but before a SuperLink starts
-    if check_data and cfg.data.dataset != "hf":  # a hub dataset would download: clients check
-        check_partitions(cfg.data, cfg.partition, experiment.federation["num-supernodes"], cfg.seed)
-    check_model_source(cfg.model, online=os.environ.get("FEDEQUITY_ONLINE") == "1")
+    online = os.environ.get("FEDEQUITY_ONLINE") == "1"
+    check_model_source(cfg.model, online=online)
+    # A hub dataset would download here: with FEDEQUITY_ONLINE=1 the clients check it.
+    if check_data and not (cfg.data.dataset == "hf" and online):
+        nodes = experiment.federation["num-supernodes"]
+        sizes = check_partitions(cfg.data, cfg.partition, nodes, cfg.seed)
+        if cfg.dp.local:
+            check_client_budgets(cfg, sizes)
     check_augmentation(cfg.augment, cfg.data)
     return experiment

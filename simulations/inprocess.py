@@ -27,6 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from server.records import mark_status
 from simulations.experiment import Experiment
 from simulations.runner import check_complete
 from task.config import load_defaults
@@ -72,25 +73,34 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self._contexts)
 
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+    def push_messages(
+        self, messages: Iterable[Message], timeout: float | None = None
+    ) -> Iterable[str]:
+        """Answer each message now; a reply that took longer than ``timeout`` is lost, as
+        one from a node that answers after the server stopped waiting (each node is timed
+        on its own, as if it ran on its own machine)."""
         ids = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = message_id = str(uuid4())
             message.metadata.__dict__["_run_id"] = self._run.run_id
-            self._replies[message_id] = self._answer(message)
+            reply, seconds = self._answer(message)
+            if timeout is None or seconds <= timeout:
+                self._replies[message_id] = reply
             ids.append(message_id)
         return ids
 
-    def _answer(self, message: Message) -> Message:
-        """The ClientApp's reply; an exception becomes an error reply, as in Flower."""
+    def _answer(self, message: Message) -> tuple[Message, float]:
+        """The ClientApp's reply and its seconds; an exception becomes an error reply, as
+        in Flower."""
         start = time.perf_counter()
         try:
-            return self._client_app(message, self._contexts[message.metadata.dst_node_id])
+            reply = self._client_app(message, self._contexts[message.metadata.dst_node_id])
         except Exception as exc:  # the strategy sees it as a failed reply
             error = Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, repr(exc))
-            return Message(error, reply_to=message)
-        finally:
-            self.client_seconds += time.perf_counter() - start
+            reply = Message(error, reply_to=message)
+        seconds = time.perf_counter() - start
+        self.client_seconds += seconds
+        return reply, seconds
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
@@ -98,7 +108,7 @@ class InProcessGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
+        return self.pull_messages(self.push_messages(messages, timeout))
 
 
 def run_in_process(experiment: Experiment) -> tuple[Path, InProcessGrid]:
@@ -118,10 +128,15 @@ def run_in_process(experiment: Experiment) -> tuple[Path, InProcessGrid]:
     saved = TaskIdentity._task_id, TaskIdentity._node_id, TaskIdentity._run_id
     TaskIdentity.task_id, TaskIdentity.node_id = 1, SUPERLINK_NODE_ID
     TaskIdentity.run_id = grid.run.run_id
+    resumed = experiment.run_config.resume_from
+    run_dir = Path(resumed) if resumed else Path(run_config["output-dir"]) / str(grid.run.run_id)
     try:
         server_app(grid, context)
+    except BaseException as error:
+        if run_dir.is_dir():
+            mark_status(run_dir, "failed" if isinstance(error, Exception) else "interrupted")
+        raise
     finally:
         TaskIdentity._task_id, TaskIdentity._node_id, TaskIdentity._run_id = saved
-    run_dir = Path(run_config["output-dir"]) / str(grid.run.run_id)
     check_complete(run_dir, experiment.run_config.num_server_rounds, run_dir)
     return run_dir, grid

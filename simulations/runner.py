@@ -8,6 +8,7 @@ when it ends or fails.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -19,15 +20,18 @@ from deploy.run_config import run_config_flag
 from launch.connection import write_connection
 from launch.env import simulation_env, tool
 from launch.net import free_ports, wait_healthy
-from launch.stream import stream_run
-from launch.supervisor import ProcessSupervisor
+from launch.stream import LOG_NAME, parse_run_id, stream_run
+from launch.supervisor import ProcessSupervisor, pid_alive
+from launch.watchdog import reap
+from server.records import mark_status
 from simulations.experiment import Experiment
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "fedequity"
 # Ray's root-logger copy of each Flower line starts with a timestamp: show Flower's only.
 DUPLICATE = re.compile(r"^\d\d/\d\d/\d{4} \d\d:\d\d:\d\d:")
-SHOWN = re.compile(r"round \d+/\d+ acc=|ERROR|Traceback|Exception")
+# A bare "Traceback" line says nothing: a failure's cause is printed once, at the end.
+SHOWN = re.compile(r"round \d+/\d+ acc=|ERROR")
 
 
 class RunFailed(RuntimeError):
@@ -73,37 +77,113 @@ def check_complete(run_dir: Path, num_rounds: int, logs: Path) -> None:
     results = run_dir / "results.json"
     if not results.is_file():
         raise RunFailed(f"the run wrote no {results}; see the logs in {logs}")
-    rounds = json.loads(results.read_text())["rounds"]
+    payload = json.loads(results.read_text())
+    rounds = payload["rounds"]
     if len(rounds) < num_rounds:
         raise RunFailed(f"only {len(rounds)}/{num_rounds} rounds completed; see the logs in {logs}")
     empty = [r["round"] for r in rounds if r["num_clients"] == 0 and r["failures"] > 0]
-    if empty:
+    if empty and not injects_faults(payload.get("config", {})):
         raise RunFailed(f"every client failed in round(s) {empty}; see the logs in {logs}")
 
 
+def injects_faults(config: dict[str, Any]) -> bool:
+    """Did the run ask for client faults (then a round without survivors is a result)?"""
+    return any(
+        config.get(f"faults.{name}-rate", 0) > 0 for name in ("crash", "timeout", "nan", "garbage")
+    )
+
+
 def run_experiment(experiment: Experiment, *, verbose: bool = False) -> Path:
-    """Run ``experiment`` to completion and return its run directory."""
+    """Run ``experiment`` to completion and return its run directory.
+
+    A run that fails or is interrupted is marked so in its ``results.json`` (``status``),
+    keeps its logs under ``<run-dir>/logs`` and can be continued with ``--resume``;
+    ``<output-dir>/latest`` moves only to complete runs.
+    """
     cfg = experiment.run_config
     output_dir = Path(cfg.output_dir).expanduser().resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     overrides = experiment.overrides | {"output-dir": str(output_dir)}
-    work = Path(tempfile.mkdtemp(prefix="fedequity-", dir=output_dir))
+    reap_abandoned(output_dir)
+    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=output_dir))
     flwr_home, logs = work / "flwr-home", work / "logs"
     logs.mkdir(parents=True)
     port, control_port = free_ports(2)  # bound together, so never the same port twice
     write_connection(flwr_home, CONNECTION, f"127.0.0.1:{port}")
     sup = ProcessSupervisor(env=simulation_env(flwr_home), log_dir=logs)
+    (work / OWNER).write_text(json.dumps({"pid": os.getpid(), "marker": sup.marker}))
+    found: list[str] = []
+    run_dir: Path | None = Path(cfg.resume_from) if cfg.resume_from else None
     try:
-        superlink = sup.start("superlink", superlink_command(port, control_port), PROJECT_ROOT)
-        wait_healthy(f"http://127.0.0.1:{port}/health", superlink, timeout=60)
-        command = flwr_run_command(experiment, overrides)
-        run_id = stream_run(sup, command, PROJECT_ROOT, show=shown(verbose)).run_id
-    finally:
-        sup.stop_all()
-    if run_id is None:
-        raise RunFailed(f"`flwr run` did not start a run; see {logs / 'flwr-run.log'}")
-    run_dir = output_dir / run_id
-    check_complete(run_dir, cfg.num_server_rounds, logs)
-    shutil.copytree(logs, run_dir / "logs")
-    shutil.rmtree(work, ignore_errors=True)
+        try:
+            superlink = sup.start("superlink", superlink_command(port, control_port), PROJECT_ROOT)
+            wait_healthy(f"http://127.0.0.1:{port}/health", superlink, timeout=60)
+            command = flwr_run_command(experiment, overrides)
+            stream_run(sup, command, PROJECT_ROOT, show=shown(verbose), found=found)
+        finally:
+            sup.stop_all()
+        run_dir = run_dir or (output_dir / found[0] if found else None)
+        if run_dir is None:
+            raise RunFailed(f"`flwr run` did not start a run; see {logs}")
+        check_complete(run_dir, cfg.num_server_rounds, logs)
+    except BaseException as error:  # Ctrl-C and SIGTERM included: mark the run, keep logs
+        run_dir = run_dir or (output_dir / found[0] if found else None)
+        why = cause(logs) if isinstance(error, RunFailed) else ""
+        if run_dir is not None and run_dir.is_dir():
+            mark_status(run_dir, "failed" if isinstance(error, Exception) else "interrupted")
+            _keep_logs(work, logs, run_dir)
+        if why:
+            raise RunFailed(f"{error}{why}") from None
+        raise
+    _keep_logs(work, logs, run_dir)
     return run_dir
+
+
+WORK_PREFIX, OWNER = "fedequity-", "owner.json"
+
+
+def reap_abandoned(output_dir: Path) -> None:
+    """Clean up after runners that were killed (kill -9 runs no clean-up): stop any process
+    still carrying their marker, move their logs into their run directory, drop the rest."""
+    for work in output_dir.glob(f"{WORK_PREFIX}*"):
+        try:
+            owner = json.loads((work / OWNER).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or its runner is still writing it
+        if pid_alive(int(owner["pid"])):
+            continue
+        reap(str(owner["marker"]))
+        log = work / "logs" / LOG_NAME
+        run_id = next(filter(None, map(parse_run_id, _lines(log))), None)
+        if run_id is not None and (output_dir / run_id).is_dir():
+            _keep_logs(work, work / "logs", output_dir / run_id)
+        else:
+            shutil.rmtree(work / "flwr-home", ignore_errors=True)
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(errors="replace").splitlines() if path.is_file() else []
+
+
+def _keep_logs(work: Path, logs: Path, run_dir: Path) -> None:
+    """The run's logs into its directory (``logs``; a resumed part's ``logs-2``, ...); the
+    work dir (Flower's home, ~1 MB) goes."""
+    target, part = run_dir / "logs", 1
+    while target.exists():
+        part += 1
+        target = run_dir / f"logs-{part}"
+    shutil.copytree(logs, target)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+EXCEPTION_LINE = re.compile(r"^\s*(?:[\w.]+(?:Error|Exception|Exit)|Exception \w+ occurred)\b.*")
+
+
+def cause(logs: Path | None) -> str:
+    """``: <the last exception line>`` of the run's logs, or "" (the console only shows
+    round lines; the reason a run failed is otherwise buried in flwr-run.log)."""
+    if logs is None or not (log := logs / "flwr-run.log").is_file():
+        return ""
+    lines = [m.group(0).strip() for m in map(EXCEPTION_LINE.match, log.read_text(
+        errors="replace").splitlines()) if m]  # fmt: skip
+    return f" (cause: {lines[-1][:400]})" if lines else ""

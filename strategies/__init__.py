@@ -74,15 +74,18 @@ def _base_strategy(
         "configrecord_key": CONFIG_RECORD,
         "train_metrics_aggr_fn": train_metrics_aggr_fn,
         "evaluate_metrics_aggr_fn": evaluate_metrics_aggr_fn,
+        "min_clients": cfg.min_clients,
+        "round_timeout": cfg.round_timeout,
     }
+    if cfg.strategy == "qfedavg":  # its own step, no weighted mean to make robust
+        return TracedQFedAvg(
+            client_learning_rate=cfg.fair.qfedavg_learning_rate, q=cfg.fair.qfedavg_q, **common
+        )
+    common["robust"] = cfg.robust
     if cfg.strategy == "representation":
         return RepresentationAware(
             alpha=cfg.fair.alpha, cap=cfg.fair.cap, group_names=group_names, **common
         )
     if cfg.strategy == "fairfed":
         return FairFed(beta=cfg.fair.fairfed_beta, **common)
-    if cfg.strategy == "qfedavg":
-        return TracedQFedAvg(
-            client_learning_rate=cfg.fair.qfedavg_learning_rate, q=cfg.fair.qfedavg_q, **common
-        )
     return TracedFedAvg(**common)

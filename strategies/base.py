@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
+from strategies.robust import robust_aggregate
 from strategies.screening import (
     RoundTrace,
     count_problem,
@@ -32,18 +33,26 @@ from strategies.screening import (
     screen_eval_replies,
     screen_replies,
 )
-from strategies.weighting import fedavg_weights, weighted_average
-from task.wire import BUDGET_EXHAUSTED
+from strategies.weighting import fedavg_weights
+from task.config import RobustConfig
+from task.wire import BUDGET_EXHAUSTED, PARTITION_ID
 
 
-def average_arrays(contents: list[RecordDict], weights: np.ndarray, keys: list[str]) -> ArrayRecord:
-    """Weighted average of the replies' ArrayRecords, keyed like ``keys``."""
+def aggregate_arrays(
+    contents: list[RecordDict], weights: np.ndarray, reference: ArrayRecord, robust: RobustConfig
+) -> ArrayRecord:
+    """The replies' ArrayRecords aggregated with ``weights`` (weighted mean, or the robust
+    rule of ``robust``), keyed like the global ``reference``."""
+    keys = list(reference.keys())
     per_client = [
         [record[k].numpy() for k in keys]
         for record in (next(iter(c.array_records.values())) for c in contents)
     ]
-    averaged = weighted_average(per_client, weights)
-    return ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(keys, averaged, strict=True)})
+    aggregated = robust_aggregate(
+        per_client, weights, [reference[k].numpy() for k in keys],
+        method=robust.method, trim=robust.trim, norm_bound=robust.norm_bound,
+    )  # fmt: skip
+    return ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(keys, aggregated, strict=True)})
 
 
 class ReplyScreening(FedAvg):
@@ -56,9 +65,21 @@ class ReplyScreening(FedAvg):
 
     current_arrays: ArrayRecord | None
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(
+        self, *, min_clients: int = 1, round_timeout: float = 3600.0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
+        self.min_clients = min_clients
+        self.round_timeout = round_timeout
         self.current_arrays = None
+        #: the nodes sampled in this round's configure_train (who owes a reply)
+        self.sampled_now: list[int] = []
+        #: rounds done before this process started (a resumed run); Flower counts from 1
+        self.round_offset = 0
+        #: partition of each node that reported one: what a checkpoint keys state by,
+        #: since a resumed run's nodes come back under new ids
+        self.node_partitions: dict[int, int] = {}
+        self._exhausted_partitions: set[int] = set()
         self.last_round = RoundTrace(round=0)
         #: nodes that replied budget-exhausted: never sampled again in this run
         self.exhausted: set[int] = set()
@@ -73,6 +94,7 @@ class ReplyScreening(FedAvg):
         the round keeps FedAvg's size (``fraction_train`` of all nodes) while enough
         eligible nodes remain, and shrinks to the eligible ones after that.
         """
+        server_round += self.round_offset
         self.current_arrays = arrays.copy()
         if self.fraction_train == 0.0:
             return []
@@ -82,16 +104,47 @@ class ReplyScreening(FedAvg):
         eligible = [node for node in all_nodes if node not in self.exhausted]
         self._excluded_now = len(all_nodes) - len(eligible)
         node_ids = random.sample(eligible, min(size, len(eligible)))
+        self.sampled_now = node_ids
         log(INFO, "configure_train: Sampled %s nodes (out of %s; %s excluded: budget spent)",
             len(node_ids), len(all_nodes), self._excluded_now)  # fmt: skip
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, node_ids, MessageType.TRAIN)
 
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Flower's, with the run's own round number."""
+        return super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)
+
+    # --- checkpoints ----------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a resumed run needs of this strategy, keyed by partition (extend)."""
+        exhausted = {self.node_partitions[n] for n in self.exhausted if n in self.node_partitions}
+        return {"exhausted_partitions": sorted(exhausted | self._exhausted_partitions)}
+
+    def resume_from(self, round_offset: int, state: dict[str, Any]) -> None:
+        """Continue after ``round_offset`` rounds with the state of :meth:`checkpoint_state`."""
+        self.round_offset = round_offset
+        self._exhausted_partitions = set(state.get("exhausted_partitions", []))
+
+    def _partition_order(self, msg: Message) -> tuple[int, int]:
+        node = msg.metadata.src_node_id
+        return self.node_partitions.get(node, -1), node
+
+    def _learn_partitions(self, trace: RoundTrace) -> None:
+        for node, record in trace.client_records.items():
+            if isinstance(partition := record.get(PARTITION_ID), int):
+                self.node_partitions[node] = partition
+                if partition in self._exhausted_partitions:
+                    self.exhausted.add(node)
+
     def summary(self) -> None:
         """Log summary configuration of the strategy."""
         log(INFO, "\t├──> Screening: skip '%s' == 1, reject non-finite/mismatched",
             BUDGET_EXHAUSTED)  # fmt: skip
+        log(INFO, "\t├──> Rounds: at least %d accepted replies within %g s, else skipped",
+            self.min_clients, self.round_timeout)  # fmt: skip
         super().summary()
 
     def metric_problem(self, metrics: MetricRecord) -> str | None:
@@ -103,19 +156,32 @@ class ReplyScreening(FedAvg):
         self.last_round = trace = RoundTrace(round=server_round)
         if self.current_arrays is None:
             raise AggregationError("No global arrays: call `configure_train` first.")
-        valid, errors = self._check_and_log_replies(list(replies), is_train=True, validate=False)
-        trace.failures = len(errors)
+        replies = list(replies)
+        valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
+        trace.failure_reasons = failure_reasons(errors, replies, self.sampled_now,
+                                                self.round_timeout)  # fmt: skip
+        trace.failures = len(trace.failure_reasons)
         accepted = screen_replies(valid, self.current_arrays, trace, self.metric_problem)
+        self._learn_partitions(trace)
+        # Replies arrive in any order, and float sums depend on it: aggregate in partition
+        # order, the same in every engine and in a resumed run (whose node ids are new).
+        accepted.sort(key=self._partition_order)
         trace.excluded_exhausted = self._excluded_now
         self.exhausted.update(trace.skipped_budget)
         if not accepted:
             log(WARNING, "aggregate_train: no reply left to aggregate in round %d", server_round)
+        elif len(accepted) < self.min_clients:
+            trace.skipped = (f"{len(accepted)} accepted repl{'y' if len(accepted) == 1 else 'ies'}"
+                             f", fewer than min-clients = {self.min_clients}")  # fmt: skip
+            log(WARNING, "aggregate_train: round %d skipped: %s", server_round, trace.skipped)
+            return []
         return accepted
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Screen the replies, then aggregate the accepted ones; the trace is ``last_round``."""
+        server_round += self.round_offset
         accepted = self.screen_round(server_round, replies)
         if not accepted or self.current_arrays is None:
             return None, None
@@ -131,7 +197,29 @@ class ReplyScreening(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Flower's FedAvg on the evaluate replies that keep the contract."""
-        return super().aggregate_evaluate(server_round, screen_eval_replies(replies))
+        return super().aggregate_evaluate(
+            server_round + self.round_offset, screen_eval_replies(replies)
+        )
+
+
+def failure_reasons(
+    errors: list[Message], replies: list[Message], sampled: list[int], timeout: float
+) -> dict[int, str]:
+    """Each failed node's reason: the error it reported, or no reply within the timeout."""
+    reasons = {msg.metadata.src_node_id: _error_text(msg) for msg in errors}
+    answered = {msg.metadata.src_node_id for msg in replies}
+    for node in sampled:
+        if node not in answered:
+            reasons[node] = f"no reply within round-timeout = {timeout:g} s"
+    return reasons
+
+
+def _error_text(msg: Message) -> str:
+    """The error's last line: where a Ray or Flower wrapper puts a traceback first, that is
+    the exception and its message (``... Message: injected crash ...``)."""
+    lines = [line.strip(" '>\"") for line in str(msg.error.reason).splitlines()]
+    last = next((line for line in reversed(lines) if line), "")
+    return f"error {msg.error.code}: {last[:300]}"
 
 
 class TracedFedAvg(ReplyScreening):
@@ -146,10 +234,25 @@ class TracedFedAvg(ReplyScreening):
 
     Parameters
     ----------
+    robust : RobustConfig, optional
+        Replace the weighted mean by a robust rule that keeps the weights
+        (:mod:`strategies.robust`); default: the weighted mean.
     **fedavg_kwargs
-        Passed to :class:`flwr.serverapp.strategy.FedAvg` (``fraction_train``,
-        ``min_train_nodes``, ``weighted_by_key``, ``train_metrics_aggr_fn``, ...).
+        Passed to :class:`ReplyScreening` (``min_clients``, ``round_timeout``) and
+        :class:`flwr.serverapp.strategy.FedAvg` (``fraction_train``, ``min_train_nodes``,
+        ``weighted_by_key``, ``train_metrics_aggr_fn``, ...).
     """
+
+    def __init__(self, *, robust: RobustConfig | None = None, **fedavg_kwargs: Any) -> None:
+        super().__init__(**fedavg_kwargs)
+        self.robust = robust or RobustConfig(method="none", trim=0.0, norm_bound=1.0)
+
+    def summary(self) -> None:
+        """Log summary configuration of the strategy."""
+        if self.robust.method != "none":
+            log(INFO, "\t├──> Robust aggregation: %s (trim %g, norm bound %g)",
+                self.robust.method, self.robust.trim, self.robust.norm_bound)  # fmt: skip
+        super().summary()
 
     def client_weights(
         self, server_round: int, node_ids: list[int], contents: list[RecordDict]
@@ -165,5 +268,5 @@ class TracedFedAvg(ReplyScreening):
         contents = [msg.content for msg in accepted]
         weights = self.client_weights(server_round, node_ids, contents)
         self.last_round.weights = {n: float(w) for n, w in zip(node_ids, weights, strict=True)}
-        arrays = average_arrays(contents, weights, list(reference.keys()))
+        arrays = aggregate_arrays(contents, weights, reference, self.robust)
         return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)

@@ -49,6 +49,20 @@ class FairFed(TracedFedAvg):
         super().__init__(**fedavg_kwargs)
         self.beta = beta
         self.node_factors: dict[int, float] = {}
+        self._restored_factors: dict[int, float] = {}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Also each participant's weight factor, by partition."""
+        factors = {
+            str(self.node_partitions[node]): factor
+            for node, factor in self.node_factors.items()
+            if node in self.node_partitions
+        }
+        return super().checkpoint_state() | {"factors": factors}
+
+    def resume_from(self, round_offset: int, state: dict[str, Any]) -> None:
+        super().resume_from(round_offset, state)
+        self._restored_factors = {int(p): float(f) for p, f in state.get("factors", {}).items()}
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""
@@ -67,6 +81,10 @@ class FairFed(TracedFedAvg):
         local = np.array([number(c, FAIR_METRIC) for c in contents])
         global_metric = float(n @ local / n.sum())
         fedavg = fedavg_weights(n)
+        for node in node_ids:  # a resumed run: its nodes' factors, by partition
+            partition = self.node_partitions.get(node, -1)
+            if node not in self.node_factors and partition in self._restored_factors:
+                self.node_factors[node] = self._restored_factors.pop(partition)
         previous = None
         if any(node in self.node_factors for node in node_ids):
             previous = fedavg * [self.node_factors.get(node, 1.0) for node in node_ids]

@@ -6,7 +6,7 @@ from typing import Any
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
-from strategies.base import ReplyScreening
+from strategies.base import ReplyScreening, failure_reasons
 from strategies.screening import RoundTrace, array_problem, client_records, rekey_like
 
 
@@ -27,6 +27,12 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
     def __init__(self, strategy: ReplyScreening, *args: Any, **kwargs: Any) -> None:
         super().__init__(strategy, *args, **kwargs)
         self.traced = strategy  # the wrapped strategy, typed: it keeps the round trace
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return self.traced.checkpoint_state()
+
+    def resume_from(self, round_offset: int, state: dict[str, Any]) -> None:
+        self.traced.resume_from(round_offset, state)
 
     @property
     def last_round(self) -> RoundTrace:
@@ -51,8 +57,14 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
             kept.append(msg)
         result = super().aggregate_train(server_round, kept)
         trace = self.traced.last_round
-        if trace.round != server_round:
-            trace = self.traced.last_round = skipped_round(server_round, received)
+        run_round = server_round + self.traced.round_offset
+        if trace.round != run_round:
+            trace = self.traced.last_round = skipped_round(run_round, received)
+        trace.failure_reasons = failure_reasons(
+            [m for m in received if m.has_error()], received, self.traced.sampled_now,
+            self.traced.round_timeout,
+        )  # fmt: skip
+        trace.failures = len(trace.failure_reasons)
         trace.rejected.update(held_back)
         trace.client_records.update(client_records(held))  # they trained: ε counts
         return result

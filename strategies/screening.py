@@ -48,7 +48,12 @@ class RoundTrace:
     rejected : dict[int, str]
         Clients whose reply was refused, with the reason.
     failures : int
-        Error replies (the node failed or timed out).
+        Error replies plus sampled nodes that sent no reply within the round timeout.
+    failure_reasons : dict[int, str]
+        Why each of those failed: the error the node reported, or the timeout.
+    skipped : str
+        Why the round was not aggregated although replies came ("" when it was, or when
+        none was left): fewer accepted replies than ``min-clients``.
     client_metrics : dict[int, dict[str, MetricValue]]
         The MetricRecord of every non-error reply, including skipped and rejected ones.
     client_records : dict[int, dict[str, Any]]
@@ -67,6 +72,8 @@ class RoundTrace:
     excluded_exhausted: int = 0
     rejected: dict[int, str] = field(default_factory=dict)
     failures: int = 0
+    failure_reasons: dict[int, str] = field(default_factory=dict)
+    skipped: str = ""
     client_metrics: dict[int, dict[str, MetricValue]] = field(default_factory=dict)
     client_records: dict[int, dict[str, Any]] = field(default_factory=dict)
     prevalence: dict[str, float] = field(default_factory=dict)
@@ -81,6 +88,8 @@ class RoundTrace:
             "excluded_exhausted": self.excluded_exhausted,
             "rejected": {str(k): v for k, v in self.rejected.items()},
             "failures": self.failures,
+            "failure_reasons": {str(k): v for k, v in self.failure_reasons.items()},
+            **({"skipped": self.skipped} if self.skipped else {}),
             "client_metrics": {str(k): dict(v) for k, v in self.client_metrics.items()},
             "prevalence": dict(self.prevalence),
             "extras": dict(self.extras),

@@ -9,6 +9,7 @@ population's group shares.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -129,9 +130,31 @@ def _partitioner(
 
 def check_partitions(
     data: DataConfig, cfg: PartitionConfig, num_partitions: int, seed: int
-) -> None:
-    """Raise the ValueError a client would, before any run starts."""
-    _partitioner(data, cfg, num_partitions, seed)
+) -> list[int]:
+    """Raise the ValueError a client would, before any run starts; return the training
+    sizes of the clients' local splits (of a seeded sample of 200 clients beyond that)."""
+    check_groups(load_splits(data, seed), data)
+    partitioner = _partitioner(data, cfg, num_partitions, seed)
+    ids = list(range(num_partitions))
+    if num_partitions > _SIZE_SAMPLE:
+        rng = np.random.default_rng(seed)
+        ids = sorted(int(i) for i in rng.choice(num_partitions, _SIZE_SAMPLE, replace=False))
+    # train_test_split(test_size=0.2) puts ceil(0.2 · n) rows in the test split
+    return [n - math.ceil(0.2 * n) for n in (partitioner.load_partition(i).num_rows for i in ids)]
+
+
+_SIZE_SAMPLE = 200
+
+
+def check_groups(splits: DatasetDict, data: DataConfig) -> None:
+    """Group fairness needs groups: at least two in the training split."""
+    present = sorted(set(splits["train"]["group"]))
+    if len(present) < 2:
+        raise ValueError(
+            f"data.group-column {data.group_column!r}: the training data has "
+            f"{len(present)} group(s) {present}; group fairness needs at least 2 (name the "
+            "column holding the group attribute)"
+        )
 
 
 def load_partition(

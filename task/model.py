@@ -13,6 +13,7 @@ only trainable weights travel. ``head``/``top-layers`` train only the top of a s
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -103,7 +104,18 @@ def check_model_source(cfg: ModelConfig, *, online: bool) -> None:
     if cfg.name == MINILM:
         minilm_folder()  # the package is installed and its weights match the pinned sha256
         return
-    if cfg.is_tiny or Path(cfg.name).expanduser().is_dir() or online:
+    if cfg.is_tiny:
+        return
+    folder = Path(cfg.name).expanduser()
+    if folder.is_dir():
+        check_model_folder(folder)
+        return
+    if cfg.name.startswith(("/", ".", "~")) or folder.exists():
+        raise ValueError(
+            f"model.name={cfg.name!r}: no such folder; valid: {TINY_MODEL!r}, {MINILM!r}, a "
+            "folder written by save_pretrained, or a Hugging Face Hub id such as 'org/model'"
+        )
+    if online:
         return
     try:
         snapshot_download(cfg.name, local_files_only=True)
@@ -113,6 +125,23 @@ def check_model_source(cfg: ModelConfig, *, online: bool) -> None:
             "save_pretrained folder "
             "nor in the Hugging Face cache; set FEDEQUITY_ONLINE=1 to download it"
         ) from None
+
+
+def check_model_folder(folder: Path) -> None:
+    """A ``save_pretrained`` folder has a readable ``config.json`` naming its model type."""
+    config = folder / "config.json"
+    if not config.is_file():
+        contents = sorted(p.name for p in folder.iterdir())[:8]
+        raise ValueError(
+            f"model.name={str(folder)!r}: the folder has no config.json (it holds "
+            f"{contents or 'nothing'}); valid: a folder written by save_pretrained"
+        )
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (ValueError, UnicodeDecodeError, AttributeError) as error:
+        raise ValueError(f"model.name: {config} is not a JSON config ({error})") from None
+    if not isinstance(model_type, str):
+        raise ValueError(f"model.name: {config} names no 'model_type'; is it a model's config?")
 
 
 def load_tokenizer(cfg: ModelConfig, train_texts: Sequence[str]) -> PreTrainedTokenizerBase:

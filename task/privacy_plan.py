@@ -278,3 +278,20 @@ def check_release_budget(cfg: RunConfig) -> None:
     or 0.1 at n = 1), where the releases cost least: what fails here fails on every client.
     """
     calibrate_noise_multiplier(plan_for(cfg, num_examples=1))
+
+
+def check_client_budgets(cfg: RunConfig, sizes: list[int]) -> None:
+    """Raise before any run if no client, at its real size n (and so its δ and Poisson
+    rate), can train within ``dp.target-epsilon``: such a run would have no participant."""
+    reasons: dict[int, str] = {}
+    for n in sorted(set(sizes)):
+        try:
+            calibrate_noise_multiplier(plan_for(cfg, num_examples=n))
+            return
+        except ValueError as error:
+            reasons[n] = str(error)
+    shown = ", ".join(map(str, sorted(reasons)[:5])) + (" ..." if len(reasons) > 5 else "")
+    raise ValueError(
+        f"run-config key 'dp.target-epsilon': no client can train within "
+        f"{cfg.dp.target_epsilon} (clients of {shown} examples: {next(iter(reasons.values()))})"
+    )

@@ -19,6 +19,7 @@ Policies shared by all generic loaders:
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -162,18 +163,57 @@ def _read_table(path: Path) -> pd.DataFrame:
     # directly avoids an Arrow cache under ~/.cache per file and run (every simulated client and
     # test would write one) for tables that fit in memory anyway.
     suffix = path.suffix.lower()
+    if suffix != ".parquet":
+        _check_text_file(path)
     try:
         if suffix == ".csv":
             # Only empty fields are missing: "NA" or "null" can be legitimate text.
             return pd.read_csv(path, keep_default_na=False, na_values=[""])
         if suffix in (".jsonl", ".json"):
-            return pd.read_json(path, lines=True, dtype=False)
+            frame = pd.read_json(path, lines=True, dtype=False)
+            if not all(isinstance(column, str) for column in frame.columns):  # lists, not objects
+                raise ValueError("not one JSON object per line")
+            return frame
         return pd.read_parquet(path)
-    except (ValueError, pd.errors.ParserError) as error:
+    except (ValueError, pd.errors.ParserError, OSError) as error:
+        hint = {
+            ".csv": "a CSV file with a header row",
+            ".jsonl": "one JSON object per line",
+            ".json": "one JSON object per line",
+            ".parquet": "an Apache Parquet file (is it another format renamed?)",
+        }[suffix]
+        detail = _first_bad_json_line(path) if suffix in (".jsonl", ".json") else error
         raise ValueError(
-            f"data.path: could not read {path} as {suffix[1:]} "
-            f"(.json/.jsonl must hold one JSON object per line): {error}"
+            f"data.path: could not read {path} as {suffix[1:]} (expected {hint}): {detail}"
         ) from error
+
+
+def _check_text_file(path: Path) -> None:
+    """A CSV/JSONL must be UTF-8: name the first line that is not (pandas gives an offset)."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"data.path: {path} line {number} is not UTF-8 ({error.reason} at byte "
+                    f"{error.start} of the line); save the file as UTF-8"
+                ) from None
+
+
+def _first_bad_json_line(path: Path) -> str:
+    """Which line of a JSON-lines file is not one JSON object, and why."""
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as error:
+                return f"line {number} is not valid JSON ({error.msg}, column {error.colno})"
+            if not isinstance(value, dict):
+                return f"line {number} is a JSON {type(value).__name__}, not an object"
+    return "no line holds a JSON object"
 
 
 def load_table(

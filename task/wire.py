@@ -14,6 +14,8 @@ CLIENT_RECORD = "client"  # ConfigRecord in a train reply: node id, bytes sent, 
 # --- ConfigRecord keys of a request (server → client) ---------------------------------
 SERVER_ROUND = "server-round"  # set by Flower's strategies in every request
 LEARNING_RATE = "learning-rate"  # the train config of ``Strategy.start``
+# where a simulated client keeps its privacy ledger file (train config; node-config wins)
+LEDGER_DIR = "ledger-dir"
 
 # --- MetricRecord keys of a reply (client → server) -----------------------------------
 EPSILON = "epsilon"  # cumulative ε of the client (inf without local DP)
@@ -38,6 +40,7 @@ EVAL_METRICS = frozenset({NUM_EXAMPLES, EVAL_LOSS, EVAL_ACCURACY})
 
 # --- keys of the CLIENT_RECORD ConfigRecord ---------------------------------------------
 NODE_ID = "node-id"
+PARTITION_ID = "partition-id"  # node-config's: stable where node ids are not (a resumed run)
 BYTES_SENT = "bytes-sent"
 # The privacy report (local DP only), with EPSILON and BUDGET_EXHAUSTED as above:
 DELTA = "delta"

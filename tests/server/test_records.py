@@ -13,6 +13,8 @@ from server.records import RunDirectory, flat_row
 def test_run_directory_writes_contract_files_and_latest(tmp_path: Path) -> None:
     run = RunDirectory(tmp_path, "123", {"seed": 1})
     assert json.loads((run.path / "config.json").read_text()) == {"seed": 1}
+    assert not (tmp_path / "latest").exists()  # only a complete run becomes latest
+    run.point_latest()
     assert (tmp_path / "latest").resolve() == run.path
     run.append_round({"round": 1, "global": {"accuracy": 0.5, "per_group": {"a": {"n": 3}}}})
     run.append_round({"round": 2, "global": {"accuracy": 0.75, "per_group": {"a": {"n": 3}}}})
@@ -20,6 +22,8 @@ def test_run_directory_writes_contract_files_and_latest(tmp_path: Path) -> None:
     assert [r["global.accuracy"] for r in rows] == ["0.5", "0.75"]
     assert rows[0]["global.per_group.a.n"] == "3"
     second = RunDirectory(tmp_path, "124", {})
+    assert (tmp_path / "latest").resolve() == run.path
+    second.point_latest()
     assert (tmp_path / "latest").resolve() == second.path
 
 

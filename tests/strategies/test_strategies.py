@@ -238,6 +238,7 @@ def test_central_dp_screens_replies_before_flower_clips_them() -> None:
     s = 12 / 110 / np.sqrt(2)  # as in the test above: the same three updates
     np.testing.assert_allclose(as_numpy(arrays)["w"], [43 / 110 + s, 55 / 110 + s])
     assert inner.last_round.rejected == {5: "shape mismatch for 'w': expected (2,) got (3,)"}
+    assert inner.last_round.failure_reasons == {}  # held back is rejected, not silent
 
 
 def test_central_dp_round_skipped_for_an_error_reply_gets_its_own_empty_trace() -> None:

@@ -4,7 +4,8 @@ from typing import Any
 
 import pytest
 
-from task.config import SCHEMA, load_defaults, parse_run_config
+from task.config import load_defaults, parse_run_config
+from task.config_schema import SCHEMA
 
 
 def test_defaults_parse_and_cover_every_key() -> None:

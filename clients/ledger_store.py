@@ -1,0 +1,127 @@
+"""A client's privacy ledger on disk, so that no restart or resume resets its ε.
+
+``context.state`` lives as long as the node process (simulation: the run). A resumed run
+is a new Flower run with fresh contexts, and a restarted node starts empty; either would
+start again from ε = 0. So each client also keeps its ledger in a file, written
+atomically and fsync'd *before* its reply leaves, and starts every round from the longer
+of the two histories.
+
+One round may be asked twice: a run resumed from the checkpoint of round r − 1 asks
+round r again. With seeded DP randomness (simulation) and the same global weights, the
+second answer is bit-identical to the first, so it releases nothing new and is charged
+once: the file keeps the ledger from *before* its last round and the digest of the
+weights that round trained on, and only an identical request rolls back to it. Anything
+else (other weights, OS-entropy noise) is charged again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from task.cache import write_atomically
+
+FORMAT = 1
+
+
+class LedgerFileError(ValueError):
+    """The ledger file exists but cannot be read: refuse to train rather than reset ε."""
+
+
+@dataclass(frozen=True)
+class StoredLedger:
+    round: int
+    weights_digest: str
+    before: dict[str, Any]  # the ledger state before ``round``
+    after: dict[str, Any]  # the ledger state after it
+
+
+def weights_digest(weights: Mapping[str, torch.Tensor]) -> str:
+    """A digest of the received global weights (names, dtypes, shapes and bytes)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(weights):
+        tensor = weights[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def ledger_path(directory: str | Path, partition_id: int) -> Path:
+    return Path(directory) / f"partition-{partition_id}.json"
+
+
+def load(path: Path) -> StoredLedger | None:
+    """The stored ledger, None if there is no file; a damaged file is an error."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
+        return StoredLedger(
+            round=int(data["round"]),
+            weights_digest=str(data["weights_digest"]),
+            before=dict(data["before"]),
+            after=dict(data["after"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise LedgerFileError(
+            f"privacy ledger {path} is unreadable ({error}); refusing to train, since "
+            "starting from an empty ledger would reset this client's ε"
+        ) from error
+
+
+def save(path: Path, stored: StoredLedger) -> None:
+    """Write atomically and fsync, so that the ledger on disk survives a kill -9."""
+    payload = json.dumps(
+        {
+            "format": FORMAT,
+            "round": stored.round,
+            "weights_digest": stored.weights_digest,
+            "before": stored.before,
+            "after": stored.after,
+        }
+    )
+
+    def write(staging: Path) -> None:
+        with staging.open("w") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    write_atomically(path, write)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself
+    finally:
+        os.close(directory)
+
+
+def starting_state(
+    stored: StoredLedger | None,
+    in_memory: Mapping[str, Any],
+    *,
+    server_round: int,
+    digest: str,
+    reproducible: bool,
+) -> dict[str, Any]:
+    """The ledger state this round starts from: the longer history of file and memory,
+    except that a seeded repeat of the stored round (same weights) starts where that
+    round started."""
+    memory = dict(in_memory)
+    if stored is None:
+        return memory
+    if reproducible and stored.round == server_round and stored.weights_digest == digest:
+        return dict(stored.before)
+    return dict(stored.after) if _length(stored.after) >= _length(memory) else memory
+
+
+def _length(state: Mapping[str, Any]) -> int:
+    return len(state.get("steps", []))

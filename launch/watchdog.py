@@ -1,0 +1,54 @@
+"""``python -m launch.watchdog OWNER_PID MARKER``: stop a run's processes when its owner dies.
+
+A supervisor stops what it started when it exits, but a SIGKILL'd owner runs no clean-up,
+and Flower's processes (SuperLink, the simulation, Ray's raylet, workers and actors) run
+in sessions of their own, so nothing would reach them: the federation would go on
+headless. Flower's ``--parent-pid`` covers only some of them. So every supervisor starts
+this watchdog, outside the run's marker and in its own session: once the owner is gone,
+it stops every process carrying the marker (SIGTERM, then SIGKILL) and exits.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+from launch.supervisor import PROC, marked_pids, pid_alive, signal_pid
+
+POLL_S = 0.5
+GRACE_S = 5.0
+
+
+def reap(marker: str, grace: float = GRACE_S) -> list[int]:
+    """Stop every live process carrying ``marker``; return those that needed SIGKILL."""
+    for pid in marked_pids(marker):
+        signal_pid(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and marked_pids(marker):
+        time.sleep(0.1)
+    survivors = marked_pids(marker)
+    for pid in survivors:
+        signal_pid(pid, signal.SIGKILL)
+    return survivors
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (tells a reused PID from its first owner)."""
+    try:
+        return (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def watch(owner: int, marker: str) -> None:
+    """Wait for ``owner`` to die, then reap the marked processes."""
+    started = _start_time(owner)
+    while pid_alive(owner) and _start_time(owner) == started:
+        time.sleep(POLL_S)
+    reap(marker)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the terminal is the owner's
+    watch(int(sys.argv[1]), sys.argv[2])

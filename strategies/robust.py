@@ -1,0 +1,116 @@
+"""Robust aggregation that keeps the fair weights (``robust.method``): pure NumPy.
+
+Flower's ``FedTrimmedAvg`` and ``FedMedian`` treat every client alike: they trim a share
+of the *clients* and take the plain median. Here the weights come first (representation
+or FairFed weights, capped), so each rule keeps them: the trimmed mean drops Flower's
+``int(trim · K)`` extreme clients of every coordinate and takes the weighted mean of the
+rest; the median is the coordinate where half the weight lies on either side. With equal
+weights both reduce to Flower's math (``flwr.serverapp.strategy.fedtrimmedavg.trim_mean``,
+``np.median``); ``tests/strategies/test_robust.py`` checks that.
+
+``norm-bound`` clips each client's update (its arrays minus the global ones sent this
+round) to L2 norm ``robust.norm-bound`` before the weighted average, so a scaled update
+(model poisoning) moves the global model by at most the bound whatever its weight:
+Σ w_k clip(Δ_k) has norm ≤ Σ w_k · B = B (Sun et al., 2019, "Can you really backdoor
+federated learning?").
+
+References
+----------
+Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates",
+ICML 2018 (coordinate-wise median and trimmed mean).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from strategies.weighting import weighted_average
+
+_TOL = 1e-12
+
+
+def robust_aggregate(
+    arrays_per_client: list[list[np.ndarray]],
+    weights: Sequence[float] | np.ndarray,
+    reference: list[np.ndarray],
+    *,
+    method: str,
+    trim: float = 0.1,
+    norm_bound: float = 1.0,
+) -> list[np.ndarray]:
+    """The aggregate of the clients' arrays under ``method`` (``none``: weighted mean)."""
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    if method == "none":
+        return weighted_average(arrays_per_client, w)
+    if method == "norm-bound":
+        clipped = clip_updates(arrays_per_client, reference, norm_bound)
+        return weighted_average(clipped, w)
+    if method not in ("trimmed-mean", "median"):
+        raise ValueError(f"robust.method {method!r}: valid: none, trimmed-mean, median, norm-bound")
+    out = []
+    for layer, ref in zip(zip(*arrays_per_client, strict=True), reference, strict=True):
+        stacked = np.stack([a.astype(np.float64).reshape(-1) for a in layer])
+        value = weighted_trimmed_mean(stacked, w, trim) if method == "trimmed-mean" else (
+            weighted_median(stacked, w)
+        )  # fmt: skip
+        out.append(_like(value.reshape(ref.shape), ref.dtype))
+    return out
+
+
+def clip_updates(
+    arrays_per_client: list[list[np.ndarray]], reference: list[np.ndarray], bound: float
+) -> list[list[np.ndarray]]:
+    """Each client's arrays moved back towards ``reference`` until its update's L2 norm
+    (over all arrays together) is at most ``bound``."""
+    clipped = []
+    for arrays in arrays_per_client:
+        deltas = [
+            a.astype(np.float64) - r.astype(np.float64)
+            for a, r in zip(arrays, reference, strict=True)
+        ]
+        norm = float(np.sqrt(sum(float(np.sum(d * d)) for d in deltas)))
+        scale = min(1.0, bound / norm) if norm > 0 else 1.0
+        clipped.append(
+            [
+                _like(r + scale * d, a.dtype)
+                for a, r, d in zip(arrays, reference, deltas, strict=True)
+            ]
+        )
+    return clipped
+
+
+def weighted_trimmed_mean(values: np.ndarray, weights: np.ndarray, trim: float) -> np.ndarray:
+    """Per column of ``values`` (clients × coordinates): drop the ``int(trim · K)`` smallest
+    and largest values, as Flower's ``FedTrimmedAvg`` does, then take the *weighted* mean of
+    the rest. Trimming by count, not by weight: a poisoning client whose (capped) weight
+    exceeds ``trim`` would otherwise keep the excess in every coordinate."""
+    if not 0 <= trim < 0.5:
+        raise ValueError(f"robust.trim must be in [0, 0.5), got {trim}")
+    cut = int(trim * values.shape[0])
+    order = np.argsort(values, axis=0, kind="stable")
+    kept = slice(cut, values.shape[0] - cut)
+    kept_values = np.take_along_axis(values, order, axis=0)[kept]
+    kept_weights = weights[order][kept]
+    return np.sum(kept_weights * kept_values, axis=0) / np.sum(kept_weights, axis=0)
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per column: the value with half the weight on either side; where a client boundary
+    sits exactly at one half, the mean of the two values there (as ``np.median`` does)."""
+    order = np.argsort(values, axis=0, kind="stable")
+    sorted_values = np.take_along_axis(values, order, axis=0)
+    cumulative = np.cumsum(weights[order], axis=0)
+    low = np.argmax(cumulative >= 0.5 - _TOL, axis=0)
+    high = np.argmax(cumulative > 0.5 + _TOL, axis=0)
+    columns = np.arange(values.shape[1])
+    return (sorted_values[low, columns] + sorted_values[high, columns]) / 2
+
+
+def _like(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Back to the global model's dtype (integer buffers rounded)."""
+    if np.issubdtype(dtype, np.floating):
+        return value.astype(dtype)
+    return np.rint(value).astype(dtype)

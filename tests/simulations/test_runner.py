@@ -1,0 +1,56 @@
+"""The runner's reading of a run: the cause of a failure, and what counts as complete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from simulations.runner import RunFailed, cause, check_complete, shown
+
+RAY_LOG = """\
+INFO :      [ROUND 1/2]
+ERROR :     ClientApp raised an exception
+Traceback (most recent call last):
+  File "/work/clients/app.py", line 58, in train
+    raise faults.InjectedCrash(f"injected crash (faults.crash-rate) in round {server_round}")
+clients.faults.InjectedCrash: injected crash (faults.crash-rate) in round 1
+Traceback (most recent call last):
+  File "/work/server/app.py", line 30, in main
+ValueError: resume-from /tmp/x: the run had 3 nodes, this federation has 4
+"""
+
+
+def test_the_cause_is_the_last_exception_line_of_the_log(tmp_path: Path) -> None:
+    (tmp_path / "flwr-run.log").write_text(RAY_LOG)
+    assert cause(tmp_path) == (" (cause: ValueError: resume-from /tmp/x: the run had 3 nodes, "
+                               "this federation has 4)")  # fmt: skip
+    assert cause(tmp_path / "absent") == ""
+
+
+def test_the_console_shows_round_lines_and_errors_not_bare_tracebacks() -> None:
+    show = shown(verbose=False)
+    assert show("INFO :      round 1/8 acc=0.5 bal_acc=0.5")
+    assert show("ERROR :     ClientApp raised an exception")
+    assert not show("Traceback (most recent call last):")
+    assert shown(verbose=True)("Traceback (most recent call last):")
+
+
+def write_results(run_dir: Path, rounds: list[dict], **config: float) -> None:
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "results.json").write_text(json.dumps({"config": config, "rounds": rounds}))
+
+
+def test_a_round_without_survivors_fails_a_run_unless_faults_were_asked_for(
+    tmp_path: Path,
+) -> None:
+    rounds = [{"round": 1, "num_clients": 3, "failures": 0},
+              {"round": 2, "num_clients": 0, "failures": 3}]  # fmt: skip
+    write_results(tmp_path, rounds)
+    with pytest.raises(RunFailed, match=r"every client failed in round\(s\) \[2\]"):
+        check_complete(tmp_path, 2, tmp_path)
+    write_results(tmp_path, rounds, **{"faults.crash-rate": 0.6})
+    check_complete(tmp_path, 2, tmp_path)  # injected: a result, reported per round
+    with pytest.raises(RunFailed, match="only 2/3 rounds"):
+        check_complete(tmp_path, 3, tmp_path)
