@@ -106,9 +106,8 @@ class _DurableLedger:
         directory = context.node_config.get(LEDGER_DIR) or (
             None if secure else server_config.get(LEDGER_DIR)
         )
-        self.path = (
-            ledger_store.ledger_path(str(directory), _partition(context)[0]) if directory else None
-        )
+        partition = _partition(context)[0]
+        self.path = ledger_store.ledger_path(str(directory), partition) if directory else None
         self.digest = ledger_store.weights_digest(weights) if self.path else ""
         memory = context.state.config_records.get(PRIVACY_STATE, ConfigRecord())
         stored = ledger_store.load(self.path) if self.path else None
@@ -116,6 +115,9 @@ class _DurableLedger:
             stored, dict(memory), server_round=server_round, digest=self.digest,
             reproducible=not secure,
         )  # fmt: skip
+        recorded = ledger_store.recorded_events(server_config, partition)
+        where = str(self.path) if self.path else "in memory only: no node-config ledger-dir"
+        ledger_store.check_not_lost(self.start, recorded=recorded, where=where)
 
     def keep(self, state: dict[str, Any]) -> None:
         """Remember the new state; on disk (fsync'd) before the reply leaves."""

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from task.cache import write_atomically
+from task.wire import SPENT_EVENTS, SPENT_PARTITIONS
 
 FORMAT = 1
 
@@ -121,6 +122,26 @@ def starting_state(
     if reproducible and stored.round == server_round and stored.weights_digest == digest:
         return dict(stored.before)
     return dict(stored.after) if _length(stored.after) >= _length(memory) else memory
+
+
+def recorded_events(server_config: Mapping[str, Any], partition_id: int) -> int:
+    """How many ledger events the server last saw from ``partition_id`` (0: none)."""
+    partitions = list(server_config.get(SPENT_PARTITIONS, []))
+    events = list(server_config.get(SPENT_EVENTS, []))
+    if len(partitions) != len(events):
+        raise ValueError(f"train config: {SPENT_PARTITIONS} and {SPENT_EVENTS} differ in length")
+    return int(dict(zip(partitions, events, strict=True)).get(partition_id, 0))
+
+
+def check_not_lost(state: Mapping[str, Any], *, recorded: int, where: str) -> None:
+    """Refuse to train from a ledger shorter than the server has already seen: the node
+    lost it (a restart without its ledger file, a deleted file) and would reset its ε."""
+    if (held := _length(state)) < recorded:
+        raise LedgerFileError(
+            f"privacy ledger lost: this node holds {held} events ({where}) but the server "
+            f"recorded {recorded} from it; refusing to train, since starting again would "
+            "reset its ε (keep node-config ledger-dir on storage that survives restarts)"
+        )
 
 
 def _length(state: Mapping[str, Any]) -> int:

@@ -3,7 +3,8 @@
 Secure: TLS on every link, SuperNode authentication, SuperExec secrets, no ``--insecure``
 outside the override file. Operable: health checks, restart policies, SuperLink state in
 a named volume. Topology: SuperNode ``i`` has ``partition-id=i`` and
-``num-partitions=N`` (N = number of SuperNodes) and one ClientApp SuperExec dialling it.
+``num-partitions=N`` (N = number of SuperNodes) and one ClientApp SuperExec dialling it,
+which keeps the node's privacy ledger on a named volume of its own.
 """
 
 from __future__ import annotations
@@ -108,22 +109,24 @@ def check_offline(compose: Compose) -> list[str]:
 
 def check_topology(compose: Compose) -> list[str]:
     """One SuperLink + ServerApp SuperExec; SuperNode i: partition i of N, its own SuperExec,
-    DP noise from OS entropy (``secure-rng=true``)."""
+    DP noise from OS entropy (``secure-rng=true``), its ledger on its own named volume."""
     parsed, problems = parsed_commands(compose)
     kinds = _kinds(compose)
     supernodes = sorted(n for n, k in kinds.items() if k == "supernode")
     links = [n for n, k in kinds.items() if k == "superlink"]
     if len(links) != 1:
         problems.append(f"expected one SuperLink service, found {links}")
-    dialled = [
-        str(a.runtime_api_address).rsplit(":", 1)[0]
+    executors = {
+        n: str(a.runtime_api_address).rsplit(":", 1)[0]
         for n, a in parsed.items()
         if kinds[n] == "superexec"
-    ]
+    }
+    dialled = list(executors.values())
     for target in [*links, *supernodes]:
         if dialled.count(target) != 1:
             problems.append(f"{target}: needs exactly one SuperExec, has {dialled.count(target)}")
     partitions = set()
+    volumes_seen: set[str] = set()
     for name in supernodes:
         config = parsed[name].node_config if name in parsed else ""
         # As the SuperNode will read it: `secure-rng = true` (spaces) silently drops the key.
@@ -140,6 +143,38 @@ def check_topology(compose: Compose) -> list[str]:
         if pairs.get("secure-rng") is not True:  # else DP noise is replayable from the run seed
             problems.append(f"{name}: node-config must set secure-rng=true")
         partitions.add(pairs.get("partition-id"))
+        own = [n for n, target in executors.items() if target == name]
+        problems += _ledger_problems(compose, name, pairs.get("ledger-dir"), own, volumes_seen)
     if partitions != set(range(len(supernodes))):
         problems.append(f"partition-ids {sorted(map(str, partitions))} are not 0..N-1")
     return problems
+
+
+def _ledger_problems(
+    compose: Compose, node: str, ledger_dir: object, executors: list[str], seen: set[str]
+) -> list[str]:
+    """The node's privacy ledger (node-config ``ledger-dir``) is written by the ClientApp,
+    i.e. in its SuperExec's container: there it must be a named volume of this node alone,
+    or a restarted container would start again from ε = 0."""
+    if not isinstance(ledger_dir, str) or not ledger_dir.startswith("/"):
+        return [f'{node}: node-config must set ledger-dir="/absolute/path" (got {ledger_dir!r})']
+    named = set(compose.get("volumes") or {})
+    problems = []
+    for executor in executors:
+        volume = _volume_at(compose["services"][executor], ledger_dir)
+        if volume is None or volume not in named:
+            problems.append(f"{executor}: ledger-dir {ledger_dir} of {node} is not a named volume")
+        elif volume in seen:
+            problems.append(f"{executor}: ledger volume {volume} is shared with another node")
+        else:
+            seen.add(volume)
+    return problems
+
+
+def _volume_at(service: dict, path: str) -> str | None:
+    """The source of the service's mount at ``path`` (short syntax), if any."""
+    for mount in service.get("volumes") or []:
+        source, _, target = str(mount).partition(":")
+        if target.split(":")[0].rstrip("/") == path.rstrip("/"):
+            return source
+    return None

@@ -1,8 +1,10 @@
-"""``make deploy-local``: the compose topology as real processes on 127.0.0.1.
+"""``make deploy-local``: the compose topology as real processes on 127.0.0.1 (with
+``--netns``: each SuperNode and the SuperLink on a network host of its own).
 
 One SuperLink (TLS, SuperNode authentication, state in a database file), one SuperExec
-for the ServerApp, N SuperNodes (``partition-id=i num-partitions=N``) with one SuperExec
-each, all in ``--isolation process`` like ``docker-compose.yml``; Runtime APIs over TLS and
+for the ServerApp, N SuperNodes (``partition-id=i num-partitions=N``, a privacy ledger
+under ``<work-dir>/supernode-i/ledger``) with one SuperExec each, all in
+``--isolation process`` like ``docker-compose.yml``; Runtime APIs over TLS and
 SuperExecs authenticated with the shared secret. SuperNode keys are registered with
 ``flwr supernode register`` before the nodes start; the app is submitted with
 ``flwr run <app> <connection> --stream``. Every process is stopped on exit, also on
@@ -27,10 +29,11 @@ from pathlib import Path
 from flwr.common.config import parse_config_args
 
 from deploy.certs import DEFAULT_CERTS_DIR, DEFAULT_KEYS_DIR, TlsBundle, generate
+from deploy.netns import NetnsError, Topology
 from deploy.run_config import load_experiment_file, run_config_flag
 from launch.connection import write_connection
 from launch.env import deployment_env, tool
-from launch.flwr import check_completed, register, wait_online
+from launch.flwr import check_completed, register, wait_answering, wait_online
 from launch.net import free_ports, wait_healthy
 from launch.signals import Interrupted, signals_raise
 from launch.stream import run_app
@@ -60,6 +63,7 @@ class Options:
     keys_dir: Path = DEFAULT_KEYS_DIR
     timeout: float = 900.0
     startup_timeout: float = 60.0
+    netns: bool = False  # each component on its own network host (deploy/netns.py)
 
 
 @dataclass
@@ -71,11 +75,24 @@ class Deployment:
     work_dir: Path
     superlink_port: int
     supernode_ports: list[int] = field(default_factory=list)
+    topology: Topology | None = None  # network namespaces, or all on loopback
 
     @property
     def address(self) -> str:
-        """SuperLink address (Fleet, Control and Runtime API share one port)."""
+        """SuperLink address (Fleet, Control and Runtime API share one port) as the CLI
+        and the ServerApp's SuperExec dial it: loopback, in the SuperLink's namespace."""
         return f"{HOST}:{self.superlink_port}"
+
+    def fleet_address(self, index: int) -> str:
+        """The SuperLink as SuperNode ``index`` dials it: across its veth under --netns."""
+        host = self.topology.link_addr(index) if self.topology else HOST
+        return f"{host}:{self.superlink_port}"
+
+    def on_link_host(self, cmd: list[str]) -> list[str]:
+        return self.topology.exec(self.topology.link_ns, cmd) if self.topology else cmd
+
+    def on_node_host(self, index: int, cmd: list[str]) -> list[str]:
+        return self.topology.exec(self.topology.node_ns(index), cmd) if self.topology else cmd
 
 
 def superlink_cmd(dep: Deployment) -> list[str]:
@@ -91,7 +108,8 @@ def superlink_cmd(dep: Deployment) -> list[str]:
         "--isolation=process",
         f"--superexec-auth-secret-file={tls.superlink_secret}",
         "--disable-runtime-dependency-installation",
-        f"--host={HOST}",
+        # under --netns: every address of its namespace, i.e. loopback and its veths
+        f"--host={'0.0.0.0' if dep.topology else HOST}",
         f"--port={dep.superlink_port}",
     ]
 
@@ -106,15 +124,22 @@ def superexec_cmd(dep: Deployment, runtime_port: int, secret: Path) -> list[str]
     ]
 
 
+def ledger_dir(dep: Deployment, index: int) -> Path:
+    """Where SuperNode ``index`` keeps its privacy ledger (node-config ``ledger-dir``): in
+    the deployment's work dir, so a restarted node finds it again."""
+    return dep.work_dir / f"supernode-{index}" / "ledger"
+
+
 def supernode_cmd(dep: Deployment, index: int, num: int) -> list[str]:
     """``flower-supernode`` ``index`` of ``num``: its key, its partition, its Runtime API."""
     node = dep.tls.supernodes[index]
     return [
         tool("flower-supernode"),
-        f"--superlink={dep.address}",
+        f"--superlink={dep.fleet_address(index)}",
         f"--root-certificates={dep.tls.ca_cert}",
         f"--auth-supernode-private-key={node.auth_key}",
-        f"--node-config=partition-id={index} num-partitions={num} secure-rng=true",
+        f"--node-config=partition-id={index} num-partitions={num} secure-rng=true "
+        f"ledger-dir={json.dumps(str(ledger_dir(dep, index)))}",
         "--isolation=process",
         f"--host={HOST}",
         f"--port={dep.supernode_ports[index]}",
@@ -128,10 +153,13 @@ def supernode_cmd(dep: Deployment, index: int, num: int) -> list[str]:
 
 def start_superlink(dep: Deployment, timeout: float) -> None:
     """Start the SuperLink and its ServerApp SuperExec; wait until healthy."""
-    proc = dep.sup.start("superlink", superlink_cmd(dep), cwd=dep.work_dir)
-    wait_healthy(f"https://{dep.address}/health", proc, timeout, ca_cert=dep.tls.ca_cert)
+    proc = dep.sup.start("superlink", dep.on_link_host(superlink_cmd(dep)), cwd=dep.work_dir)
+    if dep.topology is None:
+        wait_healthy(f"https://{dep.address}/health", proc, timeout, ca_cert=dep.tls.ca_cert)
+    else:  # its namespace is not ours: ask through the CLI, which runs there
+        wait_answering(dep.sup, CONNECTION, dep.work_dir, proc, timeout)
     cmd = superexec_cmd(dep, dep.superlink_port, dep.tls.superlink_secret)
-    dep.sup.start("superexec-serverapp", cmd, cwd=dep.work_dir)
+    dep.sup.start("superexec-serverapp", dep.on_link_host(cmd), cwd=dep.work_dir)
 
 
 def client_threads(num_supernodes: int) -> dict[str, str]:
@@ -147,8 +175,9 @@ def start_supernodes(dep: Deployment, num: int, timeout: float) -> list[str]:
     node_ids = [register(dep.sup, n.auth_pub, CONNECTION, dep.work_dir) for n in nodes]
     threads = client_threads(num)
     for i, node in enumerate(nodes):
-        dep.sup.start(f"supernode-{i}", supernode_cmd(dep, i, num), cwd=dep.work_dir)
-        cmd = superexec_cmd(dep, dep.supernode_ports[i], node.superexec_secret)
+        cmd = dep.on_node_host(i, supernode_cmd(dep, i, num))
+        dep.sup.start(f"supernode-{i}", cmd, cwd=dep.work_dir)
+        cmd = dep.on_node_host(i, superexec_cmd(dep, dep.supernode_ports[i], node.superexec_secret))
         dep.sup.start(f"superexec-clientapp-{i}", cmd, cwd=dep.work_dir, extra_env=threads)
     wait_online(dep.sup, CONNECTION, node_ids, dep.work_dir, timeout)
     return node_ids
@@ -166,20 +195,34 @@ def run_config_args(opts: Options) -> list[str]:
     return run_config_flag(overrides)
 
 
-def deploy_local(opts: Options) -> Path:
-    """Run the app once in deployment mode; return ``<output-dir>/<run-id>``."""
+def _deployment(opts: Options, work: Path, topology: Topology | None) -> Deployment:
+    """Certificates (naming the SuperLink's veth addresses under --netns), ports, the
+    supervisor and the CLI connection of a deployment about to start."""
+    sans = [f"IP:{topology.link_addr(i)}" for i in range(opts.supernodes)] if topology else []
+    tls = generate(opts.supernodes, opts.certs_dir, opts.keys_dir, extra_sans=sans)
+    flwr_home = work / "flwr-home"
+    ports = free_ports(opts.supernodes + 1)
+    sup = ProcessSupervisor(env=deployment_env(flwr_home), log_dir=work / "logs")
+    if topology is not None:  # the CLI talks to the SuperLink from inside its namespace
+        sup.cli_prefix = tuple(topology.exec(topology.link_ns, []))
+    dep = Deployment(sup, tls, work, ports[0], ports[1:], topology)
+    write_connection(flwr_home, CONNECTION, dep.address, tls.ca_cert)
+    return dep
+
+
+def deploy_local(opts: Options, topology: Topology | None = None) -> Path:
+    """Run the app once in deployment mode; return ``<output-dir>/<run-id>``. With
+    ``opts.netns``, in the namespaces of ``topology`` (default: new names), made here and
+    removed again."""
     if opts.supernodes < 1 or opts.rounds < 1:
         raise ValueError("--supernodes and --rounds must be >= 1")
     run_args = run_config_args(opts)  # a bad experiment file fails before anything starts
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     work = (opts.work_dir or opts.app_dir / ".flwr" / "deploy-local" / stamp).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    tls = generate(opts.supernodes, opts.certs_dir, opts.keys_dir)
-    flwr_home = work / "flwr-home"
-    ports = free_ports(opts.supernodes + 1)
-    sup = ProcessSupervisor(env=deployment_env(flwr_home), log_dir=work / "logs")
-    dep = Deployment(sup, tls, work, ports[0], ports[1:])
-    write_connection(flwr_home, CONNECTION, dep.address, tls.ca_cert)
+    topology = (topology or Topology(opts.supernodes)) if opts.netns else None
+    dep = _deployment(opts, work, topology)
+    sup = dep.sup
     print(
         f"deploy-local: SuperLink https://{dep.address}, {opts.supernodes} SuperNodes, "
         f"{opts.rounds} rounds; logs in {work / 'logs'}",
@@ -187,6 +230,9 @@ def deploy_local(opts: Options) -> Path:
     )
     with signals_raise():
         try:
+            if topology is not None:
+                topology.create()
+                print(f"deploy-local: network namespaces {topology.namespaces()}", flush=True)
             start_superlink(dep, opts.startup_timeout)
             start_supernodes(dep, opts.supernodes, opts.startup_timeout)
             run_id = run_app(sup, opts.app_dir, CONNECTION, run_args, work, opts.timeout)
@@ -195,6 +241,8 @@ def deploy_local(opts: Options) -> Path:
             leftovers = sup.stop_all()
             if leftovers:
                 print(f"deploy-local: had to SIGKILL {leftovers}", file=sys.stderr)
+            if topology is not None:
+                topology.delete()
     run_dir = opts.output_dir.resolve() / run_id
     if not (run_dir / "results.json").is_file():
         raise DeployError(f"run {run_id} completed but wrote no {run_dir / 'results.json'}")
@@ -223,6 +271,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         help="more run-config overrides as key=value items, e.g. \"dp.mode='local' seed=3\"",
     )
     p.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole run")
+    p.add_argument(
+        "--netns",
+        action="store_true",
+        help="the SuperLink and each SuperNode in a network namespace of its own, joined by "
+        "veth pairs with link-local addresses (root; deploy/netns.py)",
+    )
     p.add_argument("--certs-dir", type=Path, default=DEFAULT_CERTS_DIR, help="CA, certificates")
     p.add_argument("--keys-dir", type=Path, default=DEFAULT_KEYS_DIR, help="SuperNode keys")
     a = p.parse_args(argv)
@@ -235,6 +289,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         experiment=a.experiment,
         run_config=tuple(a.run_config),
         timeout=a.timeout,
+        netns=a.netns,
         certs_dir=a.certs_dir,
         keys_dir=a.keys_dir,
     )
@@ -246,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.monotonic()
     try:
         run_dir = deploy_local(opts)
-    except (DeployError, FlowerError, ValueError, OSError, Interrupted) as err:
+    except (DeployError, FlowerError, NetnsError, ValueError, OSError, Interrupted) as err:
         print(f"deploy-local failed: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

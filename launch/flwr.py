@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from launch.env import tool
-from launch.supervisor import FlowerError, ProcessSupervisor
+from launch.supervisor import FlowerError, Managed, ProcessSupervisor
 
 CLI_TIMEOUT = 60.0
 COMPLETED = "finished:completed"
@@ -38,6 +38,23 @@ def register(sup: ProcessSupervisor, public_key: Path, conn: str, cwd: Path) -> 
     """``flwr supernode register KEY.pub CONN``; return the node id."""
     data = flwr(sup, cwd, "supernode", "register", str(public_key), conn)
     return str(data["node-id"])
+
+
+def wait_answering(
+    sup: ProcessSupervisor, conn: str, cwd: Path, proc: Managed, timeout: float
+) -> None:
+    """Wait until the SuperLink answers the CLI (``flwr supernode list``); fail if it exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.popen.poll() is not None:
+            raise proc.exited()
+        try:
+            flwr(sup, cwd, "supernode", "list", conn)
+            return
+        except FlowerError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
 
 
 def wait_online(

@@ -72,7 +72,7 @@ def stream_run(
     found = [] if found is None else found
     with log_path.open("w", encoding="utf-8", buffering=1) as log:  # lines survive a kill -9
         proc = subprocess.Popen(
-            list(cmd),
+            [*sup.cli_prefix, *cmd],
             cwd=cwd,
             env=sup.child_env(),
             stdin=subprocess.DEVNULL,

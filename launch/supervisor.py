@@ -104,6 +104,8 @@ class ProcessSupervisor:
     marker: str = field(default_factory=lambda: uuid.uuid4().hex)
     procs: list[Managed] = field(default_factory=list)
     watchdog: subprocess.Popen[bytes] | None = None
+    #: what the ``flwr`` CLI calls run under (``ip netns exec <ns>``: the SuperLink's host)
+    cli_prefix: tuple[str, ...] = ()
 
     def child_env(self) -> dict[str, str]:
         """Environment for children: ``env`` plus the marker."""
@@ -151,7 +153,7 @@ class ProcessSupervisor:
     ) -> subprocess.CompletedProcess[str]:
         """Run a short command (a ``flwr`` CLI call) to completion, output captured."""
         return subprocess.run(
-            list(cmd),
+            [*self.cli_prefix, *cmd],
             cwd=cwd,
             env=self.child_env(),
             capture_output=True,

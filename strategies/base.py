@@ -35,7 +35,13 @@ from strategies.screening import (
 )
 from strategies.weighting import fedavg_weights
 from task.config import RobustConfig
-from task.wire import BUDGET_EXHAUSTED, PARTITION_ID
+from task.wire import (
+    BUDGET_EXHAUSTED,
+    HISTORY_SIGMA,
+    PARTITION_ID,
+    SPENT_EVENTS,
+    SPENT_PARTITIONS,
+)
 
 
 def aggregate_arrays(
@@ -51,6 +57,7 @@ def aggregate_arrays(
     aggregated = robust_aggregate(
         per_client, weights, [reference[k].numpy() for k in keys],
         method=robust.method, trim=robust.trim, norm_bound=robust.norm_bound,
+        norm_factor=robust.norm_factor,
     )  # fmt: skip
     return ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(keys, aggregated, strict=True)})
 
@@ -80,6 +87,9 @@ class ReplyScreening(FedAvg):
         #: since a resumed run's nodes come back under new ids
         self.node_partitions: dict[int, int] = {}
         self._exhausted_partitions: set[int] = set()
+        #: the length of each partition's privacy ledger as last reported: sent with every
+        #: request, so that a node which lost its ledger refuses to train (ε never resets)
+        self.ledger_events: dict[int, int] = {}
         self.last_round = RoundTrace(round=0)
         #: nodes that replied budget-exhausted: never sampled again in this run
         self.exhausted: set[int] = set()
@@ -108,6 +118,10 @@ class ReplyScreening(FedAvg):
         log(INFO, "configure_train: Sampled %s nodes (out of %s; %s excluded: budget spent)",
             len(node_ids), len(all_nodes), self._excluded_now)  # fmt: skip
         config["server-round"] = server_round
+        if self.ledger_events:
+            partitions = sorted(self.ledger_events)
+            config[SPENT_PARTITIONS] = partitions
+            config[SPENT_EVENTS] = [self.ledger_events[p] for p in partitions]
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, node_ids, MessageType.TRAIN)
 
@@ -121,12 +135,16 @@ class ReplyScreening(FedAvg):
     def checkpoint_state(self) -> dict[str, Any]:
         """What a resumed run needs of this strategy, keyed by partition (extend)."""
         exhausted = {self.node_partitions[n] for n in self.exhausted if n in self.node_partitions}
-        return {"exhausted_partitions": sorted(exhausted | self._exhausted_partitions)}
+        return {
+            "exhausted_partitions": sorted(exhausted | self._exhausted_partitions),
+            "ledger_events": sorted(self.ledger_events.items()),
+        }
 
     def resume_from(self, round_offset: int, state: dict[str, Any]) -> None:
         """Continue after ``round_offset`` rounds with the state of :meth:`checkpoint_state`."""
         self.round_offset = round_offset
         self._exhausted_partitions = set(state.get("exhausted_partitions", []))
+        self.ledger_events = {int(p): int(n) for p, n in state.get("ledger_events", [])}
 
     def _partition_order(self, msg: Message) -> tuple[int, int]:
         node = msg.metadata.src_node_id
@@ -138,6 +156,9 @@ class ReplyScreening(FedAvg):
                 self.node_partitions[node] = partition
                 if partition in self._exhausted_partitions:
                     self.exhausted.add(node)
+                if isinstance(history := record.get(HISTORY_SIGMA), list):
+                    known = self.ledger_events.get(partition, 0)
+                    self.ledger_events[partition] = max(known, len(history))
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""

@@ -12,7 +12,9 @@ weights both reduce to Flower's math (``flwr.serverapp.strategy.fedtrimmedavg.tr
 round) to L2 norm ``robust.norm-bound`` before the weighted average, so a scaled update
 (model poisoning) moves the global model by at most the bound whatever its weight:
 Σ w_k clip(Δ_k) has norm ≤ Σ w_k · B = B (Sun et al., 2019, "Can you really backdoor
-federated learning?").
+federated learning?"). A fixed bound must be scaled to the model and the learning rate;
+``relative-norm-bound`` takes B = ``robust.norm-factor`` × the median of this round's
+update norms instead, which a minority of poisoners cannot move.
 
 References
 ----------
@@ -39,17 +41,24 @@ def robust_aggregate(
     method: str,
     trim: float = 0.1,
     norm_bound: float = 1.0,
+    norm_factor: float = 3.0,
 ) -> list[np.ndarray]:
     """The aggregate of the clients' arrays under ``method`` (``none``: weighted mean)."""
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
     if method == "none":
         return weighted_average(arrays_per_client, w)
-    if method == "norm-bound":
+    if method in ("norm-bound", "relative-norm-bound"):
+        if method == "relative-norm-bound":
+            norms = [update_norm(arrays, reference) for arrays in arrays_per_client]
+            norm_bound = norm_factor * float(np.median(norms))
         clipped = clip_updates(arrays_per_client, reference, norm_bound)
         return weighted_average(clipped, w)
     if method not in ("trimmed-mean", "median"):
-        raise ValueError(f"robust.method {method!r}: valid: none, trimmed-mean, median, norm-bound")
+        raise ValueError(
+            f"robust.method {method!r}: valid: none, trimmed-mean, median, norm-bound, "
+            "relative-norm-bound"
+        )
     out = []
     for layer, ref in zip(zip(*arrays_per_client, strict=True), reference, strict=True):
         stacked = np.stack([a.astype(np.float64).reshape(-1) for a in layer])
@@ -67,11 +76,8 @@ def clip_updates(
     (over all arrays together) is at most ``bound``."""
     clipped = []
     for arrays in arrays_per_client:
-        deltas = [
-            a.astype(np.float64) - r.astype(np.float64)
-            for a, r in zip(arrays, reference, strict=True)
-        ]
-        norm = float(np.sqrt(sum(float(np.sum(d * d)) for d in deltas)))
+        deltas = _deltas(arrays, reference)
+        norm = _norm(deltas)
         scale = min(1.0, bound / norm) if norm > 0 else 1.0
         clipped.append(
             [
@@ -80,6 +86,21 @@ def clip_updates(
             ]
         )
     return clipped
+
+
+def update_norm(arrays: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    """The L2 norm of ``arrays − reference`` over all arrays together."""
+    return _norm(_deltas(arrays, reference))
+
+
+def _norm(deltas: list[np.ndarray]) -> float:
+    return float(np.sqrt(sum(float(np.sum(d * d)) for d in deltas)))
+
+
+def _deltas(arrays: list[np.ndarray], reference: list[np.ndarray]) -> list[np.ndarray]:
+    return [
+        a.astype(np.float64) - r.astype(np.float64) for a, r in zip(arrays, reference, strict=True)
+    ]
 
 
 def weighted_trimmed_mean(values: np.ndarray, weights: np.ndarray, trim: float) -> np.ndarray:

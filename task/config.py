@@ -144,8 +144,9 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class RobustConfig:
     method: str
-    trim: float  # share of the weight cut from each tail (trimmed-mean)
+    trim: float  # share of the clients cut from each tail, by count (trimmed-mean)
     norm_bound: float  # largest L2 norm of an update (norm-bound)
+    norm_factor: float = 3.0  # bound = factor × the round's median update norm (relative-)
 
 
 @dataclass(frozen=True)
@@ -280,7 +281,10 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             min_share=v["augment.min-share"],
         ),
         robust=RobustConfig(
-            method=v["robust.method"], trim=v["robust.trim"], norm_bound=v["robust.norm-bound"]
+            method=v["robust.method"],
+            trim=v["robust.trim"],
+            norm_bound=v["robust.norm-bound"],
+            norm_factor=v["robust.norm-factor"],
         ),
         faults=FaultConfig(
             crash_rate=v["faults.crash-rate"],

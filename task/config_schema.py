@@ -21,7 +21,7 @@ OPTIMIZERS = ("adamw", "sgd")
 LOCAL_WEIGHTINGS = ("post-clip", "pre-clip", "sampling", "off")
 FINETUNE_MODES = ("head", "top-layers", "lora", "full")
 AUGMENT_METHODS = ("none", "counterfactual", "synthesize")
-ROBUST_METHODS = ("none", "trimmed-mean", "median", "norm-bound")
+ROBUST_METHODS = ("none", "trimmed-mean", "median", "norm-bound", "relative-norm-bound")
 #: strategies whose aggregate is a weighted average that a robust rule can replace
 ROBUST_STRATEGIES = ("fedavg", "representation", "fairfed")
 #: datasets whose recipe ships a lexicon (task/lexicons/) and public synthesis material
@@ -134,6 +134,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "robust.method": (str, _one_of(*ROBUST_METHODS)),
     "robust.trim": (float, lambda v: None if 0 <= v < 0.5 else "a number in [0, 0.5)"),
     "robust.norm-bound": (float, _above(0)),
+    "robust.norm-factor": (float, _above(0)),
     "faults.crash-rate": (float, _rate),
     "faults.timeout-rate": (float, _rate),
     "faults.nan-rate": (float, _rate),

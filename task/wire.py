@@ -16,6 +16,10 @@ SERVER_ROUND = "server-round"  # set by Flower's strategies in every request
 LEARNING_RATE = "learning-rate"  # the train config of ``Strategy.start``
 # where a simulated client keeps its privacy ledger file (train config; node-config wins)
 LEDGER_DIR = "ledger-dir"
+# the server's record of how many events each partition's ledger held at its last reply
+# (train config, parallel lists): a node whose own ledger is shorter has lost it
+SPENT_PARTITIONS = "spent-partitions"
+SPENT_EVENTS = "spent-events"
 
 # --- MetricRecord keys of a reply (client → server) -----------------------------------
 EPSILON = "epsilon"  # cumulative ε of the client (inf without local DP)

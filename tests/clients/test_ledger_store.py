@@ -9,6 +9,7 @@ import torch
 
 from clients import ledger_store
 from clients.ledger_store import StoredLedger, starting_state
+from task import wire
 
 BEFORE = {"accountant": "rdp", "noise_multipliers": [1.0], "sample_rates": [0.1], "steps": [5]}
 AFTER = {"accountant": "rdp", "noise_multipliers": [1.0, 1.0], "sample_rates": [0.1, 0.1],
@@ -56,3 +57,14 @@ def test_the_digest_sees_every_byte_name_and_dtype() -> None:
     assert ledger_store.weights_digest({"a": torch.zeros(3), "c": torch.ones(2)}) != digest
     assert ledger_store.weights_digest({"a": torch.zeros(3, dtype=torch.float64),
                                         "b": torch.ones(2)}) != digest  # fmt: skip
+
+
+def test_a_ledger_shorter_than_the_servers_record_refuses_to_train() -> None:
+    config = {wire.SPENT_PARTITIONS: [0, 4], wire.SPENT_EVENTS: [3, 2]}
+    recorded = ledger_store.recorded_events(config, 4)
+    assert recorded == 2 and ledger_store.recorded_events({}, 4) == 0
+    ledger_store.check_not_lost(AFTER, recorded=recorded, where="file")  # 2 events: as seen
+    with pytest.raises(ledger_store.LedgerFileError, match="privacy ledger lost.*holds 1 events"):
+        ledger_store.check_not_lost(BEFORE, recorded=recorded, where="file")
+    with pytest.raises(ledger_store.LedgerFileError, match="holds 0 events"):
+        ledger_store.check_not_lost({}, recorded=recorded, where="in memory only")

@@ -122,6 +122,27 @@ MUTATIONS: list[tuple[str, str, str, Check, str]] = [
         "supernode-0: node-config must set secure-rng=true",
     ),
     (
+        "no ledger dir",
+        'partition-id=1 num-partitions=${FEDEQUITY_NUM_PARTITIONS:-3} secure-rng=true ledger-dir="/app/ledger"',
+        "partition-id=1 num-partitions=${FEDEQUITY_NUM_PARTITIONS:-3} secure-rng=true",
+        cp.check_topology,
+        'supernode-1: node-config must set ledger-dir="/absolute/path" (got None)',
+    ),
+    (
+        "ledger not on a volume",
+        "      - supernode-2-ledger:/app/ledger\n",
+        "",
+        cp.check_topology,
+        "superexec-clientapp-2: ledger-dir /app/ledger of supernode-2 is not a named volume",
+    ),
+    (
+        "ledger volume shared",
+        "      - supernode-2-ledger:/app/ledger\n",
+        "      - supernode-1-ledger:/app/ledger\n",
+        cp.check_topology,
+        "superexec-clientapp-2: ledger volume supernode-1-ledger is shared with another node",
+    ),
+    (
         "orphan SuperNode",
         "--runtime-api-address=supernode-2:9094",
         "--runtime-api-address=supernode-1:9094",

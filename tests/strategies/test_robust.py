@@ -10,7 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from strategies.base import TracedFedAvg
-from strategies.robust import robust_aggregate, weighted_median, weighted_trimmed_mean
+from strategies.robust import (
+    robust_aggregate,
+    update_norm,
+    weighted_median,
+    weighted_trimmed_mean,
+)
 from task.config import RobustConfig, load_defaults, parse_run_config
 from tests.strategies.test_strategies import as_numpy, configure, reply
 from tests.strategies.test_strategies import server_identity as server_identity  # autouse
@@ -65,6 +70,30 @@ def test_norm_bound_moves_the_model_by_at_most_the_bound(
     assert moved <= bound * (1 + 1e-9)
 
 
+@settings(max_examples=40, deadline=None)
+@given(clients=st.integers(3, 10), scale=st.floats(10.0, 1e4), factor=st.floats(0.5, 5.0))
+def test_relative_norm_bound_clips_to_a_factor_of_the_median_norm(
+    clients: int, scale: float, factor: float
+) -> None:
+    """One poisoner of K moves the model by at most factor × the honest median norm, and
+    honest updates within that bound pass unchanged."""
+    reference = [np.zeros(4), np.zeros((2, 3))]
+    rng = np.random.default_rng(clients)
+    updates = [[rng.normal(size=a.shape) for a in reference] for _ in range(clients)]
+    updates[0] = [scale * a for a in updates[0]]
+    norms = [update_norm(u, reference) for u in updates]
+    bound = factor * float(np.median(norms))
+    weights = np.full(clients, 1 / clients)
+    out = robust_aggregate(updates, weights, reference, method="relative-norm-bound",
+                           norm_factor=factor)  # fmt: skip
+    assert update_norm(out, reference) <= bound * (1 + 1e-9)
+    expected = [sum(w * min(1.0, bound / n) * u[k] for w, n, u in zip(weights, norms, updates,
+                                                                      strict=True))
+                for k in range(2)]  # fmt: skip
+    for got, want in zip(out, expected, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-12)
+
+
 def test_none_is_the_weighted_mean() -> None:
     clients = [[np.array([1.0, 2.0])], [np.array([3.0, 6.0])]]
     out = robust_aggregate(clients, [1, 3], [np.zeros(2)], method="none")
@@ -96,6 +125,9 @@ def test_a_scaled_update_dominates_the_mean_but_not_the_robust_rules() -> None:
     for method in ("trimmed-mean", "median"):
         np.testing.assert_allclose(poisoned_round(method), [1.0, 1.0], atol=0.1)
     assert np.linalg.norm(poisoned_round("norm-bound")) <= 2.0 + 1e-9  # the global was 0
+    # the poisoner's ×100 is cut to 3 × the median update norm (≈ 1.7): one tenth of that
+    # weighs on the mean, which stays within 0.3 of the honest (1, 1)
+    np.testing.assert_allclose(poisoned_round("relative-norm-bound"), [1.0, 1.0], atol=0.3)
 
 
 def test_robust_is_refused_for_qfedavg_before_anything_runs() -> None:
