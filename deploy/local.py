@@ -195,7 +195,7 @@ def run_config_args(opts: Options) -> list[str]:
     return run_config_flag(overrides)
 
 
-def _deployment(opts: Options, work: Path, topology: Topology | None) -> Deployment:
+def prepare_deployment(opts: Options, work: Path, topology: Topology | None) -> Deployment:
     """Certificates (naming the SuperLink's veth addresses under --netns), ports, the
     supervisor and the CLI connection of a deployment about to start."""
     sans = [f"IP:{topology.link_addr(i)}" for i in range(opts.supernodes)] if topology else []
@@ -221,7 +221,7 @@ def deploy_local(opts: Options, topology: Topology | None = None) -> Path:
     work = (opts.work_dir or opts.app_dir / ".flwr" / "deploy-local" / stamp).resolve()
     work.mkdir(parents=True, exist_ok=True)
     topology = (topology or Topology(opts.supernodes)) if opts.netns else None
-    dep = _deployment(opts, work, topology)
+    dep = prepare_deployment(opts, work, topology)
     sup = dep.sup
     print(
         f"deploy-local: SuperLink https://{dep.address}, {opts.supernodes} SuperNodes, "

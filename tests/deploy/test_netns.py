@@ -23,26 +23,22 @@ from deploy.local import Options, deploy_local
 from deploy.netns import NetnsError, Topology, list_namespaces
 from tests.deploy.conftest import assert_no_processes, skip_deploy
 
+pytestmark = [pytest.mark.deploy, pytest.mark.slow, skip_deploy]
 
-def _can_make_namespaces() -> bool:
+
+@pytest.fixture(autouse=True)
+def namespaces_allowed() -> None:
+    """Skip unless this process may make network namespaces (probed when the test runs,
+    not when it is collected)."""
     if os.geteuid() != 0:
-        return False
+        pytest.skip("needs root for `ip netns add`")
     probe = Topology(1, tag=uuid.uuid4().hex[:6])
     try:
         probe.create()
-    except NetnsError:
-        return False
+    except NetnsError as error:
+        pytest.skip(f"cannot make network namespaces: {error}")
     finally:
         probe.delete()
-    return True
-
-
-pytestmark = [
-    pytest.mark.deploy,
-    pytest.mark.slow,
-    skip_deploy,
-    pytest.mark.skipif(not _can_make_namespaces(), reason="needs root and `ip netns`"),
-]
 
 
 def _rx_bytes(topology: Topology, i: int) -> int:

@@ -23,25 +23,21 @@ from pathlib import Path
 import pytest
 
 from clients import ledger_store
-from deploy.certs import generate
 from deploy.local import (
     CONNECTION,
     Deployment,
     Options,
     client_threads,
     ledger_dir,
+    prepare_deployment,
     run_config_args,
     start_superlink,
     start_supernodes,
     superexec_cmd,
     supernode_cmd,
 )
-from launch.connection import write_connection
-from launch.env import deployment_env
 from launch.flwr import check_completed
-from launch.net import free_ports
 from launch.stream import run_app
-from launch.supervisor import ProcessSupervisor
 from task.accounting import PrivacyLedger
 from tests.deploy.conftest import assert_no_processes, skip_deploy
 
@@ -53,15 +49,12 @@ NODES = 2
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    tls = generate(NODES, tmp_path / "certs", tmp_path / "keys")
-    ports = free_ports(NODES + 1)
-    sup = ProcessSupervisor(env=deployment_env(tmp_path / "home"), log_dir=tmp_path / "logs")
-    dep = Deployment(sup, tls, tmp_path, ports[0], ports[1:])
-    write_connection(tmp_path / "home", CONNECTION, dep.address, tls.ca_cert)
+    opts = Options(supernodes=NODES, certs_dir=tmp_path / "certs", keys_dir=tmp_path / "keys")
+    dep = prepare_deployment(opts, tmp_path, topology=None)
     try:
         yield dep
     finally:
-        sup.stop_all()
+        dep.sup.stop_all()
         assert_no_processes(tmp_path)
 
 
@@ -135,8 +128,7 @@ def test_a_supernode_killed_and_restarted_keeps_its_whole_privacy_ledger(
 
     stored = ledger_store.load(ledger)
     assert stored is not None and stored.round == ROUNDS
-    history = list(zip(*(stored.after[k] for k in ("noise_multipliers", "sample_rates",
-                                                    "steps")), strict=True))  # fmt: skip
+    history = PrivacyLedger.from_state(stored.after).history
     per_round = len(history) // ROUNDS
     assert per_round > 0 and history == history[:per_round] * ROUNDS  # three whole rounds
 
