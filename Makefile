@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export FEDEQUITY_CACHE ?= $(CURDIR)/.cache/fedequity
 
-.PHONY: install run test test-fast check lint typecheck format bench bench-quick deploy-local certs validate-compose test-deploy evidence clean
+.PHONY: install run test test-fast check lint typecheck format bench bench-quick deploy-local certs validate-compose compose-test test-deploy evidence clean
 
 install: $(STAMP)
 
@@ -77,6 +77,15 @@ certs: $(STAMP)
 
 validate-compose: $(STAMP)
 	$(PY) -m deploy.validate_compose --fetch --require-cli
+
+# The compose stack on a real Docker engine (root): engine installed if missing, images
+# built into COMPOSE_DATA_ROOT (kept as the cache), COMPOSE_NODES SuperNodes, 2 rounds.
+COMPOSE_NODES ?= 2
+COMPOSE_DATA_ROOT ?= $(CURDIR)/.cache/compose-engine
+compose-test: $(STAMP)
+	FEDEQUITY_COMPOSE_TEST=1 FEDEQUITY_COMPOSE_NODES=$(COMPOSE_NODES) \
+	FEDEQUITY_COMPOSE_ROOT=$(COMPOSE_DATA_ROOT) \
+	$(PY) -m pytest -m compose -s tests/deploy/test_compose_stack.py $(PYTEST_ARGS)
 
 test-deploy: $(STAMP)
 	$(PY) -m pytest -m deploy $(PYTEST_ARGS)
