@@ -129,8 +129,16 @@ class Stack:
         if done.returncode != 0:
             raise ComposeTestError(f"compose up {' '.join(services)}:\n{done.stderr[-3000:]}")
 
-    def down(self) -> None:
+    def down(self) -> list[str]:
+        """Remove containers, networks and volumes; return any of the project's left."""
         self("down", "--volumes", "--remove-orphans", "--timeout", "20")
+        label = f"label=com.docker.compose.project={self.project}"
+        left = []
+        for kind in ("container", "network", "volume"):
+            listed = self.daemon.docker(kind, "ls", "-q", *(["-a"] if kind == "container" else []),
+                                        "--filter", label)  # fmt: skip
+            left += [f"{kind} {name}" for name in listed.split()]
+        return left
 
 
 def check_results(run_dir: Path, rounds: int) -> dict[str, Any]:
@@ -215,12 +223,13 @@ def compose_test(num: int, rounds: int, root: Path, timeout: float = 1500.0) -> 
             print(f"compose-test: passed in {time.monotonic() - start:.0f} s; {work}")
             return results
         finally:
-            if stack is not None:
-                stack.down()
+            left = stack.down() if stack is not None else []
             if run_daemon is not None:
                 engine.stop_daemon(run_daemon)
             engine_sup.stop_all()
             subprocess.run(["ip", "netns", "delete", netns], capture_output=True, check=False)
+            if left and sys.exc_info()[0] is None:
+                raise ComposeTestError(f"compose down left {left}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,6 +47,22 @@ def test_no_nodes_is_refused() -> None:
         render_compose(0)
 
 
+def host_network_state() -> dict[str, str]:
+    """What the engine must not change on the host: links, routes, iptables, namespaces."""
+    commands = {
+        "links": ["ip", "-o", "link", "show"],
+        "routes": ["ip", "route", "show", "table", "all"],
+        "netns": ["ip", "netns", "list"],
+        "iptables": ["iptables-save"],
+    }
+    state = {}
+    for name, cmd in commands.items():
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        lines = [line for line in done.stdout.splitlines() if not line.startswith("#")]
+        state[name] = "\n".join(line.split("[")[0] for line in lines)  # no packet counters
+    return state
+
+
 @pytest.mark.compose
 @pytest.mark.skipif(
     os.environ.get("FEDEQUITY_COMPOSE_TEST") != "1" or os.geteuid() != 0,
@@ -55,8 +71,10 @@ def test_no_nodes_is_refused() -> None:
 def test_stack_runs_two_rounds_and_refuses_an_unregistered_node() -> None:
     nodes = os.environ.get("FEDEQUITY_COMPOSE_NODES", "2")
     root = os.environ.get("FEDEQUITY_COMPOSE_ROOT", str(REPO / ".cache" / "compose-engine"))
+    before = host_network_state()
     assert main(["--supernodes", nodes, "--rounds", "2", "--data-root", root]) == 0
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "fe-compose-" not in netns
+    assert host_network_state() == before  # links, routes, firewall rules, namespaces
+    mounts = Path("/proc/mounts").read_text()
+    assert str(Path(root).resolve()) not in mounts, "a mount of the engine is left"
     dockerd = subprocess.run(["pgrep", "-f", f"dockerd --data-root={root}"], capture_output=True)
     assert dockerd.returncode == 1, "a dockerd of the test is still running"
