@@ -33,7 +33,7 @@ from deploy import compose_checks as cc
 from deploy import compose_policy as cp
 from deploy import engine
 from deploy.certs import TlsBundle, generate, mounted_files
-from deploy.netns import NetnsError
+from deploy.netns import NetnsError, add_namespace, delete_namespace
 from deploy.run_config import load_experiment_file, run_config_flag
 from launch.connection import write_connection
 from launch.env import deployment_env
@@ -180,12 +180,6 @@ def _take_down(stack: Stack | None) -> list[str]:
         return [f"unknown ({str(err)[:200]})"]
 
 
-def _netns_add(name: str) -> None:
-    for cmd in (["ip", "netns", "add", name], ["ip", "-n", name, "link", "set", "lo", "up"]):
-        if subprocess.run(cmd, capture_output=True, check=False).returncode != 0:
-            raise NetnsError(f"{' '.join(cmd)} failed (compose-test needs root)")
-
-
 def build_images(root: Path, sup: ProcessSupervisor) -> str:
     """Both Flower and project images in the data root; return where Flower's came from."""
     daemon = engine.start_daemon(sup, root, "build")
@@ -215,7 +209,7 @@ def compose_test(num: int, rounds: int, root: Path, timeout: float = 1500.0) -> 
             source = build_images(root, engine_sup)
             print(f"compose-test: images ready in {time.monotonic() - start:.0f} s ({source})")
             tls, compose_file = _prepare_files(work, num)
-            _netns_add(netns)
+            add_namespace(netns)
             run_daemon = engine.start_daemon(engine_sup, root, "run", netns=netns)
             stack = Stack(run_daemon, compose_file, netns)
             write_connection(work / "flwr-home", CONNECTION, "127.0.0.1:8000", tls.ca_cert)
@@ -237,7 +231,7 @@ def compose_test(num: int, rounds: int, root: Path, timeout: float = 1500.0) -> 
             if run_daemon is not None:
                 engine.stop_daemon(run_daemon)
             engine_sup.stop_all()
-            subprocess.run(["ip", "netns", "delete", netns], capture_output=True, check=False)
+            delete_namespace(netns)
             if left and sys.exc_info()[0] is None:
                 raise ComposeTestError(f"compose down left {left}")
 

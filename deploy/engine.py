@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.net import free_ports
-from launch.supervisor import Managed, ProcessSupervisor
+from launch.net import free_ports, wait_healthy
+from launch.supervisor import Managed, ProcessSupervisor, stop_popen
 
 REPO = Path(__file__).resolve().parent.parent
 FLWR_VERSION = "1.42.0"
@@ -134,14 +134,7 @@ def start_daemon(sup: ProcessSupervisor, root: Path, name: str, netns: str | Non
 
 def stop_daemon(daemon: Daemon) -> None:
     """SIGTERM by PID, wait, and unmount what a killed daemon may leave in its exec-root."""
-    popen = daemon.proc.popen
-    if popen.poll() is None:
-        popen.terminate()
-        try:
-            popen.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait(timeout=10)
+    stop_popen(daemon.proc.popen, grace=30)
     leftover = daemon.exec_root / "netns" / "default"
     if os.path.ismount(leftover):
         subprocess.run(["umount", str(leftover)], check=False, capture_output=True)
@@ -226,10 +219,9 @@ def project_image(daemon: Daemon, sup: ProcessSupervisor, root: Path) -> None:
             "--build-arg=TORCH_INDEX_URL=https://pypi.org/simple",
             f"--build-arg=PIP_FIND_LINKS=http://127.0.0.1:{port}/",
         ]
-        time.sleep(1.0)
+        wait_healthy(f"http://127.0.0.1:{port}/", server, timeout=30)
     try:
         daemon.docker(*args, str(REPO), timeout=1800)
     finally:
         if server is not None:
-            server.popen.terminate()
-            server.popen.wait(timeout=10)
+            stop_popen(server.popen, grace=10)

@@ -73,8 +73,7 @@ class Topology:
             raise NetnsError(f"1..63 nodes fit in one /24 of /30 links, got {self.nodes}")
         try:
             for ns in self.namespaces():
-                _ip("netns", "add", ns)
-                _ip("-n", ns, "link", "set", "lo", "up")
+                add_namespace(ns)
             for i in range(self.nodes):
                 self._link(i)
         except NetnsError:
@@ -99,7 +98,18 @@ class Topology:
         existing = set(list_namespaces())
         for ns in self.namespaces():
             if ns in existing:
-                subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+                delete_namespace(ns)
+
+
+def add_namespace(name: str) -> None:
+    """A new network namespace ``name`` with only its loopback, up."""
+    _ip("netns", "add", name)
+    _ip("-n", name, "link", "set", "lo", "up")
+
+
+def delete_namespace(name: str) -> None:
+    """Remove namespace ``name`` (and the links in it); gone already is fine."""
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
 def list_namespaces() -> list[str]:
