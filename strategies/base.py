@@ -56,8 +56,8 @@ def aggregate_arrays(
     ]
     aggregated = robust_aggregate(
         per_client, weights, [reference[k].numpy() for k in keys],
-        method=robust.method, trim=robust.trim, norm_bound=robust.norm_bound,
-        norm_factor=robust.norm_factor,
+        method=robust.method, trim=robust.trim, trim_gate=robust.trim_gate,
+        norm_bound=robust.norm_bound, norm_factor=robust.norm_factor,
     )  # fmt: skip
     return ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(keys, aggregated, strict=True)})
 

@@ -147,6 +147,7 @@ class RobustConfig:
     trim: float  # share of the clients cut from each tail, by count (trimmed-mean)
     norm_bound: float  # largest L2 norm of an update (norm-bound)
     norm_factor: float = 3.0  # bound = factor × the round's median update norm (relative-)
+    trim_gate: float = 0.0  # trim only updates above gate × the median norm (0: all)
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         robust=RobustConfig(
             method=v["robust.method"],
             trim=v["robust.trim"],
+            trim_gate=v["robust.trim-gate"],
             norm_bound=v["robust.norm-bound"],
             norm_factor=v["robust.norm-factor"],
         ),

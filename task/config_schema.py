@@ -133,6 +133,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "augment.min-share": (float, _open_unit),
     "robust.method": (str, _one_of(*ROBUST_METHODS)),
     "robust.trim": (float, lambda v: None if 0 <= v < 0.5 else "a number in [0, 0.5)"),
+    "robust.trim-gate": (float, _at_least(0)),
     "robust.norm-bound": (float, _above(0)),
     "robust.norm-factor": (float, _above(0)),
     "faults.crash-rate": (float, _rate),

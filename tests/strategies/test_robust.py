@@ -133,3 +133,47 @@ def test_a_scaled_update_dominates_the_mean_but_not_the_robust_rules() -> None:
 def test_robust_is_refused_for_qfedavg_before_anything_runs() -> None:
     with pytest.raises(ValueError, match="robust.method.*qfedavg"):
         parse_run_config(load_defaults() | {"strategy": "qfedavg", "robust.method": "median"})
+
+
+def test_gated_trimming_drops_only_the_outsized_clients_values() -> None:
+    # column 0: the honest extremes 0.0 and 2.0 would be cut by plain trimming (trim 0.25 of
+    # 4); with the gate only client 3 (update norm 50 ≫ 3 × the median) loses its value
+    reference = [np.zeros(2)]
+    clients = [[np.array([0.0, 1.0])], [np.array([1.0, 1.0])], [np.array([2.0, 1.0])],
+               [np.array([50.0, 1.0])]]  # fmt: skip
+    weights = np.array([0.25, 0.25, 0.25, 0.25])
+    gated = robust_aggregate(clients, weights, reference, method="trimmed-mean", trim=0.25,
+                             trim_gate=3.0)  # fmt: skip
+    np.testing.assert_allclose(gated[0], [1.0, 1.0])  # (0 + 1 + 2) / 3 and 1
+    plain = robust_aggregate(clients, weights, reference, method="trimmed-mean", trim=0.25)
+    np.testing.assert_allclose(plain[0], [1.5, 1.0])  # (1 + 2) / 2: the honest 0 cut too
+
+
+@settings(max_examples=40, deadline=None)
+@given(clients=st.integers(4, 12), gate=st.floats(1.0, 30.0))
+def test_gated_trimming_is_the_weighted_mean_when_no_update_is_outsized(
+    clients: int, gate: float
+) -> None:
+    reference = [np.zeros(5)]
+    rng = np.random.default_rng(clients)
+    updates = [[rng.normal(size=5)] for _ in range(clients)]
+    norms = [update_norm(u, reference) for u in updates]
+    assume_gate = max(gate, 1.001 * max(norms) / float(np.median(norms)))  # none above it
+    weights = rng.uniform(0.1, 1.0, size=clients)
+    out = robust_aggregate(updates, weights, reference, method="trimmed-mean", trim=0.2,
+                           trim_gate=assume_gate)  # fmt: skip
+    np.testing.assert_allclose(
+        out[0], (weights / weights.sum()) @ np.stack([u[0] for u in updates])
+    )
+
+
+def test_the_gated_default_trims_a_scaled_update() -> None:
+    gate = float(load_defaults()["robust.trim-gate"])
+    reference = [np.zeros(2)]
+    rng = np.random.default_rng(3)
+    honest = [[1.0 + 0.05 * rng.normal(size=2)] for _ in range(9)]
+    poisoned = [[100.0 * honest[0][0]], *honest]
+    weights = np.full(10, 0.1)
+    out = robust_aggregate(poisoned, weights, reference, method="trimmed-mean", trim=0.1,
+                           trim_gate=gate)  # fmt: skip
+    np.testing.assert_allclose(out[0], [1.0, 1.0], atol=0.1)
