@@ -34,7 +34,7 @@ FLWR_VERSION = "1.42.0"
 FLOWER_ROLES = ("superlink", "supernode", "superexec")
 PROJECT_IMAGE = "fedequity/superexec:0.1.0"
 BASE_IMAGE = "fedequity/base:bookworm"
-DEBIAN_PACKAGES = ("docker.io", "docker-compose", "debootstrap", "iproute2")
+DEBIAN_PACKAGES = ("docker.io", "docker-compose", "debootstrap", "iproute2", "iptables")
 WHEEL_PORT = 38765
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 BUILD_FLAGS = (
@@ -57,9 +57,10 @@ def docker_cli() -> str:
 
 
 def ensure_installed() -> None:
-    """Install Debian's engine, compose v1, debootstrap and iproute2 if one is missing."""
+    """Install Debian's engine, compose v1, debootstrap, iproute2 and iptables if one is
+    missing (iptables-save: compose-test compares the host's rules before and after)."""
     wanted = {"dockerd": "docker.io", "docker-compose": "docker-compose"}
-    wanted |= {"debootstrap": "debootstrap", "ip": "iproute2"}
+    wanted |= {"debootstrap": "debootstrap", "ip": "iproute2", "iptables-save": "iptables"}
     missing = [pkg for exe, pkg in wanted.items() if shutil.which(exe) is None]
     if not missing:
         return

@@ -14,6 +14,7 @@ import yaml
 
 from deploy import compose_checks as cc
 from deploy.compose_test import REPO, main, policy_problems, render_compose
+from deploy.engine import ensure_installed
 
 
 @pytest.mark.parametrize("num", [1, 2, 4])
@@ -71,6 +72,7 @@ def host_network_state() -> dict[str, str]:
 def test_stack_runs_two_rounds_and_refuses_an_unregistered_node() -> None:
     nodes = os.environ.get("FEDEQUITY_COMPOSE_NODES", "2")
     root = os.environ.get("FEDEQUITY_COMPOSE_ROOT", str(REPO / ".cache" / "compose-engine"))
+    ensure_installed()  # first: a bare machine has no iptables-save to take "before" with
     before = host_network_state()
     assert main(["--supernodes", nodes, "--rounds", "2", "--data-root", root]) == 0
     assert host_network_state() == before  # links, routes, firewall rules, namespaces
