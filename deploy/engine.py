@@ -34,7 +34,6 @@ FLWR_VERSION = "1.42.0"
 FLOWER_ROLES = ("superlink", "supernode", "superexec")
 PROJECT_IMAGE = "fedequity/superexec:0.1.0"
 BASE_IMAGE = "fedequity/base:bookworm"
-DEBIAN_PACKAGES = ("docker.io", "docker-compose", "debootstrap", "iproute2", "iptables")
 WHEEL_PORT = 38765
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 BUILD_FLAGS = (

@@ -62,8 +62,7 @@ def robust_aggregate(
         return weighted_average(arrays_per_client, w)
     if method in ("norm-bound", "relative-norm-bound"):
         if method == "relative-norm-bound":
-            norms = [update_norm(arrays, reference) for arrays in arrays_per_client]
-            norm_bound = norm_factor * float(np.median(norms))
+            norm_bound = norm_factor * float(np.median(update_norms(arrays_per_client, reference)))
         clipped = clip_updates(arrays_per_client, reference, norm_bound)
         return weighted_average(clipped, w)
     if method not in ("trimmed-mean", "median"):
@@ -88,8 +87,15 @@ def outsized_updates(
     arrays_per_client: list[list[np.ndarray]], reference: list[np.ndarray], gate: float
 ) -> np.ndarray:
     """Per client, whether its update's norm exceeds ``gate`` × the round's median norm."""
-    norms = np.array([update_norm(arrays, reference) for arrays in arrays_per_client])
+    norms = update_norms(arrays_per_client, reference)
     return norms > gate * float(np.median(norms))
+
+
+def update_norms(
+    arrays_per_client: list[list[np.ndarray]], reference: list[np.ndarray]
+) -> np.ndarray:
+    """Each client's :func:`update_norm`."""
+    return np.array([update_norm(arrays, reference) for arrays in arrays_per_client])
 
 
 def clip_updates(
