@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from launch.app_files import stage_app
 from launch.env import tool
 from launch.supervisor import FlowerError, ProcessSupervisor, stop_popen
 
@@ -100,11 +102,13 @@ def run_app(
     cwd: Path,
     timeout: float,
 ) -> str:
-    """``flwr run APP CONN --stream``, echoing its log; return the run id.
+    """``flwr run APP CONN --stream`` (of APP staged under ``cwd``), echoing its log;
+    return the run id.
 
     Fails fast when a SuperLink/SuperNode/SuperExec process dies while the run is going.
     """
-    cmd = [tool("flwr"), "run", str(app), conn, "--stream", *run_config]
+    staged = stage_app(app, Path(tempfile.mkdtemp(prefix="app-", dir=cwd)))
+    cmd = [tool("flwr"), "run", str(staged), conn, "--stream", *run_config]
     streamed = stream_run(sup, cmd, cwd, timeout=timeout)
     if streamed.returncode != 0 or streamed.run_id is None:
         raise FlowerError(f"`flwr run` exited with {streamed.returncode}; see {streamed.log_path}")

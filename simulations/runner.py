@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.run_config import run_config_flag
+from launch.app_files import stage_app
 from launch.connection import write_connection
 from launch.env import simulation_env, tool
 from launch.net import free_ports, wait_healthy
@@ -52,15 +53,18 @@ def superlink_command(port: int, control_port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def flwr_run_command(experiment: Experiment, overrides: dict[str, Any]) -> list[str]:
-    """``flwr run`` of this app on the private SuperLink with the experiment's federation."""
+def flwr_run_command(
+    experiment: Experiment, overrides: dict[str, Any], app: Path = PROJECT_ROOT
+) -> list[str]:
+    """``flwr run`` of this app (from ``app``, its staged copy) on the private SuperLink
+    with the experiment's federation."""
     fed = experiment.federation
     federation = (
         f"num-supernodes={fed['num-supernodes']} client-resources-num-cpus={fed['client-cpus']}"
     )
     return [
         tool("flwr"),
-        "run", str(PROJECT_ROOT), CONNECTION,
+        "run", str(app), CONNECTION,
         "--federation-config", federation,
         *run_config_flag(overrides),
         "--stream",
@@ -118,7 +122,8 @@ def run_experiment(experiment: Experiment, *, verbose: bool = False) -> Path:
         try:
             superlink = sup.start("superlink", superlink_command(port, control_port), PROJECT_ROOT)
             wait_healthy(f"http://127.0.0.1:{port}/health", superlink, timeout=60)
-            command = flwr_run_command(experiment, overrides)
+            app = stage_app(PROJECT_ROOT, work / "app")
+            command = flwr_run_command(experiment, overrides, app)
             stream_run(sup, command, PROJECT_ROOT, show=shown(verbose), found=found)
         finally:
             sup.stop_all()

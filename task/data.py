@@ -16,13 +16,19 @@ from functools import lru_cache
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 from transformers import PreTrainedTokenizerBase
 
 from task import recipes, sources
 from task.config import DataConfig, PartitionConfig
+from task.imports import skipping_submodule
 from task.sources import SET_COLUMN
 from task.synthetic import load_synthetic
+
+# flwr_datasets' __init__ imports its plotting helpers (seaborn, scipy.stats, matplotlib).
+# That costs ~1 s in every process that partitions, Ray actors included, and the
+# partitioners never use them.
+with skipping_submodule("flwr_datasets.visualization"):
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 
 MIN_PARTITION_SIZE = 10
 

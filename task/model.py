@@ -24,25 +24,17 @@ import torch
 from datasets import DatasetDict
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
-from peft import LoraConfig, TaskType, get_peft_model
-from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as LORA_TARGETS
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers.trainers import WordPieceTrainer
 from torch import nn
-from transformers import (
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    BertConfig,
-    BertForSequenceClassification,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from task.cache import cache_root
 from task.config import TINY_MODEL, ModelConfig, RunConfig
 from task.encoders import (
     MINILM,
     FrozenBottom,
+    head_only,
     load_encoder,
     minilm_folder,
     model_digest,
@@ -154,7 +146,9 @@ def load_tokenizer(cfg: ModelConfig, train_texts: Sequence[str]) -> PreTrainedTo
     return tokenizer
 
 
-def tiny_bert(cfg: ModelConfig, vocab_size: int, num_labels: int) -> BertForSequenceClassification:
+def tiny_bert(cfg: ModelConfig, vocab_size: int, num_labels: int) -> nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification  # see task.encoders
+
     config = BertConfig(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
@@ -178,6 +172,9 @@ def build_model(
     ``head``/``top-layers`` only the trained top (:func:`frozen_bottom` holds the rest)."""
     torch.manual_seed(seed)
     model: nn.Module
+    if cfg.uses_feature_cache and cfg.trained_layers == 0:
+        return head_only(resolve_model_name(cfg.name), head_hidden=cfg.head_hidden,
+                         num_labels=num_labels)  # fmt: skip
     if cfg.uses_feature_cache:
         encoder = load_encoder(resolve_model_name(cfg.name))
         torch.manual_seed(seed)  # the head's initial weights do not depend on loading
@@ -189,6 +186,8 @@ def build_model(
     if cfg.is_tiny:
         model = tiny_bert(cfg, len(tokenizer), num_labels)
     else:
+        from transformers import AutoModelForSequenceClassification
+
         pretrained = AutoModelForSequenceClassification.from_pretrained(
             resolve_model_name(cfg.name), num_labels=num_labels
         )
@@ -196,6 +195,10 @@ def build_model(
             pretrained.config.pad_token_id = tokenizer.pad_token_id
         model = pretrained
     if cfg.finetune == "lora":
+        # imported here: peft pulls in transformers' generation and Bloom code, seconds
+        # of start-up in every process, and only ``lora`` needs it
+        from peft import LoraConfig, TaskType, get_peft_model
+
         lora = LoraConfig(
             task_type=TaskType.SEQ_CLS,
             r=cfg.lora_r,
@@ -238,8 +241,10 @@ def lora_targets(model: nn.Module) -> list[str]:
     (peft has no default for some architectures, e.g. DistilBERT in this version, and
     ``"all-linear"`` collides with the classifier head that SEQ_CLS keeps trainable.)
     """
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
     model_type = getattr(getattr(model, "config", None), "model_type", "")
-    if defaults := LORA_TARGETS.get(model_type):
+    if defaults := TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type):
         return list(defaults)
     names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
              if isinstance(module, nn.Linear)}  # fmt: skip

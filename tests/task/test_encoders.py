@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from transformers.masking_utils import create_bidirectional_mask
 
 from task import encoders
 from task.config import load_defaults, parse_run_config
@@ -66,7 +70,7 @@ def test_bottom_then_top_layers_equal_the_whole_encoder(train_layers: int) -> No
     with torch.no_grad():
         hidden = features
         if train_layers:
-            mask = encoders.create_bidirectional_mask(
+            mask = create_bidirectional_mask(
                 config=top.config, inputs_embeds=features, attention_mask=inputs["attention_mask"]
             )
             for layer in top.layers:
@@ -88,6 +92,46 @@ def test_head_model_is_seeded_and_only_the_top_trains() -> None:
     assert sum(p.numel() for p in first.parameters()) == 384 * 64 + 64 + 64 * 2 + 2
     top = build_model(replace(CFG, finetune="top-layers", train_layers=2), tokenizer, 2, seed=3)
     assert len(top.layers) == 2  # type: ignore[arg-type]
+
+
+def test_head_model_from_the_config_equals_the_split_encoders_head() -> None:
+    """``head`` mode builds its MLP without loading the encoder: the same seeded weights."""
+    built = build_model(CFG, load_tokenizer(CFG, []), num_labels=2, seed=5)
+    encoder = load_encoder(resolve_model_name("minilm"))
+    torch.manual_seed(5)
+    _, split = split_encoder(encoder, train_layers=0, head_hidden=CFG.head_hidden, num_labels=2)
+    for (name, a), (_, b) in zip(
+        built.state_dict().items(), split.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_head_training_never_imports_transformers_modeling_code() -> None:
+    """A head-mode process whose features are cached builds, featurises and trains without
+    transformers' modeling code (~1 s of start-up in every Ray actor)."""
+    script = textwrap.dedent(f"""
+        import sys
+        from task.config import load_defaults, parse_run_config
+        from task.data import encode
+        from task.feature_cache import with_features
+        from task.model import build_model, load_tokenizer
+        cfg = parse_run_config(load_defaults()).model
+        tokenizer = load_tokenizer(cfg, [])
+        model = build_model(cfg, tokenizer, num_labels=2, seed=0)
+        import datasets
+        rows = datasets.Dataset.from_dict({{"text": {TEXTS!r}, "label": [0, 1, 1],
+                                           "group": ["a", "b", "a"]}})
+        data = with_features(encode(rows, tokenizer, ["a", "b"], cfg.max_length), cfg)
+        model(data.features, data.attention_mask).sum().backward()
+        print(sorted(m for m in sys.modules if m.startswith(("transformers.models.bert.modeling",
+              "transformers.modeling_utils", "peft"))))
+    """)
+    warm = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    assert warm.stdout  # the first run may compute (and store) the features
+    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           check=True)  # fmt: skip
+    assert again.stdout.strip() == "[]", again.stdout
 
 
 def test_too_many_train_layers_name_the_key() -> None:
