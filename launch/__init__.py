@@ -10,4 +10,5 @@ Shared by the simulation runner (``simulations/``) and the local deployment (``d
 - :mod:`launch.connection`: the ``$FLWR_HOME/config.toml`` connection file.
 - :mod:`launch.flwr`: ``flwr ... --format json`` commands (register, list, run status).
 - :mod:`launch.stream`: ``flwr run --stream`` and its run id.
+- :mod:`launch.app_files`: the app's published files, staged for ``flwr run``.
 """
