@@ -62,24 +62,21 @@ def compute_features(
 
 
 def cached_features(
-    bottom: FrozenBottom,
+    bottom: Callable[[], FrozenBottom],
+    frozen_layers: int,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     *,
     model_digest: str,
 ) -> torch.Tensor:
-    """Features of the rows from disk, else computed (and then stored).
+    """Features of the rows from disk, else computed by ``bottom()`` (and then stored).
 
-    The memory layer is the caller's: the client runtime and the server's evaluator keep
-    the featurised data for the life of their process.
+    ``bottom`` is called only on a miss: the key needs just the weights' hash and the
+    number of frozen layers, so a hit never loads the encoder. The memory layer is the
+    caller's: the client runtime and the server's evaluator keep the featurised data for
+    the life of their process.
     """
-    key = feature_key(model_digest, len(bottom.layers), input_ids, attention_mask)
-    return features_at(key, input_ids.shape[0], lambda: compute_features(
-        bottom, input_ids, attention_mask))  # fmt: skip
-
-
-def features_at(key: str, rows: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """The ``rows`` features stored under ``key``, else ``compute()``'d and stored."""
+    key = feature_key(model_digest, frozen_layers, input_ids, attention_mask)
     path = cache_dir() / f"{key}.pt"
     features: torch.Tensor | None = None
     if path.exists():
@@ -87,8 +84,8 @@ def features_at(key: str, rows: int, compute: Callable[[], torch.Tensor]) -> tor
             features = torch.load(path, weights_only=True)
         except Exception:  # a truncated or corrupt file is recomputed, never trusted
             features = None
-    if features is None or features.shape[0] != rows:
-        features = compute()
+    if features is None or features.shape[0] != input_ids.shape[0]:
+        features = compute_features(bottom(), input_ids, attention_mask)
         write_atomically(path, lambda staging: torch.save(features, staging))
     return features
 
@@ -98,16 +95,15 @@ def with_features(encoded: Encoded, cfg: ModelConfig) -> Encoded:
     (``head``/``top-layers`` only)."""
     if not cfg.uses_feature_cache:
         return encoded
-    # The key comes from the config and the weights' hash, so a hit never loads the
-    # encoder (a process that only trains the head then never imports its modeling code).
+    # A hit needs only the config and the weights' hash: a process that only trains the
+    # head then never imports transformers' modeling code.
     source = resolve_model_name(cfg.name)
-    frozen_layers = encoder_config(source).num_hidden_layers - cfg.trained_layers
-    ids, mask = encoded.input_ids, encoded.attention_mask
-    key = feature_key(model_digest(source), frozen_layers, ids, mask)
-
-    def compute() -> torch.Tensor:
-        return compute_features(frozen_bottom(cfg)[0], ids, mask)
-
-    features = features_at(key, len(ids), compute)
+    features = cached_features(
+        lambda: frozen_bottom(cfg)[0],
+        encoder_config(source).num_hidden_layers - cfg.trained_layers,
+        encoded.input_ids,
+        encoded.attention_mask,
+        model_digest=model_digest(source),
+    )
     variants = None if encoded.variants is None else with_features(encoded.variants, cfg)
     return dataclasses.replace(encoded, features=features, variants=variants)

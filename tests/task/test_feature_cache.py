@@ -48,21 +48,22 @@ def files() -> set[str]:
 
 def test_cache_is_invalidated_when_data_model_or_max_length_change() -> None:
     bottom, digest = frozen_bottom(CFG)
+    load, frozen = (lambda: bottom), len(bottom.layers)
     texts = [f"{text} unseen" for text in TEXTS]  # not cached by another test
     data = encoded(texts)
     before = files()
-    cached_features(bottom, data.input_ids, data.attention_mask, model_digest=digest)
+    cached_features(load, frozen, data.input_ids, data.attention_mask, model_digest=digest)
     after_first = files()
     assert len(after_first - before) == 1
-    cached_features(bottom, data.input_ids, data.attention_mask, model_digest=digest)
+    cached_features(load, frozen, data.input_ids, data.attention_mask, model_digest=digest)
     assert files() == after_first  # a hit writes nothing
     changed_text = encoded([*texts[:-1], "something else entirely"])
     cached_features(
-        bottom, changed_text.input_ids, changed_text.attention_mask, model_digest=digest
+        load, frozen, changed_text.input_ids, changed_text.attention_mask, model_digest=digest
     )
     shorter = encoded(texts, max_length=12)
-    cached_features(bottom, shorter.input_ids, shorter.attention_mask, model_digest=digest)
-    cached_features(bottom, data.input_ids, data.attention_mask, model_digest="other-model")
+    cached_features(load, frozen, shorter.input_ids, shorter.attention_mask, model_digest=digest)
+    cached_features(load, frozen, data.input_ids, data.attention_mask, model_digest="other-model")
     assert len(files() - after_first) == 3
 
 
