@@ -52,9 +52,10 @@ class WeightedDPOptimizer(DPOptimizer):
 
     Augmentation multiplicity (De et al. 2022): with :meth:`set_variant_mask`, a batch of
     ``b`` records holds ``b·m`` rows, record-major (a record, then its ``m - 1`` variants);
-    the per-sample gradients of a record's real rows are averaged *before* clipping, so
-    record ``i`` still contributes ``w_i · clip_C(mean_j g_ij)``, norm at most ``C·w_max``,
-    and nothing above changes: the same (σ, q, steps) hold however many variants it has.
+    the per-sample gradients of the rows the mask selects (its real rows, or only its worst
+    one) are averaged *before* clipping, so record ``i`` still contributes
+    ``w_i · clip_C(mean_j g_ij)``, norm at most ``C·w_max``, and nothing above changes: the
+    same (σ, q, steps) hold however many variants it has.
 
     The argument needs each ``w_i`` to depend only on example ``i`` itself and on public
     or already-DP-released information (e.g. server weights computed from noised group
@@ -130,17 +131,17 @@ class WeightedDPOptimizer(DPOptimizer):
         self._sample_weights = weights
 
     def set_variant_mask(self, mask: torch.Tensor | None) -> None:
-        """For the next step: ``(records, m)`` bool, which of each record's ``m`` rows are
-        real (column 0, the record itself, always is); None: one row per record."""
+        """For the next step: ``(records, m)`` bool, which of each record's ``m`` rows its
+        gradient averages (at least one per record); None: one row per record."""
         if mask is not None:
             mask = torch.as_tensor(mask, dtype=torch.bool).detach()
-            if mask.dim() != 2 or (mask.numel() and not bool(mask[:, 0].all())):
-                raise ValueError("variant mask must be (records, rows per record) with column 0 "
-                                 "(the record itself) set")  # fmt: skip
+            if mask.dim() != 2 or (mask.numel() and not bool(mask.any(dim=1).all())):
+                raise ValueError("variant mask must be (records, rows per record) with at least "
+                                 "one row of every record set")  # fmt: skip
         self._variant_mask = mask
 
     def _per_record(self, grad_samples: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each record's mean per-sample gradient over its real rows (multiplicity)."""
+        """Each record's mean per-sample gradient over its masked rows (multiplicity)."""
         mask, self._variant_mask = self._variant_mask, None
         if mask is None:
             return grad_samples

@@ -115,8 +115,9 @@ def run_private_round(
     )
     try:
         result = train(
-            module, optimizer, dp_loader, epochs=cfg.train.local_epochs, weighting=local.weighting
-        )
+            module, optimizer, dp_loader, epochs=cfg.train.local_epochs,
+            weighting=local.weighting, variant_loss=cfg.augment.variant_loss,
+        )  # fmt: skip
     finally:
         module.cleanup()  # the cached model is wrapped again next round
     ledger.record(optimizer.pop_privacy_events())

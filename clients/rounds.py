@@ -43,8 +43,11 @@ def _plain_round(
     cfg: RunConfig, runtime: ClientRuntime, counts: np.ndarray, seed: int
 ) -> TrainResult:
     """Train without DP (``dp.mode`` off or central); weights from the true counts, and
-    augmented examples as plain rows (no per-record privacy unit to keep)."""
-    data = runtime.train.with_variants_as_rows()
+    augmented examples as plain rows (no per-record privacy unit to keep), except that
+    ``augment.variant-loss = "worst"`` needs a record's variants beside it."""
+    data = runtime.train
+    if cfg.augment.variant_loss == "mean":
+        data = data.with_variants_as_rows()
     if runtime.public is not None:
         public = synthesized_rows(runtime.public, counts, min_share=cfg.augment.min_share)
         data = concat(data, public)
@@ -55,6 +58,7 @@ def _plain_round(
         local.loader,
         epochs=cfg.train.local_epochs,
         weighting=local.weighting,
+        variant_loss=cfg.augment.variant_loss,
     )
 
 

@@ -76,10 +76,22 @@ def with_variant_rows(batch: list[torch.Tensor]) -> tuple[list[torch.Tensor], to
     return flat, real
 
 
-def record_losses(losses: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Per record, the mean loss over its real rows."""
+def record_losses(losses: torch.Tensor, real: torch.Tensor, variant_loss: str) -> torch.Tensor:
+    """Per record, the loss over its real rows: the ``"mean"``, or the ``"worst"`` row's."""
+    if variant_loss == "worst":
+        return losses.view(real.shape).masked_fill(~real, -torch.inf).amax(dim=1)
     share = real.to(losses.dtype)
     return (losses.view(real.shape) * share).sum(1) / share.sum(1)
+
+
+def worst_rows(losses: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """``(records, rows)`` bool: each record's real row of the largest loss, one per record.
+
+    Under DP the optimizer averages a record's per-row gradients over this mask, which is
+    the gradient of :func:`record_losses` with ``"worst"`` (worst-of-k augmentation,
+    Engstrom et al., ICML 2019), still one clipped contribution per record."""
+    worst = losses.detach().view(real.shape).masked_fill(~real, -torch.inf).argmax(dim=1)
+    return nn.functional.one_hot(worst, real.shape[1]).bool()
 
 
 def train(
@@ -89,13 +101,15 @@ def train(
     *,
     epochs: int,
     weighting: str = "off",
+    variant_loss: str = "mean",
 ) -> TrainResult:
     """Run ``epochs`` over ``loader``; the 4th tensor of a batch is its per-example weight.
 
     ``weighting``: ``"pre-clip"`` multiplies each example's loss by its weight;
     ``"post-clip"`` hands the weights to a weighted DP optimizer (``set_sample_weights``),
     which scales the *clipped* per-sample gradients — without DP there is no clip, so it is
-    the same as a loss weight; ``"off"`` ignores them.
+    the same as a loss weight; ``"off"`` ignores them. ``variant_loss``: a record's
+    objective over itself and its counterfactual variants (:func:`record_losses`).
     """
     model.train()
     start = time.perf_counter()
@@ -108,7 +122,8 @@ def train(
                 if hasattr(optimizer, "step_on_empty_batch"):  # (without DP: nothing to do)
                     optimizer.step_on_empty_batch()
                 continue
-            loss, losses, batch_correct = batch_loss(model, optimizer, batch, weighting)
+            loss, losses, batch_correct = batch_loss(model, optimizer, batch, weighting,
+                                                     variant_loss)  # fmt: skip
             loss.backward()
             optimizer.step()
             total_loss += float(losses.detach().sum())
@@ -125,15 +140,15 @@ def train(
 
 def batch_loss(
     model: nn.Module, optimizer: torch.optim.Optimizer, batch: list[torch.Tensor],
-    weighting: str,
+    weighting: str, variant_loss: str = "mean",
 ) -> tuple[torch.Tensor, torch.Tensor, int]:  # fmt: skip
     """The loss to back-propagate, the per-row losses and the correct predictions; hands
     per-record weights and the variant mask to a weighted DP optimizer.
 
-    With variants each record's objective is the mean loss over its real rows. Under DP
-    the optimizer takes the mean of a record's per-row gradients before clipping, which is
-    exactly that objective's gradient: rows interact in no layer, so each row's per-sample
-    gradient is its own loss's.
+    With variants each record's objective is the mean loss over its real rows, or its worst
+    row's (``variant_loss``). Under DP the optimizer takes the mean of a record's per-row
+    gradients over those rows before clipping, which is exactly that objective's gradient:
+    rows interact in no layer, so each row's per-sample gradient is its own loss's.
     """
     weighted_optimizer = hasattr(optimizer, "set_sample_weights")
     weights = batch[3]
@@ -145,15 +160,17 @@ def batch_loss(
         scale = weights if weighting != "off" else torch.ones_like(losses)
         return (losses * scale).mean(), losses, correct
     if weighted_optimizer and takes_row_axis(model):
-        return _row_axis_loss(model, optimizer, batch, weighting)
+        return _row_axis_loss(model, optimizer, batch, weighting, variant_loss)
     rows, real = with_variant_rows(batch)
     logits = logits_of(model, rows[0], rows[1])
     losses = nn.functional.cross_entropy(logits, rows[2], reduction="none")
     correct = _real_correct(logits, rows[2], real.flatten())
     if not weighted_optimizer:  # no per-sample gradients: the per-record mean, on the loss
         scale = weights if weighting != "off" else torch.ones_like(weights)
-        return (record_losses(losses, real) * scale).mean(), losses[real.flatten()], correct
-    optimizer.set_variant_mask(real)  # type: ignore[attr-defined]
+        per_record = record_losses(losses, real, variant_loss)
+        return (per_record * scale).mean(), losses[real.flatten()], correct
+    rows_used = worst_rows(losses, real) if variant_loss == "worst" else real
+    optimizer.set_variant_mask(rows_used)  # type: ignore[attr-defined]
     if weighting == "post-clip":
         optimizer.set_sample_weights(weights)  # type: ignore[attr-defined]
     scale = weights if weighting == "pre-clip" else torch.ones_like(weights)
@@ -169,12 +186,12 @@ def _real_correct(logits: torch.Tensor, labels: torch.Tensor, real: torch.Tensor
 
 def _row_axis_loss(
     model: nn.Module, optimizer: torch.optim.Optimizer, batch: list[torch.Tensor],
-    weighting: str,
+    weighting: str, variant_loss: str,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:  # fmt: skip
     """:func:`batch_loss` with a record's rows on an axis of their own, (records, 1 + k, …).
 
     Opacus' per-sample gradient of a linear layer sums over every axis but the first, so
-    the gradients come out per record, already the gradient of the record's mean loss:
+    the gradients come out per record, already the gradient of the record's (mean or worst) loss:
     no per-row gradient is materialised and regrouped (that costs more than the step)."""
     inputs, mask, labels, weights, v_inputs, v_mask, v_valid = batch
     real = torch.cat([torch.ones_like(v_valid[:, :1]), v_valid], dim=1)
@@ -187,7 +204,8 @@ def _row_axis_loss(
     if weighting == "post-clip":
         optimizer.set_sample_weights(weights)  # type: ignore[attr-defined]
     scale = weights if weighting == "pre-clip" else torch.ones_like(weights)
-    return (record_losses(losses, real) * scale).mean(), losses[real.flatten()], correct
+    per_record = record_losses(losses, real, variant_loss)
+    return (per_record * scale).mean(), losses[real.flatten()], correct
 
 
 @dataclass(frozen=True)

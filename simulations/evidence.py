@@ -99,6 +99,8 @@ class Grid:
 
 
 REQUIRED = ("name", "variants", "epsilons", "seeds")
+#: keys whose default changed results when they were added: what a run before them did
+PREDATED = {"augment.variant-loss": "mean"}
 # Keys each cell sets itself: a grid override of one would make cells lie about their label.
 SET_BY_CELL = ("strategy", "fair.local-weighting", "augment.method", "seed", "dp.mode",
                "dp.target-epsilon")  # fmt: skip
@@ -218,6 +220,12 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
         unread |= {"model.train-layers", "model.head-hidden"}
     if config.get("fair.local-weighting") == "off":
         unread |= {"fair.local-alpha", "fair.local-max-weight"}
+    if config.get("augment.method") != "counterfactual":
+        unread |= {"augment.k", "augment.variant-loss"}
+    if config.get("augment.method") != "synthesize":
+        unread.add("augment.min-share")
+    if config.get("augment.method") == "none":
+        unread.add("augment.lexicon")
     return {key: value for key, value in config.items() if key not in unread}
 
 
@@ -229,9 +237,9 @@ def is_current(grid: Grid, cell: Cell, output_dir: Path) -> bool:
     recorded = json.loads(path.read_text())
     today = cell_experiment(grid, cell, output_dir / "runs", check_data=False)
     return (
-        # A key the recorded run predates reads as today's default: new keys default to
-        # the behaviour before them, so adding one does not void every stored cell.
-        comparable(load_defaults() | recorded.get("config", {}))
+        # A key the recorded run predates reads as the behaviour before it: today's default,
+        # or, where the new key's default changed the behaviour, PREDATED.
+        comparable(load_defaults() | PREDATED | recorded.get("config", {}))
         == comparable(load_defaults() | today.overrides)
         and recorded.get("federation") == today.federation
     )

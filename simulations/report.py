@@ -111,12 +111,12 @@ def plot_worst_group_vs_epsilon(summaries: list[dict[str, Any]], path: Path) -> 
     plt.close(fig)
 
 
-def gap_vs_cost(summaries: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
-    """``(grid/variant/ε, accuracy cost in points, gap reduction in %)`` vs FedAvg at the
-    same (data, ε), over the seeds both have: a seed changes the data, so unpaired means
-    would be biased."""
+def gap_vs_cost(summaries: list[dict[str, Any]]) -> list[tuple[Key, float, float]]:
+    """``((grid, variant, ε), accuracy cost in points, gap reduction in %)`` vs FedAvg at
+    the same (data, ε), over the seeds both have: a seed changes the data, so unpaired
+    means would be biased."""
     groups = group_cells(summaries)
-    points: list[tuple[str, float, float]] = []
+    points: list[tuple[Key, float, float]] = []
     for (grid, variant, eps), all_cells in sorted(groups.items()):
         base_cells = groups.get((grid, "fedavg", eps), [])
         seeds = {c["seed"] for c in all_cells} & {c["seed"] for c in base_cells}
@@ -127,22 +127,38 @@ def gap_vs_cost(summaries: list[dict[str, Any]]) -> list[tuple[str, float, float
         base_gap = mean(c["group_accuracy_gap"] for c in base)
         reduction = 1 - mean(c["group_accuracy_gap"] for c in cells) / base_gap if base_gap else 0.0
         cost = mean(c["accuracy"] for c in base) - mean(c["accuracy"] for c in cells)
-        label = f"{grid}/{variant}/ε={'∞' if math.isinf(eps) else f'{eps:g}'}"
-        points.append((label, 100 * cost, 100 * reduction))
+        points.append(((grid, variant, eps), 100 * cost, 100 * reduction))
     return points
 
 
+def _eps_label(eps: float) -> str:
+    return "no DP" if math.isinf(eps) else f"ε = {eps:g}"
+
+
 def plot_gap_vs_cost(summaries: list[dict[str, Any]], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for label, cost, reduction in gap_vs_cost(_unaugmented(summaries)):
-        ax.scatter(cost, reduction, s=25, label=label)  # a legend: labels on points overlap
-    if ax.collections:
-        ax.legend(fontsize=7, loc="best")
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.axvline(0, color="grey", lw=0.5)
-    ax.set_xlabel("population-accuracy cost vs FedAvg (points)")
-    ax.set_ylabel("group-accuracy gap (max − min) reduction vs FedAvg (%)")
-    fig.tight_layout()
+    """A panel per dataset; colour = variant (as in the worst-group plot), marker = ε.
+    Legends, not labels on the points: those overlap."""
+    points = gap_vs_cost(_unaugmented(summaries))
+    grids = sorted({grid for (grid, _, _), _, _ in points}) or ["(no cells beside FedAvg)"]
+    epsilons = sorted({eps for (_, _, eps), _, _ in points})
+    marker = dict(zip(epsilons, "osD^v<>p", strict=False))
+    fig, axes = plt.subplots(1, len(grids), figsize=(5 * len(grids), 4.8), squeeze=False)
+    for ax, grid in zip(axes[0], grids, strict=True):
+        for (g, variant, eps), cost, reduction in points:
+            if g == grid:
+                ax.scatter(cost, reduction, s=30, color=_colour(variant), marker=marker[eps])
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_title(grid)
+        ax.set_xlabel("population-accuracy cost vs FedAvg (points)")
+        ax.set_ylabel("gap (max − min) reduction vs FedAvg (%)")
+        ax.grid(alpha=0.3)
+    shown = sorted({v for (_, v, _), _, _ in points}, key=list(VARIANTS).index)
+    handles = [plt.Line2D([], [], color=_colour(v), marker="o", ls="") for v in shown]
+    handles += [plt.Line2D([], [], color="black", marker=marker[e], ls="") for e in epsilons]
+    labels = [*shown, *(_eps_label(e) for e in epsilons)]
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

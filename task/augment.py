@@ -2,10 +2,11 @@
 
 ``augment.method = "counterfactual"``: every training record gets up to ``augment.k``
 variants with its group's identity terms swapped for another group's
-(:mod:`task.lexicon`). Under DP a record and its variants are one privacy unit: their
-per-sample gradients are averaged before clipping (``WeightedDPOptimizer``, augmentation
-multiplicity, De et al. 2022), so the accountant's (σ, q, steps) are those without
-augmentation. Without DP the variants are plain extra rows.
+(:mod:`task.lexicon`). Under DP a record and its variants are one privacy unit: the
+per-sample gradients of its rows (all of them, or its worst one under
+``augment.variant-loss = "worst"``) are averaged before clipping (``WeightedDPOptimizer``,
+augmentation multiplicity, De et al. 2022), so the accountant's (σ, q, steps) are those
+without augmentation. Without DP the variants are plain extra rows under ``"mean"``.
 
 ``augment.method = "synthesize"``: groups whose (released) local share is below
 ``augment.min-share`` get examples made from the recipe's *public* material only, so they

@@ -131,6 +131,8 @@ class AugmentConfig:
     k: int
     lexicon: str  # "" = the dataset recipe's own
     min_share: float
+    #: a record's objective over itself and its variants: the "worst" row's loss or the "mean"
+    variant_loss: str
 
     @property
     def counterfactual(self) -> bool:
@@ -280,6 +282,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             k=v["augment.k"],
             lexicon=v["augment.lexicon"],
             min_share=v["augment.min-share"],
+            variant_loss=v["augment.variant-loss"],
         ),
         robust=RobustConfig(
             method=v["robust.method"],

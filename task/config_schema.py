@@ -21,6 +21,7 @@ OPTIMIZERS = ("adamw", "sgd")
 LOCAL_WEIGHTINGS = ("post-clip", "pre-clip", "sampling", "off")
 FINETUNE_MODES = ("head", "top-layers", "lora", "full")
 AUGMENT_METHODS = ("none", "counterfactual", "synthesize")
+VARIANT_LOSSES = ("worst", "mean")
 ROBUST_METHODS = ("none", "trimmed-mean", "median", "norm-bound", "relative-norm-bound")
 #: strategies whose aggregate is a weighted average that a robust rule can replace
 ROBUST_STRATEGIES = ("fedavg", "representation", "fairfed")
@@ -130,6 +131,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "augment.method": (str, _one_of(*AUGMENT_METHODS)),
     "augment.k": (int, lambda v: None if 1 <= v <= 16 else "an int in [1, 16]"),
     "augment.lexicon": (str, _any),
+    "augment.variant-loss": (str, _one_of(*VARIANT_LOSSES)),
     "augment.min-share": (float, _open_unit),
     "robust.method": (str, _one_of(*ROBUST_METHODS)),
     "robust.trim": (float, lambda v: None if 0 <= v < 0.5 else "a number in [0, 0.5)"),

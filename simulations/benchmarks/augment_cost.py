@@ -55,7 +55,7 @@ def _stepper(cfg: RunConfig, k: int) -> Callable[[], float]:
     def step() -> float:
         start = time.perf_counter()
         dp_optimizer.zero_grad()
-        loss, _, _ = batch_loss(module, dp_optimizer, batch, "off")
+        loss, _, _ = batch_loss(module, dp_optimizer, batch, "off", cfg.augment.variant_loss)
         loss.backward()
         dp_optimizer.step()
         return time.perf_counter() - start

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from clients.dp_sgd import WeightedDPOptimizer, make_private
 from clients.local import ClientRuntime, client_runtime
 from clients.private_round import DPRandomness, run_private_round
-from clients.training import record_losses, train
+from clients.training import record_losses, train, worst_rows
 from task.config import RunConfig, load_defaults, parse_run_config
 from task.data import group_counts
 from task.model import exchanged_state, load_exchanged
@@ -73,9 +73,36 @@ def test_each_record_of_a_batch_is_bounded_by_its_weight_times_c() -> None:
     torch.testing.assert_close(total, torch.stack(parts).sum(0))
 
 
-def test_a_mask_without_the_record_itself_is_refused() -> None:
-    with pytest.raises(ValueError, match="column 0"):
-        _optimizer(nn.Linear(2, 2)).set_variant_mask(torch.tensor([[False, True]]))
+@pytest.mark.parametrize("k", range(1, 9))
+def test_a_record_trained_on_its_worst_row_contributes_that_row_clipped(k: int) -> None:
+    generator = torch.Generator().manual_seed(100 + k)
+    model = nn.Linear(5, 3)
+    for trial in range(20):
+        grads = [10.0 ** (trial % 4) * torch.randn(1 + k, *p.shape, generator=generator)
+                 for p in model.parameters()]  # fmt: skip
+        real = torch.ones(1, 1 + k, dtype=torch.bool)
+        real[0, 1:] = torch.rand(k, generator=generator) < 0.7
+        losses = torch.rand(1 + k, generator=generator)
+        mask = worst_rows(losses, real)
+        worst = int(mask[0].nonzero())
+        assert bool(real[0, worst]) and float(losses[worst]) == float(losses[real[0]].max())
+        summed = _clipped_sum(model, grads, mask)
+        assert float(summed.norm()) <= C * (1 + 1e-5)
+        row = torch.cat([g[worst].reshape(-1) for g in grads])
+        torch.testing.assert_close(summed, row * min(1.0, C / (float(row.norm()) + 1e-6)))
+
+
+def test_the_worst_row_is_never_a_masked_out_repeat() -> None:
+    losses = torch.tensor([0.1, 9.0, 0.3, 5.0, 0.2, 0.4])  # two records of three rows
+    real = torch.tensor([[True, False, True], [True, True, True]])
+    assert worst_rows(losses, real).tolist() == [[False, False, True], [True, False, False]]
+    torch.testing.assert_close(record_losses(losses, real, "worst"), torch.tensor([0.3, 5.0]))
+    torch.testing.assert_close(record_losses(losses, real, "mean"), torch.tensor([0.2, 5.6 / 3]))
+
+
+def test_a_mask_with_a_record_of_no_rows_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one row"):
+        _optimizer(nn.Linear(2, 2)).set_variant_mask(torch.tensor([[True, False], [False, False]]))
 
 
 class _FeatureHead(nn.Module):
@@ -91,14 +118,16 @@ class _FeatureHead(nn.Module):
         return self.linear(inputs)
 
 
+@pytest.mark.parametrize("variant_loss", ["mean", "worst"])
 @pytest.mark.parametrize("row_axis", [False, True], ids=["regrouped-rows", "row-axis"])
 @pytest.mark.parametrize("weighting", ["off", "pre-clip", "post-clip"])
 def test_dp_sgd_with_variants_steps_along_the_per_record_objective(
-    weighting: str, row_axis: bool
+    weighting: str, row_axis: bool, variant_loss: str
 ) -> None:
     """No noise, a huge clip: DP-SGD with multiplicity = SGD on the mean over records of
-    w_i · (mean loss over the record's real rows), whether Opacus' per-sample gradients of
-    the flattened rows are regrouped per record or come out per record (a row axis)."""
+    w_i · (mean or worst loss over the record's real rows), whether Opacus' per-sample
+    gradients of the flattened rows are regrouped per record or come out per record (a
+    row axis)."""
     generator = torch.Generator().manual_seed(3)
     n, k = 8, 3
     x, vx = torch.randn(n, 4, generator=generator), torch.randn(n, k, 4, generator=generator)
@@ -113,15 +142,34 @@ def test_dp_sgd_with_variants_steps_along_the_per_record_objective(
         private, sgd, DataLoader(dataset, batch_size=n), noise_multiplier=0.0,
         max_grad_norm=1e6, poisson_sampling=False, max_sample_weight=2.0,
     )  # fmt: skip
-    train(module, optimizer, loader, epochs=1, weighting=weighting)
+    train(module, optimizer, loader, epochs=1, weighting=weighting, variant_loss=variant_loss)
     rows = torch.cat([x[:, None], vx], 1).flatten(0, 1)
     real = torch.cat([torch.ones(n, 1, dtype=torch.bool), valid], 1)
     logits = plain(rows, None)
     losses = nn.functional.cross_entropy(logits, y.repeat_interleave(1 + k), reduction="none")
     reference = torch.optim.SGD(plain.parameters(), lr=0.5)
-    (record_losses(losses, real) * w).mean().backward()
+    (record_losses(losses, real, variant_loss) * w).mean().backward()
     reference.step()
     for a, b in zip(private.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_without_dp_the_worst_row_objective_is_plain_sgd_on_it() -> None:
+    generator = torch.Generator().manual_seed(4)
+    n, k = 8, 3
+    x, vx = torch.randn(n, 4, generator=generator), torch.randn(n, k, 4, generator=generator)
+    y = torch.randint(0, 2, (n,), generator=generator)
+    valid = torch.rand(n, k, generator=generator) < 0.6
+    dataset = TensorDataset(x, torch.ones(n, 2), y, torch.ones(n), vx, torch.ones(n, k, 2), valid)
+    trained, plain = _FeatureHead(), _FeatureHead()
+    optimizer = torch.optim.SGD(trained.parameters(), lr=0.5)
+    train(trained, optimizer, DataLoader(dataset, batch_size=n), epochs=1, variant_loss="worst")
+    logits = plain(torch.cat([x[:, None], vx], 1).flatten(0, 1), None)
+    losses = nn.functional.cross_entropy(logits, y.repeat_interleave(1 + k), reduction="none")
+    real = torch.cat([torch.ones(n, 1, dtype=torch.bool), valid], 1)
+    record_losses(losses, real, "worst").mean().backward()
+    torch.optim.SGD(plain.parameters(), lr=0.5).step()
+    for a, b in zip(trained.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -136,14 +184,16 @@ def _runtime(cfg: RunConfig) -> ClientRuntime:
     return client_runtime(cfg, 0, 4)
 
 
+@pytest.mark.parametrize("variant_loss", ["mean", "worst"])
 @pytest.mark.parametrize("weighting", ["sampling", "post-clip"])
 def test_epsilon_and_history_are_identical_with_and_without_counterfactuals(
-    weighting: str,
+    weighting: str, variant_loss: str
 ) -> None:
     runs = {}
     for method in ("none", "counterfactual"):
         cfg = parse_run_config(load_defaults() | AUGMENTED | {
-            "augment.method": method, "fair.local-weighting": weighting})  # fmt: skip
+            "augment.method": method, "fair.local-weighting": weighting,
+            "augment.variant-loss": variant_loss})  # fmt: skip
         runtime = _runtime(cfg)
         start = exchanged_state(runtime.model)
         counts = group_counts(runtime.train, len(runtime.groups))

@@ -213,6 +213,31 @@ def test_a_summary_without_config_or_from_another_federation_is_stale(
     assert not is_current(grid, cell, tmp_path)
 
 
+def test_augment_keys_decide_a_run_only_for_their_method() -> None:
+    base = load_defaults()
+    assert comparable(base) == comparable(base | {"augment.variant-loss": "mean", "augment.k": 6})
+    counterfactual = base | {"augment.method": "counterfactual"}
+    assert comparable(counterfactual) != comparable(
+        counterfactual | {"augment.variant-loss": "mean"}
+    )
+
+
+def test_a_counterfactual_cell_recorded_before_variant_loss_existed_is_stale(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(GRID_TOML.replace('"fedavg", "qfedavg"', '"fedavg+counterfactual"'))
+    grid = load_grid(path)
+    cell = grid.cells[0]
+    record_cell(tmp_path, grid, cell)
+    assert is_current(grid, cell, tmp_path)
+    summary = summary_path(tmp_path, cell)
+    recorded = json.loads(summary.read_text())
+    del recorded["config"]["augment.variant-loss"]  # a run from before the key: the mean
+    write_json(summary, recorded)
+    assert not is_current(grid, cell, tmp_path)
+
+
 def test_local_weighting_keys_decide_a_run_only_when_it_weights() -> None:
     base = load_defaults() | {"strategy": "representation"}
     off = base | {"fair.local-weighting": "off"}
@@ -328,6 +353,6 @@ def test_gap_vs_cost_compares_the_seeds_both_sides_have() -> None:
     rows = [summary("fedavg", 1, 0.80, 0.40), summary("fedavg", 2, 0.90, 0.10),
             summary("representation", 1, 0.78, 0.20)]  # fmt: skip
     # seed 1 only: cost 0.80 − 0.78 = 2 points, reduction 1 − 0.2/0.4 = 50 %
-    [(label, cost, reduction)] = gap_vs_cost(rows)
-    assert label == "g/representation/ε=8"
+    [(key, cost, reduction)] = gap_vs_cost(rows)
+    assert key == ("g", "representation", 8.0)
     assert (cost, reduction) == (pytest.approx(2.0), pytest.approx(50.0))

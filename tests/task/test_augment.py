@@ -132,6 +132,7 @@ def test_counterfactuals_on_a_lexicon_that_is_not_label_preserving_are_refused(
         ({"dataset": "adult", "augment.method": "counterfactual"}, "'augment.lexicon' is required"),
         ({"augment.method": "mixup"}, "'augment.method'"),
         ({"augment.k": 0}, "'augment.k'"),
+        ({"augment.variant-loss": "max"}, "'augment.variant-loss'"),
         ({"augment.min-share": 1.0}, "'augment.min-share'"),
     ],
 )
