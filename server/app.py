@@ -10,6 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 from server import checkpoint
 from server.central_accountant import CentralAccountant
 from server.evaluation import build_evaluator
+from server.prompt_grid import prompt
 from server.recorder import RoundRecorder, restore_random_state
 from server.records import RunDirectory
 from strategies import build_strategy, sampled_per_round
@@ -27,6 +28,7 @@ def main(grid: Grid, context: Context) -> None:
     cfg = parse_run_config(context.run_config)
     if cfg.dp.local:
         check_release_budget(cfg)
+    grid = prompt(grid)
     evaluator = build_evaluator(cfg)
     num_nodes = len(list(grid.get_node_ids()))
     resumed = _checkpoint_to_resume(cfg, num_nodes)
