@@ -25,6 +25,9 @@ pytestmark = pytest.mark.slow
 SETTINGS = ["model.name=tiny-bert", "model.finetune=full", "synthetic.num-examples=1500",
             "num-server-rounds=4", "dp.target-epsilon=4"]  # fmt: skip
 FAIRFED = [*SETTINGS, "strategy=fairfed"]  # a strategy with state of its own
+# A steady round of SETTINGS takes ~0.4 s: enough rounds that a stop after round 2 still
+# lands mid-run, after the runner's clean-up or the watchdog's 5-s grace.
+LONG = [*(s for s in SETTINGS if not s.startswith("num-server-rounds")), "num-server-rounds=20"]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -109,9 +112,9 @@ def test_a_stopped_runner_leaves_nothing_running_and_resumes_to_the_uninterrupte
     tmp_path: Path, sig: signal.Signals
 ) -> None:
     # the in-process engine computes what `flwr run` does (tests/e2e/test_in_process.py)
-    reference = uninterrupted(tmp_path, SETTINGS)
+    reference = uninterrupted(tmp_path, LONG)
     out = tmp_path / "stopped"
-    command = cli(*[a for s in SETTINGS for a in ("--set", s)], "--supernodes", "3",
+    command = cli(*[a for s in LONG for a in ("--set", s)], "--supernodes", "3",
                   "--output-dir", str(out))  # fmt: skip
     runner = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
@@ -132,7 +135,7 @@ def test_a_stopped_runner_leaves_nothing_running_and_resumes_to_the_uninterrupte
         while processes_started_under(out) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert processes_started_under(out) == []
-        assert len(results(run_dir)["rounds"]) < 4
+        assert len(results(run_dir)["rounds"]) < 20
         if sig == signal.SIGINT:  # a clean stop: said so, marked so, no traceback
             assert runner.returncode == 130
             assert "interrupted" in stderr and "Traceback" not in stderr
