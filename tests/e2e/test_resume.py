@@ -25,9 +25,11 @@ pytestmark = pytest.mark.slow
 SETTINGS = ["model.name=tiny-bert", "model.finetune=full", "synthetic.num-examples=1500",
             "num-server-rounds=4", "dp.target-epsilon=4"]  # fmt: skip
 FAIRFED = [*SETTINGS, "strategy=fairfed"]  # a strategy with state of its own
-# A steady round of SETTINGS takes ~0.4 s: enough rounds that a stop after round 2 still
-# lands mid-run, after the runner's clean-up or the watchdog's 5-s grace.
-LONG = [*(s for s in SETTINGS if not s.startswith("num-server-rounds")), "num-server-rounds=20"]
+# A round of SETTINGS takes ~0.4 s, and stopping may take up to the runner's clean-up graces
+# (10 s for `flwr run`, 8 s for the rest) on a loaded machine: rounds of ~2 s (5 local
+# epochs), 20 of them, so that a stop after round 2 still lands mid-run.
+LONG = [*(s for s in SETTINGS if not s.startswith("num-server-rounds")),
+        "num-server-rounds=20", "train.local-epochs=5"]  # fmt: skip
 REPO = Path(__file__).resolve().parents[2]
 
 
