@@ -9,17 +9,10 @@ import pytest
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.grid import HttpGrid, InMemoryGrid
 
 from server.prompt_grid import LONGEST_PAUSE_S, SHORTEST_PAUSE_S, PromptGrid, pause_after, prompt
-
-
-@pytest.fixture(autouse=True)
-def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Messages are made as by a ServerApp of a run (Flower reads the identity)."""
-    for attr in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, attr, 1)
+from tests.strategies.test_strategies import server_identity as server_identity  # autouse
 
 
 class SlowNodes(Grid):
