@@ -12,6 +12,7 @@ from clients import faults, ledger_store
 from clients.local import ClientRuntime, client_runtime
 from clients.rounds import evaluate_round, train_round
 from task.config import RunConfig, parse_run_config
+from task.prompt_dispatch import install as install_prompt_dispatch
 from task.wire import (
     ARRAYS_RECORD,
     CLIENT_RECORD,
@@ -23,6 +24,9 @@ from task.wire import (
 )
 
 app = ClientApp()
+# Flower's simulation engine loads this module in its own process right before it starts
+# the thread that dispatches messages to the actors: the one hook of ours that runs first.
+install_prompt_dispatch()
 
 
 def _partition(context: Context) -> tuple[int, int]:
