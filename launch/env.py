@@ -23,7 +23,12 @@ OFFLINE_ENV = {
 # Dropped again when the user names a hub model or dataset (FEDEQUITY_ONLINE=1).
 HUB_OFFLINE_KEYS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 PROCESS_ENV = {"TOKENIZERS_PARALLELISM": "false"}
-SIMULATION_ENV = {"RAY_DEDUP_LOGS": "0"}
+SIMULATION_ENV = {
+    "RAY_DEDUP_LOGS": "0",
+    # The SuperLink's SuperExec looks for a new run every second by default: a run waited
+    # 0.5 s on average before its simulation process started. A poll of the local SuperLink.
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05",
+}
 DEPLOYMENT_ENV = {"PYTHONUNBUFFERED": "1"}
 BIN = Path(sys.executable).parent
 
