@@ -28,6 +28,7 @@ from flwr.superlink.grid import InMemoryGrid
 from task import prompt_dispatch
 from task.prompt_dispatch import (
     FLOWER_LOOP_SHA256,
+    PASS_INTERVAL_S,
     VCE_API,
     dispatch_promptly,
     flower_loop_sha256,
@@ -140,30 +141,34 @@ def test_a_node_with_two_messages_gets_one_per_pass_and_both(engine: Engine) -> 
     assert sorted(m.metadata.message_id for m in messages) == sorted(pushed)
 
 
+class Passes(threading.Event):
+    """A stop event that counts the loop's passes (each ends in ``wait``), pushes to
+    ``engine`` after the first one and stops the loop after ``count``; never sleeps."""
+
+    def __init__(self, engine: Engine, node: int, count: int) -> None:
+        super().__init__()
+        self.engine, self.node, self.count = engine, node, count
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        if len(self.waits) == 1:
+            self.engine.push([self.node])
+        if len(self.waits) == self.count:
+            self.set()
+        return self.is_set()
+
+
 @pytest.mark.usefixtures("flower_loop_kept")
-def test_a_message_pushed_while_it_runs_is_handed_out_without_flowers_wait(
-    engine: Engine,
-) -> None:
+def test_a_message_pushed_between_passes_goes_out_on_the_next_one(engine: Engine) -> None:
+    """Passes are PASS_INTERVAL_S apart, not Flower's 0.1 s; one pass is enough."""
     install()
     out: queue.Queue[Message] = queue.Queue()
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=dispatch_promptly, args=(engine.state, out, engine.nodes, stop)
-    )
-    thread.start()
-    try:
-        waits = []
-        for node in list(engine.nodes)[:5]:
-            time.sleep(0.03)
-            start = time.perf_counter()
-            engine.push([node])
-            assert out.get(timeout=5).metadata.dst_node_id == node
-            waits.append(time.perf_counter() - start)
-    finally:
-        stop.set()
-        thread.join()
-    # Flower's loop sleeps 0.1 s between passes; a loaded machine may stretch one wait
-    assert sorted(waits)[len(waits) // 2] < 0.05
+    node = list(engine.nodes)[3]
+    passes = Passes(engine, node, count=2)
+    dispatch_promptly(engine.state, out, engine.nodes, passes)
+    assert passes.waits == [PASS_INTERVAL_S, PASS_INTERVAL_S] and PASS_INTERVAL_S < 0.1
+    assert out.get_nowait().metadata.dst_node_id == node
 
 
 def test_a_state_other_than_flowers_in_memory_one_gets_flowers_loop(
