@@ -17,9 +17,9 @@ each pass looks once at the messages not yet delivered and asks the state, throu
 ``get_message_ins``, only for the nodes they are addressed to, in Flower's node order, one
 message per node per pass as Flower does; passes come 5 ms apart. Delivery marks and
 message expiry stay Flower's. Upstream, a condition variable in the link state would
-replace both loops; until then this is a patch of a private function, so it is applied only
-to the exact function it was written against (:data:`FLOWER_LOOP_SHA256`): any other Flower
-version keeps its own loop, and a test says so.
+replace this poll (and the grid's, see ``server/prompt_grid.py``); until then this is a
+patch of a private function, so it is applied only to the exact function it was written
+against (:data:`FLOWER_LOOP_SHA256`): any other Flower keeps its own loop, and a test says so.
 """
 
 from __future__ import annotations
