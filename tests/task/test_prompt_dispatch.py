@@ -37,7 +37,8 @@ from task.prompt_dispatch import (
 
 RUN_ID = 7
 TASK_ID = 11
-FLOWER_LOOP = vce_api.add_messages_to_queue
+# Flower's own loop, even if importing clients.app (another test) already swapped it
+FLOWER_LOOP = prompt_dispatch._flower_loop or vce_api.add_messages_to_queue
 
 
 @dataclasses.dataclass
