@@ -13,7 +13,6 @@ from typing import Any, cast
 
 import pytest
 from flwr.app import Message, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.proto.task_pb2 import Task
 from flwr.server.superlink.fleet.vce import vce_api
 from flwr.server.superlink.linkstate import LinkStateFactory
@@ -21,7 +20,6 @@ from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkStat
 from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid import InMemoryGrid
 
@@ -34,9 +32,9 @@ from task.prompt_dispatch import (
     flower_loop_sha256,
     install,
 )
+from tests.strategies.test_strategies import server_identity as server_identity  # autouse
 
-RUN_ID = 7
-TASK_ID = 11
+RUN_ID = TASK_ID = 1  # the ServerApp identity server_identity gives every Message
 # Flower's own loop, even if importing clients.app (another test) already swapped it
 FLOWER_LOOP = prompt_dispatch._flower_loop or vce_api.add_messages_to_queue
 
@@ -55,10 +53,7 @@ class Engine:
 
 
 @pytest.fixture
-def engine(monkeypatch: pytest.MonkeyPatch) -> Engine:
-    monkeypatch.setattr(TaskIdentity, "_run_id", RUN_ID)  # a Message is stamped with these
-    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
-    monkeypatch.setattr(TaskIdentity, "_task_id", TASK_ID)
+def engine() -> Engine:
     factory = LinkStateFactory(
         FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory()
     )
