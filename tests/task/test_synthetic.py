@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
+import pytest
+from datasets import DatasetDict
 
+from task import synthetic
 from task.synthetic import GROUP_SHARES, MARKERS, group_sizes, load_synthetic
 
 
@@ -42,3 +46,42 @@ def test_rows_carry_group_markers_and_binary_labels() -> None:
         assert sum(word in MARKERS[group] for word in text.split()) >= 2
     labels = np.array(train["label"])
     assert 0.35 < labels.mean() < 0.6
+
+
+def _rows(splits: DatasetDict) -> dict[str, list[dict[str, object]]]:
+    return {name: split.to_list() for name, split in splits.items()}
+
+
+def test_splits_are_kept_on_disk_and_read_back_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEDEQUITY_CACHE", str(tmp_path))
+    drawn = load_synthetic(600, test_fraction=0.2, seed=3)
+    (entry,) = (tmp_path / "synthetic").iterdir()
+    monkeypatch.setattr(synthetic, "_draw_splits", _must_not_draw)
+    read = load_synthetic(600, test_fraction=0.2, seed=3)
+    assert _rows(read) == _rows(drawn)
+    assert read["train"].features == drawn["train"].features
+    assert [p.name for p in (tmp_path / "synthetic").iterdir()] == [entry.name]  # no staging
+
+
+def test_other_arguments_are_other_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDEQUITY_CACHE", str(tmp_path))
+    first = load_synthetic(600, test_fraction=0.2, seed=3)
+    for other in [(601, 0.2, 3), (600, 0.25, 3), (600, 0.2, 4)]:
+        num, fraction, seed = other
+        assert _rows(load_synthetic(num, test_fraction=fraction, seed=seed)) != _rows(first)
+    assert len(list((tmp_path / "synthetic").iterdir())) == 4
+
+
+def test_a_damaged_entry_is_drawn_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDEQUITY_CACHE", str(tmp_path))
+    drawn = load_synthetic(600, test_fraction=0.2, seed=3)
+    (entry,) = (tmp_path / "synthetic").iterdir()
+    for arrow in entry.rglob("*.arrow"):
+        arrow.write_bytes(b"not arrow")
+    assert _rows(load_synthetic(600, test_fraction=0.2, seed=3)) == _rows(drawn)
+
+
+def _must_not_draw(*_args: object, **_kwargs: object) -> DatasetDict:
+    raise AssertionError("drawn again despite the cached entry")
