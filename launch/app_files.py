@@ -15,15 +15,20 @@ import os
 import shutil
 from pathlib import Path
 
-from flwr.cli.utils import build_pathspec, filter_paths_for_publish, load_gitignore_patterns
-from flwr.supercore.constant import APP_PUBLISH_EXCLUDE_PATTERNS
-
 # a name no project file has: "is a file inside this directory ignored?"
 _PROBE = "\0probe"
 
 
 def published_files(root: Path) -> dict[str, Path]:
     """Relative POSIX path → file, for exactly the files ``flwr run root`` would publish."""
+    # Imported here: importing Flower takes 0.5 s the runner spends before its SuperLink.
+    from flwr.cli.utils import (
+        build_pathspec,
+        filter_paths_for_publish,
+        load_gitignore_patterns,
+    )
+    from flwr.supercore.constant import APP_PUBLISH_EXCLUDE_PATTERNS
+
     patterns = load_gitignore_patterns(root / ".gitignore")
     # A negated pattern may re-include a file below an ignored directory (pathspec judges
     # file by file), so with one the walk cannot prune and lists everything, as Flower does.

@@ -26,6 +26,7 @@ from launch.signals import signals_ignored
 
 MARKER_ENV = "FEDEQUITY_DEPLOY_ID"
 PROC = Path("/proc")
+KILLED_EXIT_S = 5.0
 
 
 class FlowerError(RuntimeError):
@@ -195,6 +196,9 @@ class ProcessSupervisor:
             signal_pid(-pid, signal.SIGKILL)
         for pid in killed:
             signal_pid(pid, signal.SIGKILL)
+        deadline = time.monotonic() + KILLED_EXIT_S  # SIGKILL is not instant: wait it out
+        while killed and time.monotonic() < deadline and marked_pids(self.marker):
+            time.sleep(0.05)
         for proc in self.procs:
             with suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=5)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from logging import INFO
 from pathlib import Path
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from server import checkpoint
 from server.central_accountant import CentralAccountant
 from server.evaluation import build_evaluator
+from server.handshake import complete_line, wait_at_gate
 from server.prompt_grid import prompt
 from server.recorder import RoundRecorder, restore_random_state
 from server.records import RunDirectory
@@ -32,6 +35,7 @@ def main(grid: Grid, context: Context) -> None:
     evaluator = build_evaluator(cfg)
     num_nodes = len(list(grid.get_node_ids()))
     resumed = _checkpoint_to_resume(cfg, num_nodes)
+    wait_at_gate()  # the launcher may still be validating: write nothing before its go
     if resumed is None:
         run_dir = RunDirectory(cfg.output_dir, str(context.run_id), dict(context.run_config))
     else:
@@ -65,6 +69,8 @@ def main(grid: Grid, context: Context) -> None:
         train_config=train_config,
         evaluate_fn=recorder.evaluate,
     )
+    if recorder.complete:
+        log(INFO, complete_line(run_dir.path))
 
 
 def _checkpoint_to_resume(cfg: RunConfig, num_nodes: int) -> checkpoint.Checkpoint | None:

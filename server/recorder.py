@@ -208,13 +208,18 @@ class RoundRecorder:
                 log(WARNING, "a client record without a valid node-id/bytes-sent (%r)", error)
         return sent
 
+    @property
+    def complete(self) -> bool:
+        """Is every round of the run recorded?"""
+        return len(self.rounds) == self.num_rounds
+
     def results(self) -> dict[str, Any]:
         """The whole ``results.json`` so far."""
         final = dict(self.rounds[-1]["global"]) if self.rounds else {}
         epsilons = [p["epsilon"] for p in self.privacy.values()]
         final["max_epsilon"] = max(epsilons) if epsilons else None
         results = {
-            "status": "complete" if len(self.rounds) == self.num_rounds else "running",
+            "status": "complete" if self.complete else "running",
             "config": self.run_dir.config,
             "rounds": self.rounds,
             "privacy": self.privacy,

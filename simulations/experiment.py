@@ -83,10 +83,11 @@ def build_experiment(
     output_dir: str | None = None,
     federation: dict[str, Any] | None = None,
     check_data: bool = True,
+    check_slow: bool = True,
 ) -> Experiment:
     """Experiment file, then ``--set`` and ``federation``, then the dedicated flags;
-    validated before any run: keys, output directory, model, budget and (``check_data``)
-    that the data loads and partitions, and that some client can train within the budget."""
+    validated before any run: keys, output directory, and (``check_slow``, else the
+    caller runs :func:`check_experiment`) model, budget and data."""
     overrides, file_federation = load_experiment_file(path) if path else ({}, {})
     federation = file_federation | (federation or {})
     overrides |= parse_assignments(assignments)
@@ -101,12 +102,21 @@ def build_experiment(
     cfg = experiment.run_config  # validates every key now, before anything starts
     check_output_dir(cfg.output_dir)
     run_config_flag(overrides)  # and that each value survives Flower's key=value parser
-    # Only now the heavy imports (torch, transformers, datasets): a bad key answers at once.
+    if check_slow:
+        check_experiment(experiment, check_data=check_data)
+    return experiment
+
+
+def check_experiment(experiment: Experiment, *, check_data: bool = True) -> None:
+    """The checks that take seconds (imports of torch, transformers, datasets): the model,
+    the budget and (``check_data``) that the data loads and partitions, and that some
+    client can train within the budget."""
     from task.augment import check_augmentation
     from task.data import check_partitions
     from task.model import check_model_source
     from task.privacy_plan import check_client_budgets, check_release_budget
 
+    cfg = experiment.run_config
     if cfg.dp.local:
         check_release_budget(cfg)  # as the ServerApp will, but before a SuperLink starts
     online = os.environ.get("FEDEQUITY_ONLINE") == "1"
@@ -118,4 +128,3 @@ def build_experiment(
         if cfg.dp.local:
             check_client_budgets(cfg, sizes)
     check_augmentation(cfg.augment, cfg.data)
-    return experiment

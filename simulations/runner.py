@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from launch.net import free_ports, wait_healthy
 from launch.stream import LOG_NAME, parse_run_id, stream_run
 from launch.supervisor import ProcessSupervisor, pid_alive
 from launch.watchdog import reap
+from server.handshake import GATE_ENV, open_gate, says_complete
 from server.records import mark_status
 from simulations.experiment import Experiment
 
@@ -97,8 +99,18 @@ def injects_faults(config: dict[str, Any]) -> bool:
     )
 
 
-def run_experiment(experiment: Experiment, *, verbose: bool = False) -> Path:
+def run_experiment(
+    experiment: Experiment,
+    *,
+    verbose: bool = False,
+    validate: Callable[[], None] | None = None,
+) -> Path:
     """Run ``experiment`` to completion and return its run directory.
+
+    ``validate`` (the experiment's slow checks: model, data, budgets) runs while the
+    SuperLink and the simulation start; the ServerApp waits at the start gate
+    (:mod:`server.handshake`) until it passes, so nothing trains or is written before. If
+    it raises, every process is stopped, the work directory removed, and its error raised.
 
     A run that fails or is interrupted is marked so in its ``results.json`` (``status``),
     keeps its logs under ``<run-dir>/logs`` and can be continued with ``--resume``;
@@ -110,27 +122,37 @@ def run_experiment(experiment: Experiment, *, verbose: bool = False) -> Path:
     overrides = experiment.overrides | {"output-dir": str(output_dir)}
     reap_abandoned(output_dir)
     work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=output_dir))
-    flwr_home, logs = work / "flwr-home", work / "logs"
+    flwr_home, logs, gate = work / "flwr-home", work / "logs", work / "start-gate"
     logs.mkdir(parents=True)
     port, control_port = free_ports(2)  # bound together, so never the same port twice
     write_connection(flwr_home, CONNECTION, f"127.0.0.1:{port}")
-    sup = ProcessSupervisor(env=simulation_env(flwr_home), log_dir=logs)
+    env = simulation_env(flwr_home) | {GATE_ENV: str(gate)}
+    sup = ProcessSupervisor(env=env, log_dir=logs)
     (work / OWNER).write_text(json.dumps({"pid": os.getpid(), "marker": sup.marker}))
     found: list[str] = []
     run_dir: Path | None = Path(cfg.resume_from) if cfg.resume_from else None
     try:
+        streamed = None
         try:
             superlink = sup.start("superlink", superlink_command(port, control_port), PROJECT_ROOT)
+            app = stage_app(PROJECT_ROOT, work / "app")  # while the SuperLink starts
+            validated = in_background(validate or (lambda: None))
             wait_healthy(f"http://127.0.0.1:{port}/health", superlink, timeout=60)
-            app = stage_app(PROJECT_ROOT, work / "app")
             command = flwr_run_command(experiment, overrides, app)
-            stream_run(sup, command, PROJECT_ROOT, show=shown(verbose), found=found)
+            streamed = stream_run(
+                sup, command, PROJECT_ROOT, show=shown(verbose), found=found,
+                finished=says_complete, started=lambda: _pass_gate(gate, validated),
+            )  # fmt: skip
         finally:
-            sup.stop_all()
+            # A complete run has nothing left to write: no grace for Flower's goodbye.
+            sup.stop_all(grace=FINISHED_GRACE_S if streamed and streamed.finished else 8.0)
         run_dir = run_dir or (output_dir / found[0] if found else None)
         if run_dir is None:
             raise RunFailed(f"`flwr run` did not start a run; see {logs}")
         check_complete(run_dir, cfg.num_server_rounds, logs)
+    except InvalidExperiment as invalid:  # nothing was written: leave nothing behind
+        shutil.rmtree(work, ignore_errors=True)
+        raise invalid.error from None
     except BaseException as error:  # Ctrl-C and SIGTERM included: mark the run, keep logs
         run_dir = run_dir or (output_dir / found[0] if found else None)
         why = cause(logs) if isinstance(error, RunFailed) else ""
@@ -142,6 +164,51 @@ def run_experiment(experiment: Experiment, *, verbose: bool = False) -> Path:
         raise
     _keep_logs(work, logs, run_dir)
     return run_dir
+
+
+# Seconds a finished run's processes get to exit on SIGTERM before SIGKILL: its results,
+# checkpoint and ledgers are written (each atomically), so nothing is lost by a SIGKILL.
+FINISHED_GRACE_S = 0.2
+
+
+class InvalidExperiment(Exception):
+    """``validate`` refused the experiment (its error is ``error``)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _pass_gate(gate: Path, validated: Callable[[], None]) -> None:
+    """Wait for the validation; open the start gate, or close it and raise."""
+    try:
+        validated()
+    except (ValueError, FileNotFoundError) as error:
+        open_gate(gate, go=False)
+        raise InvalidExperiment(error) from error
+    open_gate(gate, go=True)
+
+
+def in_background(work: Callable[[], None]) -> Callable[[], None]:
+    """Start ``work`` in a daemon thread; the returned call waits for it and re-raises
+    what it raised (a daemon thread: a Ctrl-C meanwhile need not wait for it)."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            work()
+        except BaseException as error:  # re-raised in the caller's thread
+            errors.append(error)
+
+    thread = threading.Thread(target=target, name="validate", daemon=True)
+    thread.start()
+
+    def join() -> None:
+        thread.join()
+        if errors:
+            raise errors[0]
+
+    return join
 
 
 WORK_PREFIX, OWNER = "fedequity-", "owner.json"

@@ -46,6 +46,39 @@ def test_stream_run_fails_fast_when_a_supervised_process_dies(tmp_path: Path) ->
         sup.stop_all()
 
 
+def test_a_finished_line_ends_the_wait_and_stops_the_command(tmp_path: Path) -> None:
+    """After the line, ``flwr run`` would still stream Flower's shut-down: not waited for."""
+    sup = ProcessSupervisor(env=dict(os.environ), log_dir=tmp_path)
+    linger = FAKE_RUN + "; print('all done', flush=True); import time; time.sleep(60)"
+    streamed = stream_run(
+        sup, [sys.executable, "-c", linger], tmp_path, timeout=30,
+        finished=lambda line: line.startswith("all done"),
+    )  # fmt: skip
+    assert streamed.finished and streamed.returncode is None
+    assert streamed.run_id == "12345"
+    assert marked_pids(sup.marker) == []  # the lingering command was stopped
+
+
+def test_without_a_finished_line_the_command_runs_to_its_end(tmp_path: Path) -> None:
+    sup = ProcessSupervisor(env=dict(os.environ), log_dir=tmp_path)
+    streamed = stream_run(
+        sup, [sys.executable, "-c", FAKE_RUN], tmp_path, finished=lambda line: "never" in line
+    )
+    assert not streamed.finished and streamed.returncode == 0
+
+
+def test_what_started_raises_stops_the_command(tmp_path: Path) -> None:
+    sup = ProcessSupervisor(env=dict(os.environ), log_dir=tmp_path)
+    hang = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+    def refuse() -> None:
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        stream_run(sup, hang, tmp_path, timeout=30, started=refuse)
+    assert marked_pids(sup.marker) == []
+
+
 def test_stream_run_times_out(tmp_path: Path) -> None:
     sup = ProcessSupervisor(env=dict(os.environ), log_dir=tmp_path)
     hang = [sys.executable, "-c", "import time; time.sleep(60)"]

@@ -78,7 +78,7 @@ def test_wheel_lists_every_package_and_the_console_script(installed: tuple[Path,
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         scripts = archive.read(entry_points).decode()
     assert {name.split("/")[0] for name in names if "/" in name} >= set(PACKAGES)
-    assert "fedequity = simulations.__main__:main" in scripts
+    assert "fedequity = simulations.__main__:cli" in scripts
     assert "simulations/experiments/default.toml" in names  # deploy.local's default experiment
     assert {"task/lexicons/hatecheck.json", "task/lexicons/synthetic.json"} <= set(names)
     # Generated TLS material is gitignored, and so never packaged.
