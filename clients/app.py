@@ -9,6 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from clients import faults, ledger_store
+from clients.first_call import note_first_call
 from clients.local import ClientRuntime, client_runtime
 from clients.rounds import evaluate_round, train_round
 from task.config import RunConfig, parse_run_config
@@ -23,7 +24,7 @@ from task.wire import (
     SERVER_ROUND,
 )
 
-app = ClientApp()
+app = ClientApp(mods=[note_first_call])
 # Flower's simulation engine loads this module in its own process right before it starts
 # the thread that dispatches messages to the actors: the one hook of ours that runs first.
 install_prompt_dispatch()

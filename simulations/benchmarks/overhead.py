@@ -11,9 +11,13 @@ whole commands, in one sitting and with one private feature cache:
    data, DP training and aggregation called in one process, nothing else.
 
 It prints and writes ``outputs/bench/overhead.json``: the steady-state round ratio (median
-wall of rounds 2.. of Flower over the floor's), the whole-command ratio, and Flower's fixed
-cost (command wall minus the summed round walls: start-up before round 1 plus shut-down).
-Ratios, not seconds, are the result: the machines here are shared and noisy.
+wall of rounds 2.. of Flower over the floor's), the whole-command ratio, and the fixed cost
+(``fixed_cost_s``): from the command's start to round 1's first client call (the earliest
+line of :mod:`clients.first_call`, which every ClientApp process logs) plus from the last
+aggregation (``results.json`` last written) to the command's exit. ``outside_rounds_s`` is
+the command wall minus the summed round walls: it misses the start-up inside round 1 (Ray
+and its actors), which ``fixed_cost_s`` counts. Ratios, not seconds, are the result: the
+machines here are shared and noisy.
 """
 
 from __future__ import annotations
@@ -27,20 +31,32 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clients.first_call import first_call_time
 from simulations.benchmarks.harness import REPO, results_of, run_command, write_result
 
 EXPERIMENT = REPO / "simulations" / "experiments" / "default.toml"
 
 
 def timed_run(engine: str, output_dir: Path, assignments: list[str]) -> dict[str, Any]:
-    """One whole ``python -m simulations run`` command: its wall and its round walls."""
+    """One whole ``python -m simulations run`` command: its wall, its round walls, and its
+    start-up (to the first client call) and shut-down (from the last aggregation)."""
     command = run_command(str(EXPERIMENT), "--engine", engine, "--output-dir", str(output_dir),
                           assignments=assignments)  # fmt: skip
-    start = time.perf_counter()
+    start, start_unix = time.perf_counter(), time.time()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
+    wall, end_unix = time.perf_counter() - start, time.time()
     rounds = results_of(done, engine)["rounds"]
-    return {"wall_s": wall, "round_wall_s": [float(r["wall_s"]) for r in rounds]}
+    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    logs = [done.stdout, done.stderr, *(p.read_text() for p in run_dir.glob("logs/*.log"))]
+    first_call = first_call_time(line for text in logs for line in text.splitlines())
+    if first_call is None:
+        raise RuntimeError(f"{engine}: no ClientApp logged its first call; see {run_dir}")
+    return {
+        "wall_s": wall,
+        "round_wall_s": [float(r["wall_s"]) for r in rounds],
+        "startup_s": first_call - start_unix,
+        "shutdown_s": end_unix - (run_dir / "results.json").stat().st_mtime,
+    }
 
 
 def ratios(flower: dict[str, Any], floor: dict[str, Any]) -> dict[str, float]:
@@ -52,8 +68,11 @@ def ratios(flower: dict[str, Any], floor: dict[str, Any]) -> dict[str, float]:
     return {
         "overhead_steady_ratio": steady(flower) / steady(floor),
         "overhead_run_ratio": flower["wall_s"] / floor["wall_s"],
-        "fixed_cost_s": flower["wall_s"] - sum(flower["round_wall_s"]),
-        "floor_fixed_cost_s": floor["wall_s"] - sum(floor["round_wall_s"]),
+        "fixed_cost_s": flower["startup_s"] + flower["shutdown_s"],
+        "floor_fixed_cost_s": floor["startup_s"] + floor["shutdown_s"],
+        "startup_s": flower["startup_s"],
+        "shutdown_s": flower["shutdown_s"],
+        "outside_rounds_s": flower["wall_s"] - sum(flower["round_wall_s"]),
         "flower_steady_round_s": steady(flower),
         "floor_steady_round_s": steady(floor),
     }
@@ -82,8 +101,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"-> {figures['overhead_run_ratio']:.2f}x"
     )
     print(
-        f"fixed cost:   Flower {figures['fixed_cost_s']:.1f} s, "
-        f"floor {figures['floor_fixed_cost_s']:.1f} s"
+        f"fixed cost:   Flower {figures['fixed_cost_s']:.1f} s (start to round 1's first "
+        f"client call {figures['startup_s']:.1f} s, last aggregation to exit "
+        f"{figures['shutdown_s']:.1f} s), floor {figures['floor_fixed_cost_s']:.1f} s; "
+        f"outside the round walls {figures['outside_rounds_s']:.1f} s"
     )
     return figures
 
