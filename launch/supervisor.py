@@ -58,6 +58,38 @@ def marked_pids(marker: str) -> list[int]:
     return found
 
 
+def session_of(pid: int) -> int | None:
+    """The session id of ``pid``, or None if it is gone."""
+    try:
+        return int((PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def run_sessions(marker: str) -> set[int]:
+    """The sessions that hold a process carrying ``marker``, this process's own excepted.
+
+    Ray's agents retitle themselves, which overwrites what ``/proc/PID/environ`` shows with
+    blanks: the marker can no longer be read there, and once their raylet is killed they
+    linger for minutes. The session they inherited from a marked process still says whose
+    they are.
+    """
+    own = os.getsid(0)
+    sessions = {session_of(pid) for pid in marked_pids(marker)}
+    return {sid for sid in sessions if sid is not None and sid > 1 and sid != own}
+
+
+def run_pids(marker: str, sessions: set[int]) -> list[int]:
+    """:func:`marked_pids`, plus the live processes of ``sessions`` (:func:`run_sessions`)."""
+    members = [
+        int(entry.name)
+        for entry in PROC.iterdir()
+        if entry.name.isdigit() and int(entry.name) != os.getpid()
+        and session_of(int(entry.name)) in sessions and pid_alive(int(entry.name))
+    ]  # fmt: skip
+    return sorted(set(marked_pids(marker)) | set(members))
+
+
 def signal_pid(pid: int, sig: signal.Signals) -> None:
     """Send ``sig`` to ``pid`` (negative: a process group); gone or foreign is fine."""
     with suppress(ProcessLookupError, PermissionError):
@@ -183,21 +215,26 @@ class ProcessSupervisor:
             return self._stop_all(grace)
 
     def _stop_all(self, grace: float) -> list[int]:
+        sessions = run_sessions(self.marker)  # while their marked leaders still live
+
+        def left() -> list[int]:
+            return run_pids(self.marker, sessions)
+
         for proc in reversed(self.procs):  # SuperNodes first, SuperLink last
             if proc.popen.poll() is None:
                 signal_pid(-proc.popen.pid, signal.SIGTERM)  # its process group
-        for pid in marked_pids(self.marker):
+        for pid in left():
             signal_pid(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and (self._live_roots() or marked_pids(self.marker)):
+        while time.monotonic() < deadline and (self._live_roots() or left()):
             time.sleep(0.1)
-        killed = [*self._live_roots(), *marked_pids(self.marker)]
+        killed = [*self._live_roots(), *left()]
         for pid in self._live_roots():
             signal_pid(-pid, signal.SIGKILL)
         for pid in killed:
             signal_pid(pid, signal.SIGKILL)
         deadline = time.monotonic() + KILLED_EXIT_S  # SIGKILL is not instant: wait it out
-        while killed and time.monotonic() < deadline and marked_pids(self.marker):
+        while killed and time.monotonic() < deadline and left():
             time.sleep(0.05)
         for proc in self.procs:
             with suppress(subprocess.TimeoutExpired):

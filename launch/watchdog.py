@@ -14,20 +14,22 @@ import signal
 import sys
 import time
 
-from launch.supervisor import PROC, marked_pids, pid_alive, signal_pid
+from launch.supervisor import PROC, pid_alive, run_pids, run_sessions, signal_pid
 
 POLL_S = 0.5
 GRACE_S = 5.0
 
 
 def reap(marker: str, grace: float = GRACE_S) -> list[int]:
-    """Stop every live process carrying ``marker``; return those that needed SIGKILL."""
-    for pid in marked_pids(marker):
+    """Stop every live process carrying ``marker`` (or in a session of one); return those
+    that needed SIGKILL."""
+    sessions = run_sessions(marker)
+    for pid in run_pids(marker, sessions):
         signal_pid(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and marked_pids(marker):
+    while time.monotonic() < deadline and run_pids(marker, sessions):
         time.sleep(0.1)
-    survivors = marked_pids(marker)
+    survivors = run_pids(marker, sessions)
     for pid in survivors:
         signal_pid(pid, signal.SIGKILL)
     return survivors

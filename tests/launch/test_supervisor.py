@@ -15,7 +15,8 @@ from pathlib import Path
 import psutil
 
 from launch.net import free_ports
-from launch.supervisor import MARKER_ENV, ProcessSupervisor, marked_pids
+from launch.supervisor import MARKER_ENV, ProcessSupervisor, marked_pids, pid_alive
+from launch.watchdog import reap
 
 # A parent that detaches a child into a new session (as SuperLink/SuperNode do with their
 # SuperExec), then ignores SIGTERM so that only SIGKILL ends it.
@@ -146,3 +147,42 @@ def test_raise_if_dead_names_the_process_and_its_log(tmp_path: Path) -> None:
         raise AssertionError("raise_if_dead did not raise")
     finally:
         sup.stop_all()
+
+
+# A marked leader whose child shows a blank environment, as Ray's agents do once they
+# retitle themselves: the marker cannot be read from the child, only its session tells. The
+# child has a process group of its own, as Ray's have, so no group signal reaches it.
+BLANKED_CHILD = (
+    "import subprocess, sys, time\n"
+    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],\n"
+    "                         env={}, process_group=0)\n"
+    "print(child.pid, flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def _blanked_child(sup: ProcessSupervisor, tmp_path: Path) -> int:
+    proc = sup.start("leader", [sys.executable, "-c", BLANKED_CHILD], cwd=tmp_path)
+    _wait_for(lambda: proc.log_tail().strip().isdigit())
+    child = int(proc.log_tail().strip())
+    assert child not in marked_pids(sup.marker)  # invisible to the marker alone
+    return child
+
+
+def test_stop_all_reaches_a_child_whose_environment_reads_blank(tmp_path: Path) -> None:
+    sup = ProcessSupervisor(env=dict(os.environ), log_dir=tmp_path)
+    child = _blanked_child(sup, tmp_path)
+    sup.stop_all(grace=1.0)
+    _wait_for(lambda: not pid_alive(child))
+    assert not pid_alive(child)
+
+
+def test_the_watchdog_reaps_a_child_whose_environment_reads_blank(tmp_path: Path) -> None:
+    sup = ProcessSupervisor(env=dict(os.environ), log_dir=tmp_path)
+    try:
+        child = _blanked_child(sup, tmp_path)
+        reap(sup.marker, grace=1.0)
+        _wait_for(lambda: not pid_alive(child))
+        assert not pid_alive(child)
+    finally:
+        sup.stop_all(grace=1.0)
