@@ -44,18 +44,14 @@ def pid_alive(pid: int) -> bool:
 
 def marked_pids(marker: str) -> list[int]:
     """PIDs of live processes whose environment carries ``MARKER_ENV=marker``."""
-    needle = f"{MARKER_ENV}={marker}".encode()
-    found: list[int] = []
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0") and pid_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
+    return run_pids(marker, set())
+
+
+def _carries(pid: int, needle: bytes) -> bool:
+    try:
+        return needle in (PROC / str(pid) / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 def session_of(pid: int) -> int | None:
@@ -80,14 +76,14 @@ def run_sessions(marker: str) -> set[int]:
 
 
 def run_pids(marker: str, sessions: set[int]) -> list[int]:
-    """:func:`marked_pids`, plus the live processes of ``sessions`` (:func:`run_sessions`)."""
-    members = [
-        int(entry.name)
-        for entry in PROC.iterdir()
-        if entry.name.isdigit() and int(entry.name) != os.getpid()
-        and session_of(int(entry.name)) in sessions and pid_alive(int(entry.name))
-    ]  # fmt: skip
-    return sorted(set(marked_pids(marker)) | set(members))
+    """:func:`marked_pids`, plus the live processes of ``sessions`` (:func:`run_sessions`),
+    in one pass over ``/proc``."""
+    needle = f"{MARKER_ENV}={marker}".encode()
+    pids = (int(e.name) for e in PROC.iterdir() if e.name.isdigit() and int(e.name) != os.getpid())
+    return sorted(
+        pid for pid in pids
+        if (session_of(pid) in sessions or _carries(pid, needle)) and pid_alive(pid)
+    )  # fmt: skip
 
 
 def signal_pid(pid: int, sig: signal.Signals) -> None:

@@ -39,12 +39,16 @@ def run_command(*options: str, assignments: Iterable[str] = ()) -> list[str]:
     return command
 
 
-def results_of(done: subprocess.CompletedProcess[str], what: str) -> dict[str, Any]:
-    """``results.json`` of the run a finished ``run`` command printed as its last line."""
+def run_dir_of(done: subprocess.CompletedProcess[str], what: str) -> Path:
+    """The run directory a finished ``run`` command printed as its last line."""
     if done.returncode != 0:
         raise RuntimeError(f"{what}: run failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    run_dir = Path(done.stdout.strip().splitlines()[-1])
-    results: dict[str, Any] = json.loads((run_dir / "results.json").read_text())
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def results_of(done: subprocess.CompletedProcess[str], what: str) -> dict[str, Any]:
+    """``results.json`` of the run a finished ``run`` command printed as its last line."""
+    results: dict[str, Any] = json.loads((run_dir_of(done, what) / "results.json").read_text())
     return results
 
 

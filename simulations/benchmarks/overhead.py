@@ -23,6 +23,7 @@ machines here are shared and noisy.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from clients.first_call import first_call_time
-from simulations.benchmarks.harness import REPO, results_of, run_command, write_result
+from simulations.benchmarks.harness import REPO, run_command, run_dir_of, write_result
 
 EXPERIMENT = REPO / "simulations" / "experiments" / "default.toml"
 
@@ -45,8 +46,8 @@ def timed_run(engine: str, output_dir: Path, assignments: list[str]) -> dict[str
     start, start_unix = time.perf_counter(), time.time()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
     wall, end_unix = time.perf_counter() - start, time.time()
-    rounds = results_of(done, engine)["rounds"]
-    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    run_dir = run_dir_of(done, engine)
+    rounds = json.loads((run_dir / "results.json").read_text())["rounds"]
     logs = [done.stdout, done.stderr, *(p.read_text() for p in run_dir.glob("logs/*.log"))]
     first_call = first_call_time(line for text in logs for line in text.splitlines())
     if first_call is None:

@@ -18,18 +18,11 @@ from simulations.__main__ import main
 from simulations.experiment import build_experiment
 from simulations.runner import run_experiment
 from tests.e2e.test_flwr_run import processes_started_under
+from tests.simulations.test_bad_inputs import output_dir_with_a_previous_run, snapshot
 
 pytestmark = pytest.mark.slow
 
 SMALL = ["num-server-rounds=1", "synthetic.num-examples=2000", "dp.target-epsilon=4"]
-
-
-def snapshot(root: Path) -> dict[str, bytes | str]:
-    return {
-        str(p.relative_to(root)): (str(p.readlink()) if p.is_symlink() else p.read_bytes())
-        for p in sorted(root.rglob("*"))
-        if p.is_file() or p.is_symlink()
-    }
 
 
 def test_the_server_app_writes_nothing_before_the_launchers_go(tmp_path: Path) -> None:
@@ -58,12 +51,7 @@ def test_the_server_app_writes_nothing_before_the_launchers_go(tmp_path: Path) -
 def test_a_bad_input_found_while_flower_starts_writes_nothing_and_stops_everything(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "outputs"
-    previous = out / "1234"
-    previous.mkdir(parents=True)
-    (previous / "results.json").write_text(json.dumps({"status": "complete", "rounds": []}))
-    (out / "latest").symlink_to("1234")
-    before = snapshot(out)
+    out, before = output_dir_with_a_previous_run(tmp_path)
 
     # Only the slow budget check can tell: every key and value is valid on its own.
     code = main(["run", "--set", "dp.target-epsilon=0.01", "--output-dir", str(out)])

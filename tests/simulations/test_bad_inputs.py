@@ -320,6 +320,16 @@ def snapshot(root: Path) -> dict[str, bytes | str]:
     }
 
 
+def output_dir_with_a_previous_run(tmp_path: Path) -> tuple[Path, dict[str, bytes | str]]:
+    """``tmp_path/outputs`` holding a complete run and ``latest``, and its snapshot."""
+    out = tmp_path / "outputs"
+    previous = out / "1234"
+    previous.mkdir(parents=True)
+    (previous / "results.json").write_text(json.dumps({"status": "complete", "rounds": []}))
+    (out / "latest").symlink_to("1234")
+    return out, snapshot(out)
+
+
 @pytest.mark.parametrize("bad", CASES, ids=[c.name for c in CASES])
 def test_a_bad_input_gets_one_clear_error_before_anything_starts(
     bad: Case,
@@ -328,12 +338,7 @@ def test_a_bad_input_gets_one_clear_error_before_anything_starts(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    out = tmp_path / "outputs"
-    previous = out / "1234"
-    previous.mkdir(parents=True)
-    (previous / "results.json").write_text(json.dumps({"status": "complete", "rounds": []}))
-    (out / "latest").symlink_to("1234")
-    before = snapshot(out)
+    out, before = output_dir_with_a_previous_run(tmp_path)
 
     def started(*_args: object, validate: Callable[[], None] | None = None, **_: object) -> None:
         if validate is not None:  # the runner's contract: nothing trains before it passes
