@@ -80,11 +80,13 @@ def run_private_round(
     ledger_state: dict[str, Any],
     randomness: DPRandomness,
     public_pool: Encoded | None = None,
+    population: np.ndarray | None = None,
 ) -> PrivateRound:
     """Train ``model`` in place with DP-SGD if the budget allows this participation.
 
     ``public_pool`` (``augment.method = synthesize``): public examples, of which the
     groups the *released* counts show as scarce get theirs (post-processing, no ε).
+    ``population``: the server's group shares, which then set the group weights.
     """
     plan = plan_for(cfg, len(data))
     sigma = calibrate_noise_multiplier(plan)
@@ -99,7 +101,7 @@ def run_private_round(
     if public_pool is not None:
         public = synthesized_rows(public_pool, released, min_share=cfg.augment.min_share)
     local = local_training(cfg, model, data, released, seed=randomness.batch_seed(),
-                           public=public)  # fmt: skip
+                           public=public, population=population)  # fmt: skip
     model.train()  # Opacus refuses a model left in eval mode by the last evaluation
     module, optimizer, dp_loader = make_private(
         model,

@@ -39,9 +39,33 @@ def local_gap(runtime: ClientRuntime, data: Encoded) -> float:
     return max(accuracies) - min(accuracies) if accuracies else 0.0
 
 
+def population_shares(
+    cfg: RunConfig, server_config: Mapping[str, Any], num_groups: int
+) -> np.ndarray | None:
+    """The server's group shares of this round (:data:`~task.wire.POPULATION_SHARES`) if
+    ``fair.local-shares = "population"`` and the server sent them, else None (round 1, or
+    a strategy that sends none: the client's own shares set its weights).
+
+    Whatever the server sends, the sampling rates stay at most the plan's q and a
+    post-clip weight at most ``fair.local-max-weight``: the shares move the weights, never
+    a record's ε.
+    """
+    sent = server_config.get(wire.POPULATION_SHARES)
+    if cfg.fair.local_shares != "population" or sent is None:
+        return None
+    shares = np.asarray(sent, dtype=np.float64)
+    if shares.shape != (num_groups,) or not np.all(np.isfinite(shares) & (shares > 0)):
+        raise ValueError(
+            f"train config '{wire.POPULATION_SHARES}' must hold {num_groups} finite shares "
+            f"> 0 (one per group), got {sent!r}"
+        )
+    return shares / shares.sum()
+
+
 def _plain_round(
-    cfg: RunConfig, runtime: ClientRuntime, counts: np.ndarray, seed: int
-) -> TrainResult:
+    cfg: RunConfig, runtime: ClientRuntime, counts: np.ndarray, seed: int,
+    population: np.ndarray | None = None,
+) -> TrainResult:  # fmt: skip
     """Train without DP (``dp.mode`` off or central); weights from the true counts, and
     augmented examples as plain rows (no per-record privacy unit to keep), except that
     ``augment.variant-loss = "worst"`` needs a record's variants beside it."""
@@ -51,7 +75,7 @@ def _plain_round(
     if runtime.public is not None:
         public = synthesized_rows(runtime.public, counts, min_share=cfg.augment.min_share)
         data = concat(data, public)
-    local = local_training(cfg, runtime.model, data, counts, seed=seed)
+    local = local_training(cfg, runtime.model, data, counts, seed=seed, population=population)
     return train(
         runtime.model,
         local.optimizer,
@@ -125,18 +149,20 @@ def train_round(
     torch.manual_seed(seed)
     fair_metric = local_gap(runtime, runtime.eval) if cfg.strategy == "fairfed" else 0.0
     counts = group_counts(runtime.train, len(runtime.groups))
+    population = population_shares(cfg, server_config, len(runtime.groups))
     record: dict[str, Any] = {wire.NODE_ID: str(node_id), wire.PARTITION_ID: partition_id}
     new_state = None
     if cfg.dp.local:
         private = run_private_round(
             cfg, runtime.model, runtime.train, counts, ledger_state=ledger_state,
             randomness=DPRandomness(seed, secure=secure_rng), public_pool=runtime.public,
+            population=population,
         )  # fmt: skip
         result, new_state = private.result, private.ledger.to_state()
         sent_counts = private.released_counts if result else np.zeros_like(counts)
         record |= _privacy_record(cfg, private, secure_rng)
     else:
-        result, sent_counts = _plain_round(cfg, runtime, counts, seed), counts
+        result, sent_counts = _plain_round(cfg, runtime, counts, seed, population), counts
     weights = exchanged_state(runtime.model)
     record[wire.BYTES_SENT] = sum(t.numel() * t.element_size() for t in weights.values())
     epsilon = float(record.get(wire.EPSILON, math.inf))

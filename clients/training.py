@@ -221,16 +221,20 @@ class LocalTraining:
 
 
 def weights_from_released(
-    released: np.ndarray, groups: torch.Tensor, *, alpha: float, max_weight: float
-) -> tuple[torch.Tensor, float]:
-    """Per-example weights ∝ (1/released share of the group)^α, capped at ``max_weight``.
+    released: np.ndarray, groups: torch.Tensor, *, alpha: float, max_weight: float,
+    population: np.ndarray | None = None,
+) -> tuple[torch.Tensor, float]:  # fmt: skip
+    """Per-example weights ∝ (1/share of the group)^α, capped at ``max_weight``.
 
-    Normalised so the expected weight under the released shares is 1; only released
-    numbers enter, so this is post-processing of the release.
+    The shares are ``population`` (the server's estimate from every client's released
+    counts) when given, else the client's own released shares. Normalised so the expected
+    weight under the released shares is 1; only released numbers enter, so this is
+    post-processing of the releases.
     """
     clipped = np.clip(released, 1.0, None)  # a group never shows below one example
     shares = clipped / clipped.sum()
-    raw = shares ** (-alpha)
+    reference = shares if population is None else population
+    raw = reference ** (-alpha)
     per_group = np.minimum(raw / float((shares * raw).sum()), max_weight)
     # w_max from the float32 values actually used, so no weight rounds up above it.
     per_group_t = torch.tensor(np.maximum(per_group, 0.0), dtype=torch.float32)
@@ -239,9 +243,12 @@ def weights_from_released(
 
 def local_training(
     cfg: RunConfig, model: nn.Module, data: Encoded, counts: np.ndarray, *, seed: int,
-    public: Encoded | None = None,
+    public: Encoded | None = None, population: np.ndarray | None = None,
 ) -> LocalTraining:  # fmt: skip
     """Weights from ``counts`` (released ones under DP), the loader and the optimizer.
+
+    ``population``: the server's group shares, which set the group weights instead of the
+    client's own shares (``fair.local-shares = "population"``; every share > 0).
 
     ``public``: synthesized examples under DP. They join the Poisson draw at the private
     records' rate q, so the plan's q, steps and σ hold unchanged; being public, they cost
@@ -254,12 +261,13 @@ def local_training(
     weights, w_max = torch.ones(len(rows)), 1.0
     if weighting in ("post-clip", "pre-clip"):
         weights, w_max = weights_from_released(
-            counts, rows.groups, alpha=cfg.fair.local_alpha, max_weight=cfg.fair.local_max_weight
-        )
+            counts, rows.groups, alpha=cfg.fair.local_alpha, max_weight=cfg.fair.local_max_weight,
+            population=population,
+        )  # fmt: skip
     if weighting == "sampling" or public is not None:
         loader, sampled = poisson_loader(
             cfg, rows, weights, counts, private_records=len(data), balanced=weighting == "sampling",
-            seed=seed,
+            seed=seed, population=population,
         )  # fmt: skip
         return LocalTraining(weighting, loader, optimizer, w_max, sampled)
     loader = make_loader(data, weights, cfg.train.batch_size, seed=seed)
@@ -268,7 +276,7 @@ def local_training(
 
 def poisson_loader(
     cfg: RunConfig, rows: Encoded, weights: torch.Tensor, counts: np.ndarray, *,
-    private_records: int, balanced: bool, seed: int,
+    private_records: int, balanced: bool, seed: int, population: np.ndarray | None = None,
 ) -> tuple[DataLoader, tuple[float, float]]:  # fmt: skip
     """Poisson batches where every row has its own rate: by group (``balanced``, from
     ``counts``, released ones under DP) or the plain rate q.
@@ -285,7 +293,7 @@ def poisson_loader(
     if balanced:
         per_group, _ = weights_from_released(
             counts, torch.arange(num_groups), alpha=cfg.fair.local_alpha,
-            max_weight=cfg.fair.local_max_weight,
+            max_weight=cfg.fair.local_max_weight, population=population,
         )  # fmt: skip
         rates = group_rates(per_group.double().numpy(), counts, max_rate=q_max)
     public_groups = rows.groups[private_records:].numpy()

@@ -219,7 +219,9 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     if config.get("model.finetune") not in ("head", "top-layers"):
         unread |= {"model.train-layers", "model.head-hidden"}
     if config.get("fair.local-weighting") == "off":
-        unread |= {"fair.local-alpha", "fair.local-max-weight"}
+        unread |= {"fair.local-alpha", "fair.local-max-weight", "fair.local-shares"}
+    if config.get("strategy") != "representation":  # the only strategy that sends shares
+        unread.add("fair.local-shares")
     if config.get("augment.method") != "counterfactual":
         unread |= {"augment.k", "augment.variant-loss"}
     if config.get("augment.method") != "synthesize":

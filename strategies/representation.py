@@ -1,17 +1,18 @@
 """Representation-aware aggregation: up-weight clients holding under-represented groups."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from logging import INFO
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from strategies.base import TracedFedAvg
 from strategies.screening import metrics_of, number
 from strategies.weighting import estimate_prevalence, fedavg_weights, representation_weights
-from task.wire import GROUP_COUNTS
+from task.wire import GROUP_COUNTS, POPULATION_SHARES
 
 
 class RepresentationAware(TracedFedAvg):
@@ -38,6 +39,13 @@ class RepresentationAware(TracedFedAvg):
     so ``num-examples`` is trusted exactly as FedAvg trusts it: a client inflating its
     size takes over FedAvg and this strategy alike. A federation that cannot trust
     sizes needs a bound the server knows (or robust aggregation), not a reweighting.
+
+    From round 2 the train config also carries the last round's prevalence estimate
+    (``population-shares``): with ``fair.local-shares = "population"`` a client then
+    weights its groups by the population's shares, not its own, so a record of a rare group
+    counts the same wherever it sits. With its own shares, a client whose data is mostly
+    of a rare group would down-weight that group locally, against what the aggregation
+    weights ask for. The estimate is post-processing of the DP releases (no ε).
 
     The strategy averages whatever arrays the clients send (full models or LoRA
     adapters). Under Flower's ``DifferentialPrivacyServerSideFixedClipping`` (without an
@@ -70,6 +78,8 @@ class RepresentationAware(TracedFedAvg):
         self.alpha = alpha
         self.cap = cap
         self.group_names = names
+        #: the last round's prevalence estimate, sent with the next round's train config
+        self.population: list[float] | None = None
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""
@@ -77,6 +87,23 @@ class RepresentationAware(TracedFedAvg):
         log(INFO, "\t│\t├── alpha: %s | cap: %s", self.alpha, self.cap)
         log(INFO, "\t│\t└── groups: %s", self.group_names)
         super().summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's sampling; the train config also carries the prevalence estimate."""
+        if self.population is not None:
+            config[POPULATION_SHARES] = list(self.population)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Also the prevalence estimate, so a resumed run sends what it would have."""
+        return super().checkpoint_state() | {"population": self.population}
+
+    def resume_from(self, round_offset: int, state: dict[str, Any]) -> None:
+        super().resume_from(round_offset, state)
+        population = state.get("population")
+        self.population = None if population is None else [float(p) for p in population]
 
     def metric_problem(self, metrics: MetricRecord) -> str | None:
         """Also require ``group-counts``: one finite number per group."""
@@ -97,6 +124,7 @@ class RepresentationAware(TracedFedAvg):
         )
         n = np.array([number(c, self.weighted_by_key) for c in contents])
         prevalence = estimate_prevalence(counts)
+        self.population = [float(p) for p in prevalence]
         self.last_round.prevalence = dict(
             zip(self.group_names, map(float, prevalence), strict=True)
         )

@@ -119,6 +119,9 @@ class FairConfig:
     local_weighting: str
     local_alpha: float
     local_max_weight: float
+    #: whose group shares set the local weights: "population" (the server's estimate, sent
+    #: from round 2 by the representation strategy) or "client" (the client's own release)
+    local_shares: str
     fairfed_beta: float
     count_threshold: float
     qfedavg_q: float
@@ -272,6 +275,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             local_weighting=v["fair.local-weighting"],
             local_alpha=v["fair.local-alpha"],
             local_max_weight=v["fair.local-max-weight"],
+            local_shares=v["fair.local-shares"],
             fairfed_beta=v["fair.fairfed-beta"],
             count_threshold=v["fair.count-threshold"],
             qfedavg_q=v["qfedavg.q"],

@@ -19,6 +19,7 @@ ACCOUNTANTS = ("rdp", "prv")
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
 OPTIMIZERS = ("adamw", "sgd")
 LOCAL_WEIGHTINGS = ("post-clip", "pre-clip", "sampling", "off")
+LOCAL_SHARES = ("population", "client")
 FINETUNE_MODES = ("head", "top-layers", "lora", "full")
 AUGMENT_METHODS = ("none", "counterfactual", "synthesize")
 VARIANT_LOSSES = ("worst", "mean")
@@ -126,6 +127,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "fair.local-weighting": (str, _one_of(*LOCAL_WEIGHTINGS)),
     "fair.local-alpha": (float, _at_least(0)),
     "fair.local-max-weight": (float, _at_least(1)),
+    "fair.local-shares": (str, _one_of(*LOCAL_SHARES)),
     "fair.fairfed-beta": (float, _at_least(0)),
     "fair.count-threshold": (float, lambda v: None if 0 <= v <= 10 else "a number in [0, 10]"),
     "augment.method": (str, _one_of(*AUGMENT_METHODS)),

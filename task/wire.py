@@ -20,6 +20,10 @@ LEDGER_DIR = "ledger-dir"
 # (train config, parallel lists): a node whose own ledger is shorter has lost it
 SPENT_PARTITIONS = "spent-partitions"
 SPENT_EVENTS = "spent-events"
+# the server's estimate of each group's share of the population, in the run's group order
+# (train config of the representation strategy, from round 2): post-processing of the
+# clients' released counts, which sets their local group weights (fair.local-shares)
+POPULATION_SHARES = "population-shares"
 
 # --- MetricRecord keys of a reply (client → server) -----------------------------------
 EPSILON = "epsilon"  # cumulative ε of the client (inf without local DP)

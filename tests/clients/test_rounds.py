@@ -13,14 +13,24 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from clients.dp_sgd import make_private
 from clients.local import ClientRuntime, client_runtime
-from clients.rounds import train_round
-from clients.training import make_loader, per_example_loss, weights_from_released
+from clients.rounds import population_shares, train_round
+from clients.training import (
+    make_loader,
+    per_example_loss,
+    poisson_loader,
+    weights_from_released,
+)
 from task import wire
 from task.accounting import PrivacyLedger, release_event
 from task.config import RunConfig, load_defaults, parse_run_config
 from task.data import Encoded, load_splits
 from task.model import build_model, exchanged_state, load_tokenizer
-from task.privacy_plan import calibrate_noise_multiplier, check_release_budget, plan_for
+from task.privacy_plan import (
+    calibrate_noise_multiplier,
+    check_release_budget,
+    plan_for,
+    poisson_rate,
+)
 
 # The tiny from-scratch model: these tests exercise rounds, not the pretrained encoder.
 TINY = {"model.name": "tiny-bert", "model.finetune": "full"}
@@ -110,6 +120,54 @@ def test_weights_from_released_counts_by_hand() -> None:
     )
     assert capped.tolist() == pytest.approx([2 / 3] * 3 + [1.5])
     assert capped_max == 1.5
+
+
+def test_population_shares_set_the_weights_normalised_under_the_local_release() -> None:
+    groups = torch.tensor([0, 0, 0, 1])
+    weights, w_max = weights_from_released(
+        np.array([75.0, 25.0]), groups, alpha=1.0, max_weight=10, population=np.array([0.9, 0.1])
+    )
+    # raw (1/0.9, 10); E[raw] under the client's (0.75, 0.25) = 5/6 + 5/2 = 10/3 → (1/3, 3)
+    assert weights.tolist() == pytest.approx([1 / 3] * 3 + [3.0])
+    assert w_max == pytest.approx(3.0)
+    # a client whose own data is mostly of the rare group still weights it up
+    mostly_rare, _ = weights_from_released(
+        np.array([25.0, 75.0]), groups, alpha=1.0, max_weight=10, population=np.array([0.9, 0.1])
+    )
+    assert float(mostly_rare[3]) > float(mostly_rare[0])
+
+
+def test_population_shares_are_read_only_when_asked_and_sent() -> None:
+    cfg = parse_run_config(load_defaults())
+    sent = {wire.POPULATION_SHARES: [3.0, 1.0]}
+    assert cfg.fair.local_shares == "population"
+    assert population_shares(cfg, sent, 2) == pytest.approx([0.75, 0.25])
+    assert population_shares(cfg, {}, 2) is None  # round 1: nothing estimated yet
+    own = parse_run_config(load_defaults() | {"fair.local-shares": "client"})
+    assert population_shares(own, sent, 2) is None
+    for bad in ([1.0], [1.0, 0.0], [1.0, float("nan")]):
+        with pytest.raises(ValueError, match="population-shares"):
+            population_shares(cfg, {wire.POPULATION_SHARES: bad}, 2)
+
+
+def test_population_shares_never_raise_a_rate_above_the_plans_q() -> None:
+    cfg = parse_run_config(load_defaults() | {"fair.local-max-weight": 1000.0})
+    data = Encoded(
+        input_ids=torch.zeros(100, 4, dtype=torch.long),
+        attention_mask=torch.ones(100, 4, dtype=torch.long),
+        labels=torch.zeros(100, dtype=torch.long),
+        groups=torch.tensor([0] * 90 + [1] * 10),
+    )
+    released = np.array([90.0, 10.0])
+    q = poisson_rate(len(data), cfg.train.batch_size)
+    for population in (np.array([1e-9, 1.0]), np.array([1.0, 1e-9]), np.array([0.5, 0.5])):
+        loader, (q_max, _) = poisson_loader(
+            cfg, data, torch.ones(len(data)), released, private_records=len(data),
+            balanced=True, seed=0, population=population,
+        )  # fmt: skip
+        rates = loader.batch_sampler.rates  # type: ignore[union-attr]
+        assert q_max == q  # the accountant's rate, whatever the server sent
+        assert float(rates.max()) == pytest.approx(q) and bool((rates <= q).all())
 
 
 def _one_step(model: torch.nn.Module, data: Encoded, *, private: bool) -> dict[str, torch.Tensor]:

@@ -244,6 +244,10 @@ def test_local_weighting_keys_decide_a_run_only_when_it_weights() -> None:
     assert comparable(off) == comparable(off | {"fair.local-max-weight": 8.0})
     post = base | {"fair.local-weighting": "post-clip"}
     assert comparable(post) != comparable(post | {"fair.local-max-weight": 8.0})
+    assert comparable(post) != comparable(post | {"fair.local-shares": "client"})
+    assert comparable(off) == comparable(off | {"fair.local-shares": "client"})
+    fedavg = post | {"strategy": "fedavg"}  # sends no population shares
+    assert comparable(fedavg) == comparable(fedavg | {"fair.local-shares": "client"})
 
 
 def test_report_only_leaves_stale_cells_out_and_names_them(

@@ -197,6 +197,24 @@ def test_representation_aware_hand_worked() -> None:
     assert trace.extras["max-weight-ratio"] == pytest.approx(1.2)
 
 
+def test_representation_sends_its_prevalence_estimate_from_round_two() -> None:
+    strategy = RepresentationAware(alpha=1.0, cap=1.2, group_names=["a", "b"])
+    [first, *_] = strategy.configure_train(
+        1, record(GLOBAL), ConfigRecord(), cast(Grid, FakeGrid([1, 2, 3]))
+    )
+    assert wire.POPULATION_SHARES not in first.content[wire.CONFIG_RECORD]
+    strategy.aggregate_train(1, representation_replies())
+    [second, *_] = strategy.configure_train(
+        2, record(GLOBAL), ConfigRecord(), cast(Grid, FakeGrid([1, 2, 3]))
+    )
+    assert second.content[wire.CONFIG_RECORD][wire.POPULATION_SHARES] == pytest.approx(
+        [7 / 11, 4 / 11]
+    )
+    resumed = RepresentationAware(alpha=1.0, cap=1.2, group_names=["a", "b"])
+    resumed.resume_from(1, strategy.checkpoint_state())
+    assert resumed.population == pytest.approx([7 / 11, 4 / 11])
+
+
 def test_representation_rejects_bad_group_counts() -> None:
     strategy = RepresentationAware(alpha=1.0, cap=2.0, group_names=["a", "b"])
     configure(strategy, [1, 2])
