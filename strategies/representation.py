@@ -125,9 +125,7 @@ class RepresentationAware(TracedFedAvg):
         n = np.array([number(c, self.weighted_by_key) for c in contents])
         prevalence = estimate_prevalence(counts)
         self.population = [float(p) for p in prevalence]
-        self.last_round.prevalence = dict(
-            zip(self.group_names, map(float, prevalence), strict=True)
-        )
+        self.last_round.prevalence = dict(zip(self.group_names, self.population, strict=True))
         weights = representation_weights(counts, n, alpha=self.alpha, cap=self.cap)
         ratio = float(np.max(weights / fedavg_weights(n)))
         self.last_round.extras["max-weight-ratio"] = ratio
