@@ -41,7 +41,11 @@ def main(grid: Grid, context: Context) -> None:
     else:
         run_dir = RunDirectory.reopen(cfg.resume_from, resumed.state["rounds"])
     recorder = RoundRecorder(
-        run_dir, evaluator, num_rounds=cfg.num_server_rounds, central=_central(cfg, num_nodes)
+        run_dir,
+        evaluator,
+        num_rounds=cfg.num_server_rounds,
+        central=_central(cfg, num_nodes),
+        ema_decay=cfg.ema_decay,
     )
     strategy = build_strategy(
         cfg,

@@ -2,7 +2,8 @@
 
 Flower calls :meth:`RoundRecorder.evaluate` after every round (``evaluate_fn`` of
 ``Strategy.start``); the strategy's metric-aggregation hooks hand the recorder the raw
-client replies. The recorder evaluates the global model, writes results, logs one line.
+client replies. The recorder evaluates the global model (the moving average of the
+aggregates, :mod:`server.model_average`), writes results, logs one line.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import time
 from logging import INFO, WARNING
 from typing import Any, Protocol
 
+import numpy as np
+import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
@@ -20,6 +23,7 @@ from server import checkpoint
 from server.central_accountant import CentralAccountant
 from server.checkpoint import Checkpoint
 from server.evaluation import GlobalEvaluator
+from server.model_average import ModelAverage
 from server.records import RunDirectory, to_json
 from strategies.screening import RoundTrace
 from task import wire
@@ -46,12 +50,14 @@ class RoundRecorder:
         *,
         num_rounds: int,
         central: CentralAccountant | None = None,
+        ema_decay: float = 0.0,
     ) -> None:
         self.run_dir = run_dir
         self.evaluator = evaluator
         self.strategy: TracedStrategy | None = None
         self.central = central
         self.num_rounds = num_rounds
+        self.average = ModelAverage(ema_decay)
         self.rounds: list[dict[str, Any]] = []
         self.privacy: dict[str, dict[str, Any]] = {}
         self.extra: dict[str, Any] = {}
@@ -68,10 +74,11 @@ class RoundRecorder:
         self.rounds = list(checkpoint.state["rounds"])
         self.privacy = dict(checkpoint.state["privacy"])
         self.extra = dict(checkpoint.state["extra"])
+        self.average.average = checkpoint.averaged
         if self.central is not None:
             self.central.history = [tuple(e) for e in checkpoint.state["central_history"]]
 
-    def _checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+    def _checkpoint(self, server_round: int, arrays: dict[str, np.ndarray]) -> None:
         state = {
             "rounds": self.rounds,
             "privacy": self.privacy,
@@ -80,8 +87,14 @@ class RoundRecorder:
             "strategy": self.strategy.checkpoint_state() if self.strategy is not None else {},
             "random": _random_state(),
         }
-        arrays_np = {k: v.numpy() for k, v in arrays.items()}
-        checkpoint.save(self.run_dir.path, Checkpoint(server_round, arrays_np, to_json(state)))
+        checkpoint.save(
+            self.run_dir.path,
+            Checkpoint(server_round, arrays, to_json(state), averaged=self._averaged()),
+        )
+
+    def _averaged(self) -> dict[str, np.ndarray] | None:
+        """The average a resumed run continues from; None where it is the aggregate."""
+        return self.average.average if self.average.decay else None
 
     def watch(self, strategy: TracedStrategy) -> None:
         """Read the strategy's ``last_round`` trace (weights, skips) after each round."""
@@ -144,20 +157,25 @@ class RoundRecorder:
 
     # --- evaluate_fn -----------------------------------------------------------------
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Evaluate the global model; record and write the round, then checkpoint it
-        (round 0: the baseline only, and nothing when resuming)."""
+        """Evaluate the reported model (the average including ``arrays``, this round's
+        aggregate); record and write the round, then checkpoint both (round 0: the
+        baseline only, and nothing when resuming)."""
         if server_round == 0:
             if not self.round_offset:
                 self.extra["initial"] = self.evaluator.evaluate(arrays.to_torch_state_dict())
             self._clock = time.perf_counter()
             return None
         server_round += self.round_offset
-        global_metrics = self.evaluator.evaluate(arrays.to_torch_state_dict())
+        aggregate = {name: array.numpy() for name, array in arrays.items()}
+        reported = self.average.update(aggregate)
+        global_metrics = self.evaluator.evaluate(
+            {name: torch.from_numpy(value) for name, value in reported.items()}
+        )
         record = self._round_record(server_round, global_metrics)
         self.rounds.append(record)
         self.run_dir.append_round(record)
         self.run_dir.write_results(self.results())
-        self._checkpoint(server_round, arrays)
+        self._checkpoint(server_round, aggregate)
         if server_round == self.num_rounds:
             self.run_dir.point_latest()
         self._log(record)

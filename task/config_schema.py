@@ -69,6 +69,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "fraction-evaluate": (float, lambda v: None if 0 <= v <= 1 else "a number in [0, 1]"),
     "min-clients": (int, _at_least(1)),
     "round-timeout": (float, lambda v: None if 1 <= v <= 86_400 else "seconds in [1, 86400]"),
+    "ema-decay": (float, lambda v: None if 0 <= v < 1 else "a number in [0, 1)"),
     "output-dir": (str, lambda v: None if v else "a non-empty path"),
     "resume-from": (str, _any),
     "dataset": (str, _one_of(*DATASETS)),
