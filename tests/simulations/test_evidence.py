@@ -238,6 +238,22 @@ def test_a_counterfactual_cell_recorded_before_variant_loss_existed_is_stale(
     assert not is_current(grid, cell, tmp_path)
 
 
+def test_a_cell_recorded_before_the_model_average_existed_is_stale(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(GRID_TOML)
+    grid = load_grid(path)
+    cell = grid.cells[0]
+    record_cell(tmp_path, grid, cell)
+    summary = summary_path(tmp_path, cell)
+    recorded = json.loads(summary.read_text())
+    del recorded["config"]["ema-decay"]  # a run from before the key reported the last model
+    write_json(summary, recorded)
+    assert not is_current(grid, cell, tmp_path)
+    recorded["config"]["ema-decay"] = 0.5
+    write_json(summary, recorded)
+    assert is_current(grid, cell, tmp_path)
+
+
 def test_local_weighting_keys_decide_a_run_only_when_it_weights() -> None:
     base = load_defaults() | {"strategy": "representation"}
     off = base | {"fair.local-weighting": "off"}
