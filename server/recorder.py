@@ -52,12 +52,17 @@ class RoundRecorder:
         central: CentralAccountant | None = None,
         ema_decay: float = 0.0,
     ) -> None:
+        """``ema_decay``: the reported model's (:class:`ModelAverage`); the run's default is
+        pyproject's ``ema-decay``, 0 here reports each round's aggregate as it is."""
         self.run_dir = run_dir
         self.evaluator = evaluator
         self.strategy: TracedStrategy | None = None
         self.central = central
         self.num_rounds = num_rounds
-        self.average = ModelAverage(ema_decay)
+        self.model_average = ModelAverage(ema_decay)
+        #: the global arrays of the last evaluate call: Flower passes the same record again
+        #: after a round that aggregated nothing, which must not be averaged in twice
+        self._last_arrays: ArrayRecord | None = None
         self.rounds: list[dict[str, Any]] = []
         self.privacy: dict[str, dict[str, Any]] = {}
         self.extra: dict[str, Any] = {}
@@ -74,7 +79,7 @@ class RoundRecorder:
         self.rounds = list(checkpoint.state["rounds"])
         self.privacy = dict(checkpoint.state["privacy"])
         self.extra = dict(checkpoint.state["extra"])
-        self.average.average = checkpoint.averaged
+        self.model_average.restore(checkpoint.averaged, like=checkpoint.arrays)
         if self.central is not None:
             self.central.history = [tuple(e) for e in checkpoint.state["central_history"]]
 
@@ -94,7 +99,7 @@ class RoundRecorder:
 
     def _averaged(self) -> dict[str, np.ndarray] | None:
         """The average a resumed run continues from; None where it is the aggregate."""
-        return self.average.average if self.average.decay else None
+        return self.model_average.current if self.model_average.decay else None
 
     def watch(self, strategy: TracedStrategy) -> None:
         """Read the strategy's ``last_round`` trace (weights, skips) after each round."""
@@ -161,13 +166,15 @@ class RoundRecorder:
         aggregate); record and write the round, then checkpoint both (round 0: the
         baseline only, and nothing when resuming)."""
         if server_round == 0:
+            self._last_arrays = arrays
             if not self.round_offset:
                 self.extra["initial"] = self.evaluator.evaluate(arrays.to_torch_state_dict())
             self._clock = time.perf_counter()
             return None
         server_round += self.round_offset
         aggregate = {name: array.numpy() for name, array in arrays.items()}
-        reported = self.average.update(aggregate)
+        reported = self._reported(arrays, aggregate)
+        self._last_arrays = arrays
         global_metrics = self.evaluator.evaluate(
             {name: torch.from_numpy(value) for name, value in reported.items()}
         )
@@ -181,6 +188,16 @@ class RoundRecorder:
         self._log(record)
         self._train_replies, self._eval_accuracies = [], []
         return MetricRecord({k: v for k, v in global_metrics.items() if isinstance(v, float | int)})
+
+    def _reported(
+        self, arrays: ArrayRecord, aggregate: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """The model to report this round: the average with this round's aggregate folded
+        in, or as it was where the round aggregated nothing."""
+        if arrays is self._last_arrays:
+            current = self.model_average.current
+            return current if current is not None else aggregate
+        return self.model_average.update(aggregate)
 
     def _round_record(self, server_round: int, global_metrics: dict[str, Any]) -> dict:
         now = time.perf_counter()

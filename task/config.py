@@ -192,7 +192,7 @@ class RunConfig:
     resume_from: str = ""  # a run directory to continue (``fedequity run --resume``)
     min_clients: int = 1  # fewer accepted replies than this: the round is skipped
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies
-    ema_decay: float = 0.0  # the reported model: EMA of the aggregates (0: the latest)
+    ema_decay: float = 0.5  # the reported model: EMA of the aggregates (0: the latest)
 
 
 def load_defaults(pyproject: Path = PYPROJECT) -> dict[str, Any]:

@@ -47,6 +47,10 @@ def _open_unit(v: float) -> str | None:
     return None if 0 < v < 1 else "a number strictly between 0 and 1"
 
 
+def _half_open_unit(v: float) -> str | None:
+    return None if 0 <= v < 1 else "a number in [0, 1)"
+
+
 def _fraction(v: float) -> str | None:
     return None if 0 < v <= 1 else "a number in (0, 1]"
 
@@ -69,7 +73,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "fraction-evaluate": (float, lambda v: None if 0 <= v <= 1 else "a number in [0, 1]"),
     "min-clients": (int, _at_least(1)),
     "round-timeout": (float, lambda v: None if 1 <= v <= 86_400 else "seconds in [1, 86400]"),
-    "ema-decay": (float, lambda v: None if 0 <= v < 1 else "a number in [0, 1)"),
+    "ema-decay": (float, _half_open_unit),
     "output-dir": (str, lambda v: None if v else "a non-empty path"),
     "resume-from": (str, _any),
     "dataset": (str, _one_of(*DATASETS)),
@@ -102,7 +106,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "model.head-hidden": (int, lambda v: None if 1 <= v <= 4096 else "an int in [1, 4096]"),
     "model.lora.r": (int, _at_least(1)),
     "model.lora.alpha": (int, _at_least(1)),
-    "model.lora.dropout": (float, lambda v: None if 0 <= v < 1 else "a number in [0, 1)"),
+    "model.lora.dropout": (float, _half_open_unit),
     "train.local-epochs": (int, _at_least(1)),
     "train.batch-size": (int, _at_least(1)),
     "train.learning-rate": (float, _above(0)),

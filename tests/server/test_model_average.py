@@ -41,6 +41,17 @@ def test_a_decay_outside_zero_to_one_names_the_key() -> None:
         ModelAverage(1.0)
 
 
+def test_an_aggregate_of_another_model_is_refused_not_averaged() -> None:
+    average = ModelAverage(0.5)
+    average.update({"w": np.zeros(2)})
+    with pytest.raises(ValueError, match="'w'.*shape"):
+        average.update({"w": np.zeros(3)})
+    with pytest.raises(ValueError, match="arrays"):
+        average.update({"v": np.zeros(2)})
+    with pytest.raises(ValueError, match="'w'.*shape"):
+        average.restore({"w": np.zeros(3)}, like={"w": np.zeros(2)})
+
+
 class WeightsSeen:
     """An evaluator that keeps the weights it was asked to evaluate."""
 
@@ -74,6 +85,24 @@ def test_the_recorder_evaluates_the_average_and_a_resumed_run_continues_it(
     resumed.resume_from(saved)
     resumed.evaluate(1, record({"w": [1.0]}))  # the run's round 3
     assert resumed_seen.seen[0]["w"].tolist() == [4.0]  # 0.75·5 + 0.25·1
+
+
+def test_round_zero_does_not_seed_the_average_and_a_round_without_aggregate_is_not_folded_twice(
+    tmp_path: Path,
+) -> None:
+    seen = WeightsSeen()
+    recorder = RoundRecorder(
+        RunDirectory(tmp_path, "1", {}), cast(GlobalEvaluator, seen), num_rounds=4,
+        ema_decay=0.5,
+    )  # fmt: skip
+    initial = record({"w": [0.0]})
+    recorder.evaluate(0, initial)  # the baseline: evaluated, not averaged
+    recorder.evaluate(1, initial)  # round 1 aggregated nothing: Flower passes the same record
+    first = record({"w": [4.0]})
+    recorder.evaluate(2, first)
+    recorder.evaluate(3, first)  # skipped again: the average stays as it was
+    recorder.evaluate(4, record({"w": [8.0]}))
+    assert [s["w"].tolist() for s in seen.seen] == [[0.0], [0.0], [4.0], [4.0], [6.0]]
 
 
 def test_without_averaging_the_checkpoint_keeps_no_second_copy(tmp_path: Path) -> None:
