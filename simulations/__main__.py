@@ -7,6 +7,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -72,11 +73,25 @@ def _parser() -> argparse.ArgumentParser:
         help="run the cells in this process (the in-process engine: same results, no "
         "SuperLink or Ray start per cell)",
     )
+    evidence.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="with --in-process: cells run at once, each in its own worker process "
+        "(default: the number of cores)",
+    )
     # Listed for --help only: main() hands `bench ARGS` to the benchmark's own parser.
     commands.add_parser(
         "bench", add_help=False, help="DP-SGD cost per step (simulations/benchmarks/dp_cost.py)"
     )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return value
 
 
 def _subset(text: str | None, kind: type, valid: set, flag: str) -> set | None:  # type: ignore[type-arg]
@@ -161,7 +176,8 @@ def evidence_main(args: argparse.Namespace) -> int:
     coverage: dict[str, tuple[int, int, int]] = {}
     for path, grid in zip(paths, grids, strict=True):
         if path in to_run and not args.report_only:
-            run_cells(grid, selected[path], args.output_dir, in_process=args.in_process)
+            run_cells(grid, selected[path], args.output_dir, in_process=args.in_process,
+                      jobs=args.jobs)  # fmt: skip
         current, stale = current_and_stale(grid, grid.cells, args.output_dir)
         summaries += [summary_path(args.output_dir, c) for c in current]
         if outdated := [c for c in stale if c in selected[path]]:

@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import tomllib
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,33 +265,74 @@ def current_and_stale(
     return current, stale
 
 
-def run_cells(grid: Grid, cells: list[Cell], output_dir: Path, *, in_process: bool = False) -> None:
+def run_cells(
+    grid: Grid, cells: list[Cell], output_dir: Path, *, in_process: bool = False, jobs: int = 1
+) -> None:
     """Run every cell without a current summary: each with ``flwr run`` on its own
-    SuperLink, or (``in_process``) all in this process with the in-process engine, which
-    computes the same results (``tests/e2e/test_in_process.py``) without Flower's start-up."""
+    SuperLink, or (``in_process``) with the in-process engine, which computes the same
+    results (``tests/e2e/test_in_process.py``) without Flower's start-up, in ``jobs``
+    worker processes at once (a cell's clients run one after another, so this is what
+    uses the cores that Ray's actors use in a ``flwr run``)."""
     runs_dir = output_dir / "runs"
     (output_dir / "cells").mkdir(parents=True, exist_ok=True)
-    todo = [c for c in cells if not is_current(grid, c, output_dir)]
-    for cell in tqdm(todo, desc=f"evidence {grid.name}", unit="run"):
+    prepared: list[tuple[Cell, Experiment]] = []
+    for cell in (c for c in cells if not is_current(grid, c, output_dir)):
         try:
-            experiment = cell_experiment(grid, cell, runs_dir)
+            prepared.append((cell, cell_experiment(grid, cell, runs_dir)))
         except (ValueError, FileNotFoundError) as error:
             tqdm.write(f"{cell.key}: cannot run: {error}")
-            continue
-        try:
-            run_dir = run_in_process(experiment)[0] if in_process else run_experiment(experiment)
-        except (RuntimeError, TimeoutError) as error:  # RunFailed is one; a cell, not the sweep
-            tqdm.write(f"{cell.key}: failed: {error}")
-            continue
-        results = json.loads((run_dir / "results.json").read_text())
-        failures = sum(r["failures"] for r in results["rounds"])
-        if failures:  # a failed client disqualifies a cell; a rejected or skipped reply does not
-            tqdm.write(f"{cell.key}: {failures} client failure(s), not counted; see {run_dir}")
-            continue
-        write_json(summary_path(output_dir, cell), summarise(cell, results, run_dir) | {
-            "config": results["config"], "federation": experiment.federation,
-            "engine": "in-process" if in_process else "flower",
-        })  # fmt: skip
+    with tqdm(total=len(prepared), desc=f"evidence {grid.name}", unit="run") as progress:
+        for cell, experiment, outcome in _outcomes(prepared, in_process, jobs):
+            progress.update()
+            if isinstance(outcome, Exception):
+                tqdm.write(f"{cell.key}: failed: {outcome}")
+                continue
+            _record(cell, experiment, outcome, output_dir, in_process)
+
+
+def _outcomes(
+    prepared: list[tuple[Cell, Experiment]], in_process: bool, jobs: int
+) -> Iterator[tuple[Cell, Experiment, Path | Exception]]:
+    """Each cell's run directory, or the error that failed it, as the cells finish."""
+    if not in_process or jobs <= 1 or len(prepared) <= 1:
+        for cell, experiment in prepared:
+            yield cell, experiment, _run_cell(experiment, in_process)
+        return
+    # spawn, not fork: a forked process inherits torch's thread pools mid-state
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_share_cores, initargs=(jobs,)
+    ) as pool:
+        futures = {pool.submit(_run_cell, e, True): (c, e) for c, e in prepared}
+        for future in as_completed(futures):
+            yield *futures[future], future.result()
+
+
+def _share_cores(jobs: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+
+
+def _run_cell(experiment: Experiment, in_process: bool) -> Path | Exception:
+    try:
+        return run_in_process(experiment)[0] if in_process else run_experiment(experiment)
+    except (RuntimeError, TimeoutError) as error:  # RunFailed is one; a cell, not the sweep
+        return error
+
+
+def _record(
+    cell: Cell, experiment: Experiment, run_dir: Path, output_dir: Path, in_process: bool
+) -> None:
+    results = json.loads((run_dir / "results.json").read_text())
+    failures = sum(r["failures"] for r in results["rounds"])
+    if failures:  # a failed client disqualifies a cell; a rejected or skipped reply does not
+        tqdm.write(f"{cell.key}: {failures} client failure(s), not counted; see {run_dir}")
+        return
+    write_json(summary_path(output_dir, cell), summarise(cell, results, run_dir) | {
+        "config": results["config"], "federation": experiment.federation,
+        "engine": "in-process" if in_process else "flower",
+    })  # fmt: skip
 
 
 def summarise(cell: Cell, results: dict[str, Any], run_dir: Path) -> dict[str, Any]:

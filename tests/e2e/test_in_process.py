@@ -45,3 +45,38 @@ def test_in_process_engine_reproduces_a_seeded_flwr_run(tmp_path: Path) -> None:
         assert sorted(ours["weights"].values()) == pytest.approx(sorted(theirs["weights"].values()))
     assert _client_epsilons(in_process) == pytest.approx(_client_epsilons(flower))
     assert grid.client_seconds > 0
+
+
+PARALLEL_GRID = """
+[evidence]
+name = "p"
+variants = ["fedavg", "representation+sampling"]
+epsilons = [4.0]
+seeds = [1]
+[evidence.overrides]
+dataset = "synthetic"
+"num-server-rounds" = 2
+"synthetic.num-examples" = 1500
+"model.name" = "tiny-bert"
+"model.finetune" = "full"
+[federation]
+num-supernodes = 3
+"""
+
+
+def test_cells_in_parallel_workers_report_what_they_report_one_after_another(
+    tmp_path: Path,
+) -> None:
+    from simulations.evidence import REPORTED, load_grid, run_cells, summary_path
+
+    path = tmp_path / "p.toml"
+    path.write_text(PARALLEL_GRID)
+    grid = load_grid(path)
+    for jobs in (1, 2):
+        run_cells(grid, list(grid.cells), tmp_path / f"jobs{jobs}", in_process=True, jobs=jobs)
+    for cell in grid.cells:
+        alone, parallel = (
+            json.loads(summary_path(tmp_path / f"jobs{jobs}", cell).read_text()) for jobs in (1, 2)
+        )
+        assert {m: alone[m] for m in REPORTED} == {m: parallel[m] for m in REPORTED}
+        assert alone["max_epsilon"] == parallel["max_epsilon"]
