@@ -11,6 +11,7 @@ from server.evaluation import GlobalEvaluator
 from server.model_average import ModelAverage
 from server.recorder import RoundRecorder
 from server.records import RunDirectory
+from tests.server.test_recorder import FixedEvaluator
 from tests.strategies.test_strategies import record
 
 
@@ -52,16 +53,15 @@ def test_an_aggregate_of_another_model_is_refused_not_averaged() -> None:
         average.restore({"w": np.zeros(3)}, like={"w": np.zeros(2)})
 
 
-class WeightsSeen:
-    """An evaluator that keeps the weights it was asked to evaluate."""
+class WeightsSeen(FixedEvaluator):
+    """The fixed report, keeping the weights it was asked to evaluate."""
 
     def __init__(self) -> None:
         self.seen: list[dict[str, np.ndarray]] = []
 
     def evaluate(self, weights: dict[str, Any]) -> dict[str, Any]:
         self.seen.append({k: v.numpy().copy() for k, v in weights.items()})
-        return {"accuracy": 0.5, "balanced_accuracy": 0.5, "worst_group_accuracy": 0.5,
-                "group_accuracy_gap": 0.0}  # fmt: skip
+        return super().evaluate(weights)
 
 
 def test_the_recorder_evaluates_the_average_and_a_resumed_run_continues_it(

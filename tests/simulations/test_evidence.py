@@ -239,9 +239,7 @@ def test_a_counterfactual_cell_recorded_before_variant_loss_existed_is_stale(
 
 
 def test_a_cell_recorded_before_the_model_average_existed_is_stale(tmp_path: Path) -> None:
-    path = tmp_path / "g.toml"
-    path.write_text(GRID_TOML)
-    grid = load_grid(path)
+    grid = load_grid(write_grid(tmp_path, GRID_TOML))
     cell = grid.cells[0]
     record_cell(tmp_path, grid, cell)
     summary = summary_path(tmp_path, cell)
