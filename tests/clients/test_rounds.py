@@ -353,7 +353,9 @@ def test_the_server_refuses_a_release_noise_that_no_client_budget_can_hold() -> 
     """8 releases at σ_s = 1 cost ε = 8.44 even at δ = 0.1 (n = 1, the cheapest case)."""
     check_release_budget(parse_run_config(load_defaults()))
     with pytest.raises(ValueError, match=r"dp.stats-noise=1.0 alone costs ε=8.4\d+ over 8"):
-        check_release_budget(parse_run_config(load_defaults() | {"dp.stats-noise": 1.0}))
+        check_release_budget(
+            parse_run_config(load_defaults() | {"dp.stats-noise": 1.0, "num-server-rounds": 8})
+        )
 
 
 @pytest.mark.parametrize("finetune", ["head", "top-layers"])

@@ -16,7 +16,8 @@ from simulations.runner import run_experiment
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["synthetic.num-examples=4000"]  # the default run, on a fifth of its data
+# The default run on a fifth of its data, at 8 rounds (the counts below assume 8).
+SMALL = ["synthetic.num-examples=4000", "num-server-rounds=8"]
 NODE_BASE = 1_000  # the in-process engine's node id of partition 0
 
 

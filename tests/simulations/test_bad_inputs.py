@@ -96,7 +96,7 @@ CASES = [
     case(
         "more planned participations than rounds",
         r"'dp.planned-participations'",
-        *sets("dp.planned-participations=9"),
+        *sets("num-server-rounds=8", "dp.planned-participations=9"),
     ),
     case(
         "a budget no client can train in",
