@@ -55,6 +55,7 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_metrics_aggr_fn=recorder.aggregate_eval_metrics,
     )
     recorder.watch(strategy)
+    strategy.evaluation_model = recorder.reported_arrays
     recorder.extra["num_nodes"] = num_nodes
     initial = ArrayRecord(evaluator.initial_weights())
     if resumed is not None:

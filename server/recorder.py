@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
@@ -60,8 +60,9 @@ class RoundRecorder:
         self.central = central
         self.num_rounds = num_rounds
         self.model_average = ModelAverage(ema_decay)
-        #: the global arrays of the last evaluate call: Flower passes the same record again
-        #: after a round that aggregated nothing, which must not be averaged in twice
+        #: the global arrays last folded into the average (or round 0's): Flower passes the
+        #: same record again after a round that aggregated nothing, and passes each round's
+        #: to configure_evaluate and then evaluate_fn; none may be averaged in twice
         self._last_arrays: ArrayRecord | None = None
         self.rounds: list[dict[str, Any]] = []
         self.privacy: dict[str, dict[str, Any]] = {}
@@ -174,7 +175,6 @@ class RoundRecorder:
         server_round += self.round_offset
         aggregate = {name: array.numpy() for name, array in arrays.items()}
         reported = self._reported(arrays, aggregate)
-        self._last_arrays = arrays
         global_metrics = self.evaluator.evaluate(
             {name: torch.from_numpy(value) for name, value in reported.items()}
         )
@@ -189,14 +189,25 @@ class RoundRecorder:
         self._train_replies, self._eval_accuracies = [], []
         return MetricRecord({k: v for k, v in global_metrics.items() if isinstance(v, float | int)})
 
+    def reported_arrays(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The model the clients evaluate this round (the strategy's ``configure_evaluate``
+        hook): the reported model, so that their metrics describe the same model as the
+        global ones. Without averaging, ``arrays`` as they are."""
+        if not self.model_average.decay:
+            return arrays
+        aggregate = {name: array.numpy() for name, array in arrays.items()}
+        reported = self._reported(arrays, aggregate)
+        return ArrayRecord({name: Array(np.asarray(value)) for name, value in reported.items()})
+
     def _reported(
         self, arrays: ArrayRecord, aggregate: dict[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
         """The model to report this round: the average with this round's aggregate folded
-        in, or as it was where the round aggregated nothing."""
+        in (once), or as it was where the round aggregated nothing."""
         if arrays is self._last_arrays:
             current = self.model_average.current
             return current if current is not None else aggregate
+        self._last_arrays = arrays
         return self.model_average.update(aggregate)
 
     def _round_record(self, server_round: int, global_metrics: dict[str, Any]) -> dict:

@@ -5,7 +5,7 @@ weighting math in :mod:`strategies.weighting`.
 """
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 from typing import Any
 
@@ -79,6 +79,9 @@ class ReplyScreening(FedAvg):
         self.min_clients = min_clients
         self.round_timeout = round_timeout
         self.current_arrays = None
+        #: what the clients evaluate, made from the round's aggregate (the server sets the
+        #: reported model, the moving average); None: the aggregate itself, as in Flower
+        self.evaluation_model: Callable[[ArrayRecord], ArrayRecord] | None = None
         #: the nodes sampled in this round's configure_train (who owes a reply)
         self.sampled_now: list[int] = []
         #: rounds done before this process started (a resumed run); Flower counts from 1
@@ -128,7 +131,10 @@ class ReplyScreening(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Flower's, with the run's own round number."""
+        """Flower's, with the run's own round number, sending the model
+        :attr:`evaluation_model` makes of ``arrays`` (the server's reported one)."""
+        if self.evaluation_model is not None:
+            arrays = self.evaluation_model(arrays)
         return super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)
 
     # --- checkpoints ----------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Flower's server-side fixed clipping, fed only replies that match the global model."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord
@@ -33,6 +33,15 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
 
     def resume_from(self, round_offset: int, state: dict[str, Any]) -> None:
         self.traced.resume_from(round_offset, state)
+
+    @property
+    def evaluation_model(self) -> Callable[[ArrayRecord], ArrayRecord] | None:
+        """The wrapped strategy's (Flower's wrapper hands configure_evaluate to it)."""
+        return self.traced.evaluation_model
+
+    @evaluation_model.setter
+    def evaluation_model(self, model: Callable[[ArrayRecord], ArrayRecord] | None) -> None:
+        self.traced.evaluation_model = model
 
     @property
     def last_round(self) -> RoundTrace:

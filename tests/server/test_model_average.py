@@ -110,3 +110,25 @@ def test_without_averaging_the_checkpoint_keeps_no_second_copy(tmp_path: Path) -
     recorder = RoundRecorder(run_dir, cast(GlobalEvaluator, WeightsSeen()), num_rounds=1)
     recorder.evaluate(1, record({"w": [3.0]}))
     assert checkpoint.load(run_dir.path).averaged is None
+
+
+def test_clients_evaluate_the_reported_average_and_it_is_folded_in_once(tmp_path: Path) -> None:
+    seen = WeightsSeen()
+    recorder = RoundRecorder(
+        RunDirectory(tmp_path, "1", {}), cast(GlobalEvaluator, seen), num_rounds=2,
+        ema_decay=0.5,
+    )  # fmt: skip
+    for server_round, value in ((1, 2.0), (2, 6.0)):
+        aggregate = record({"w": [value]})
+        # Flower's order: configure_evaluate, then evaluate_fn, with the same record
+        sent = recorder.reported_arrays(aggregate)
+        recorder.evaluate(server_round, aggregate)
+        assert sent["w"].numpy().tolist() == seen.seen[-1]["w"].tolist()
+    assert [s["w"].tolist() for s in seen.seen] == [[2.0], [4.0]]  # 0.5·2 + 0.5·6
+
+
+def test_without_averaging_clients_evaluate_the_aggregate_itself(tmp_path: Path) -> None:
+    recorder = RoundRecorder(RunDirectory(tmp_path, "1", {}), cast(GlobalEvaluator, WeightsSeen()),
+                             num_rounds=1)  # fmt: skip
+    aggregate = record({"w": [3.0]})
+    assert recorder.reported_arrays(aggregate) is aggregate

@@ -507,3 +507,23 @@ def test_federated_evaluation_samples_fraction_evaluate_of_the_nodes() -> None:
     sent = strategy.configure_evaluate(1, record(GLOBAL), ConfigRecord(),
                                        cast(Grid, FakeGrid(list(range(1, 51)))))  # fmt: skip
     assert len(list(sent)) == 10
+
+
+@pytest.mark.parametrize("central", [False, True])
+def test_clients_evaluate_the_model_the_server_reports(central: bool) -> None:
+    raw = load_defaults() | ({"dp.mode": "central"} if central else {})
+    strategy = build_strategy(
+        parse_run_config(raw), ["a", "b"], num_nodes=2,
+        train_metrics_aggr_fn=aggregate_metricrecords,
+        evaluate_metrics_aggr_fn=aggregate_metricrecords,
+    )  # fmt: skip
+    reported = record({k: [v + 1.0 for v in values] for k, values in GLOBAL.items()})
+    strategy.evaluation_model = lambda arrays: reported
+    sent = list(strategy.configure_evaluate(1, record(GLOBAL), ConfigRecord(),
+                                            cast(Grid, FakeGrid([1, 2]))))  # fmt: skip
+    assert len(sent) == 2
+    for message in sent:
+        arrays = message.content.array_records["arrays"]
+        assert {k: a.numpy().tolist() for k, a in arrays.items()} == {
+            k: a.numpy().tolist() for k, a in reported.items()
+        }
