@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from itertools import product
 from pathlib import Path
 from statistics import mean, stdev
@@ -111,24 +112,80 @@ def plot_worst_group_vs_epsilon(summaries: list[dict[str, Any]], path: Path) -> 
     plt.close(fig)
 
 
-def gap_vs_cost(summaries: list[dict[str, Any]]) -> list[tuple[Key, float, float]]:
-    """``((grid, variant, ε), accuracy cost in points, gap reduction in %)`` vs FedAvg at
-    the same (data, ε), over the seeds both have: a seed changes the data, so unpaired
-    means would be biased."""
+def paired_with_fedavg(
+    summaries: list[dict[str, Any]],
+) -> list[tuple[Key, list[dict[str, Any]], list[dict[str, Any]]]]:
+    """``(key, cells, fedavg cells)`` for every non-FedAvg (grid, variant, ε), both sides cut
+    to the seeds both have: a seed changes the data, so unpaired means would be biased."""
     groups = group_cells(summaries)
-    points: list[tuple[Key, float, float]] = []
+    pairs: list[tuple[Key, list[dict[str, Any]], list[dict[str, Any]]]] = []
     for (grid, variant, eps), all_cells in sorted(groups.items()):
         base_cells = groups.get((grid, "fedavg", eps), [])
         seeds = {c["seed"] for c in all_cells} & {c["seed"] for c in base_cells}
-        if variant == "fedavg" or not seeds:
-            continue
-        base = [c for c in base_cells if c["seed"] in seeds]
-        cells = [c for c in all_cells if c["seed"] in seeds]
-        base_gap = mean(c["group_accuracy_gap"] for c in base)
-        reduction = 1 - mean(c["group_accuracy_gap"] for c in cells) / base_gap if base_gap else 0.0
-        cost = mean(c["accuracy"] for c in base) - mean(c["accuracy"] for c in cells)
-        points.append(((grid, variant, eps), 100 * cost, 100 * reduction))
-    return points
+        if variant != "fedavg" and seeds:
+            pairs.append((
+                (grid, variant, eps),
+                [c for c in all_cells if c["seed"] in seeds],
+                [c for c in base_cells if c["seed"] in seeds],
+            ))  # fmt: skip
+    return pairs
+
+
+def _change(
+    cells: list[dict[str, Any]],
+    base: list[dict[str, Any]],
+    value: Callable[[dict[str, Any]], float],
+) -> float:
+    """The change of the mean of ``value(cell)`` from ``base`` to ``cells``."""
+    return mean(map(value, cells)) - mean(map(value, base))
+
+
+def _gap_change(cells: list[dict[str, Any]], base: list[dict[str, Any]]) -> float:
+    """Relative change of the mean gap (0 where FedAvg's is 0)."""
+    base_gap = mean(c["group_accuracy_gap"] for c in base)
+    return mean(c["group_accuracy_gap"] for c in cells) / base_gap - 1 if base_gap else 0.0
+
+
+def gap_vs_cost(summaries: list[dict[str, Any]]) -> list[tuple[Key, float, float]]:
+    """``((grid, variant, ε), accuracy cost in points, gap reduction in %)`` vs FedAvg at
+    the same (data, ε), over the seeds both have."""
+    return [
+        (key, -100 * _change(cells, base, lambda c: c["accuracy"]),
+         -100 * _gap_change(cells, base))
+        for key, cells, base in paired_with_fedavg(summaries)
+    ]  # fmt: skip
+
+
+def _best_group(cell: dict[str, Any]) -> float:
+    return float(cell["worst_group_accuracy"] + cell["group_accuracy_gap"])
+
+
+def gap_closed_by(worst_change: float, best_change: float) -> str:
+    """How a gap (best − worst group) that shrank closed; a gap can close by making the
+    best group worse, and the report must say so. "–": it did not shrink."""
+    if best_change >= worst_change:
+        return "–"
+    if worst_change <= 0:
+        return "lowering the best group"
+    return "raising the worst group" if best_change >= 0 else "raising the worst, lowering the best"
+
+
+def versus_fedavg_table(summaries: list[dict[str, Any]]) -> str:
+    """Every variant against FedAvg at the same (data, ε), over the seeds both have: the
+    change of the paired means of accuracy, the worst and the best group, and of the gap,
+    and whether a gap that closed did so by raising the worst group or lowering the best."""
+    header = ["data", "variant", "ε", "seeds", "Δ accuracy (points)", "Δ worst group",
+              "Δ best group", "gap change", "the gap closed by"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (grid, variant, eps), cells, base in paired_with_fedavg(summaries):
+        worst = _change(cells, base, lambda c: c["worst_group_accuracy"])
+        best = _change(cells, base, _best_group)
+        row = [grid, variant, "∞" if math.isinf(eps) else f"{eps:g}", str(len(cells)),
+               f"{100 * _change(cells, base, lambda c: c['accuracy']):+.1f}",
+               f"{worst:+.3f}", f"{best:+.3f}",
+               f"{100 * _gap_change(cells, base):+.0f} %", gap_closed_by(worst, best)]  # fmt: skip
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
 def _eps_label(eps: float) -> str:
@@ -311,6 +368,7 @@ def write_report(
     wall = sum(s["wall_s"] for s in summaries)
     skew = skew_table(summaries)
     augment = augmentation_table(summaries)
+    versus = versus_fedavg_table(summaries)
     text = (
         "# Evidence\n\nGenerated by `python -m simulations evidence` (`--docs docs` writes it "
         f"here); {engines_line(summaries)}; metrics after the final round of the reported "
@@ -321,9 +379,16 @@ def write_report(
         + reproduce_block(commands or [])
         + coverage_line(coverage or {})
         + markdown_table(summaries)
-        + ("\n## Partition skew\n\n" + skew if skew else "")
         + "\n![worst-group accuracy vs ε](evidence_worst_group_vs_epsilon.png)\n"
         + "\n![gap reduction vs accuracy cost](evidence_gap_vs_cost.png)\n"
+        + (
+            "\n## Against FedAvg\n\nEach variant against FedAvg at the same data and ε, over "
+            "the seeds both have (Δ: change of the seed-paired means; the best group is worst "
+            "+ gap).\n\n" + versus
+            if versus
+            else ""
+        )
+        + ("\n## Partition skew\n\n" + skew if skew else "")
         + (
             "\n## Augmentation\n\nEach augmented variant against the same variant without "
             "augmentation (same data, ε and seeds; Δ: change of the seed-paired means). "

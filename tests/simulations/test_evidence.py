@@ -24,9 +24,11 @@ from simulations.evidence import (
 )
 from simulations.report import (
     augmentation_table,
+    gap_closed_by,
     gap_vs_cost,
     markdown_table,
     skew_table,
+    versus_fedavg_table,
     write_report,
 )
 from task.config import load_defaults
@@ -374,3 +376,30 @@ def test_gap_vs_cost_compares_the_seeds_both_sides_have() -> None:
     [(key, cost, reduction)] = gap_vs_cost(rows)
     assert key == ("g", "representation", 8.0)
     assert (cost, reduction) == (pytest.approx(2.0), pytest.approx(50.0))
+
+
+def test_versus_fedavg_pairs_seeds_and_says_which_end_of_the_gap_moved(tmp_path: Path) -> None:
+    rows = [summary("fedavg", 1, 0.80, 0.40), summary("fedavg", 2, 0.90, 0.10),
+            # seed 1 only: worst 0.40 → 0.55, best 0.80 → 0.75, gap 0.40 → 0.20
+            summary("representation", 1, 0.75, 0.20),
+            # the gap halves only because the best group falls: worst 0.40 → 0.30
+            summary("fairfed", 1, 0.50, 0.20)]  # fmt: skip
+    table = versus_fedavg_table(rows)
+    assert ("| g | representation | 8 | 1 | -5.0 | +0.150 | -0.050 | -50 % | raising the "
+            "worst, lowering the best |") in table  # fmt: skip
+    assert (
+        "| g | fairfed | 8 | 1 | -30.0 | -0.100 | -0.300 | -50 % | lowering the best group |"
+        in table
+    )
+    assert "| fedavg |" not in table
+    assert "## Against FedAvg" in write_report(rows, tmp_path).read_text()
+
+
+@pytest.mark.parametrize(
+    ("worst", "best", "said"),
+    [(0.1, 0.0, "raising the worst group"), (0.1, -0.1, "raising the worst, lowering the best"),
+     (0.0, -0.1, "lowering the best group"), (-0.1, -0.2, "lowering the best group"),
+     (0.1, 0.1, "–"), (-0.1, 0.0, "–")],
+)  # fmt: skip
+def test_a_gap_that_closed_names_the_end_that_moved(worst: float, best: float, said: str) -> None:
+    assert gap_closed_by(worst, best) == said
