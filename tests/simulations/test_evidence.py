@@ -399,7 +399,9 @@ def test_versus_fedavg_pairs_seeds_and_says_which_end_of_the_gap_moved(tmp_path:
     ("worst", "best", "said"),
     [(0.1, 0.0, "raising the worst group"), (0.1, -0.1, "raising the worst, lowering the best"),
      (0.0, -0.1, "lowering the best group"), (-0.1, -0.2, "lowering the best group"),
-     (0.1, 0.1, "–"), (-0.1, 0.0, "–")],
+     (0.1, -0.004, "raising the worst group"),  # the best moved less than half a point
+     (0.004, -0.1, "lowering the best group"),
+     (0.1, 0.1, "–"), (-0.1, 0.0, "–"), (0.002, -0.002, "–")],
 )  # fmt: skip
 def test_a_gap_that_closed_names_the_end_that_moved(worst: float, best: float, said: str) -> None:
     assert gap_closed_by(worst, best) == said
