@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from task.config import RunConfig
-from task.data import Encoded, encode, group_names, load_splits
+from task.data import Encoded, encode, group_names, label_names, load_splits
 from task.fairness import counterfactual_flip_rate, group_report
 from task.feature_cache import with_features
 from task.inference import predict
@@ -38,9 +38,18 @@ class GlobalEvaluator:
         return report | {"counterfactual_flip_rate": flips}
 
 
-def build_evaluator(cfg: RunConfig) -> GlobalEvaluator:
+def build_evaluator(cfg: RunConfig, test_from: RunConfig | None = None) -> GlobalEvaluator:
+    """The run's model and tokenizer (built from ``cfg``'s data, as the clients build
+    them) with the test split of ``test_from``'s data (default: ``cfg``'s)."""
     splits = load_splits(cfg.data, cfg.seed)
-    groups = group_names(splits)
     tokenizer, model = build_for_run(cfg, splits)
+    if test_from is not None:
+        labels = label_names(splits)
+        splits = load_splits(test_from.data, test_from.seed)
+        if label_names(splits) != labels:
+            raise ValueError(
+                f"the test data's labels {label_names(splits)} are not the run's {labels}"
+            )
+    groups = group_names(splits)
     test = with_features(encode(splits["test"], tokenizer, groups, cfg.model.max_length), cfg.model)
     return GlobalEvaluator(model=model, test=test, groups=groups)

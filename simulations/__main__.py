@@ -1,5 +1,5 @@
 """``fedequity run [EXPERIMENT.toml] [--set key=value …]`` (or ``python -m simulations``),
-``evidence`` and ``bench``."""
+``evaluate``, ``evidence`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -53,6 +53,19 @@ def _parser() -> argparse.ArgumentParser:
         default="flower",
         help="flower: `flwr run` on a private SuperLink with Ray (default); in-process: the "
         "same ServerApp and ClientApp called in this one process (the compute floor)",
+    )
+    evaluate = commands.add_parser(
+        "evaluate", help="a finished run's reported model on its test set or another one"
+    )
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory")
+    evaluate.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="choose other test data: seed, dataset, data.*, synthetic.* "
+        "(seed=999 synthetic.num-examples=40000 data.test-fraction=0.5: 20,000 fresh rows)",
     )
     evidence = commands.add_parser("evidence", help="run the evidence sweep and write the report")
     evidence.add_argument("grids", nargs="*", type=Path, help="grid TOMLs (default: all)")
@@ -269,6 +282,19 @@ def run_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_main(args: argparse.Namespace) -> int:
+    """Print the run's reported model's metrics on the chosen test set as JSON."""
+    from simulations.reevaluate import evaluate_run
+
+    try:
+        metrics = evaluate_run(args.run_dir.expanduser().resolve(), args.assignments)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
 def _dispatch(argv: list[str]) -> int:
     if argv[:1] == ["bench"]:
         return bench_main(argv[1:])
@@ -279,6 +305,8 @@ def _dispatch(argv: list[str]) -> int:
         except (ValueError, FileNotFoundError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+    if args.command == "evaluate":
+        return evaluate_main(args)
     return run_main(args)
 
 

@@ -140,10 +140,34 @@ def _change(
     return mean(map(value, cells)) - mean(map(value, base))
 
 
+def _paired_means(
+    cells: list[dict[str, Any]], base: list[dict[str, Any]], metric: str
+) -> tuple[float, float] | None:
+    """Means of ``metric`` over the seeds both have (None where either lacks it)."""
+    seeds = {c["seed"] for c in cells if c.get(metric) is not None}
+    seeds &= {c["seed"] for c in base if c.get(metric) is not None}
+    if not seeds:
+        return None
+    ours = mean(c[metric] for c in cells if c["seed"] in seeds)
+    return ours, mean(c[metric] for c in base if c["seed"] in seeds)
+
+
+def _relative_change(
+    cells: list[dict[str, Any]], base: list[dict[str, Any]], metric: str
+) -> float | None:
+    """Relative change of the paired means of ``metric`` from ``base`` to ``cells`` (None
+    where either side lacks it or ``base``'s mean is 0)."""
+    means = _paired_means(cells, base, metric)
+    return None if means is None or not means[1] else means[0] / means[1] - 1
+
+
+def _percent(change: float | None) -> str:
+    return "–" if change is None else f"{100 * change:+.0f} %"
+
+
 def _gap_change(cells: list[dict[str, Any]], base: list[dict[str, Any]]) -> float:
     """Relative change of the mean gap (0 where FedAvg's is 0)."""
-    base_gap = mean(c["group_accuracy_gap"] for c in base)
-    return mean(c["group_accuracy_gap"] for c in cells) / base_gap - 1 if base_gap else 0.0
+    return _relative_change(cells, base, "group_accuracy_gap") or 0.0
 
 
 def gap_vs_cost(summaries: list[dict[str, Any]]) -> list[tuple[Key, float, float]]:
@@ -190,7 +214,7 @@ def versus_fedavg_table(summaries: list[dict[str, Any]]) -> str:
         row = [grid, variant, "∞" if math.isinf(eps) else f"{eps:g}", str(len(cells)),
                f"{100 * _change(cells, base, lambda c: c['accuracy']):+.1f}",
                f"{worst:+.3f}", f"{best:+.3f}",
-               f"{100 * _gap_change(cells, base):+.0f} %", gap_closed_by(worst, best)]  # fmt: skip
+               _percent(_gap_change(cells, base)), gap_closed_by(worst, best)]  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
@@ -239,25 +263,6 @@ def _split_variant(variant: str) -> tuple[str, str]:
     return (variant.removesuffix(f"+{method}") if method != "none" else variant), method
 
 
-def _paired_means(
-    cells: list[dict[str, Any]], base: list[dict[str, Any]], metric: str
-) -> tuple[float, float] | None:
-    """Means of ``metric`` over the seeds both have (None where either lacks it)."""
-    seeds = {c["seed"] for c in cells if c.get(metric) is not None}
-    seeds &= {c["seed"] for c in base if c.get(metric) is not None}
-    if not seeds:
-        return None
-    ours = mean(c[metric] for c in cells if c["seed"] in seeds)
-    return ours, mean(c[metric] for c in base if c["seed"] in seeds)
-
-
-def _relative_change(cells: list[dict[str, Any]], base: list[dict[str, Any]], metric: str) -> str:
-    means = _paired_means(cells, base, metric)
-    if means is None or not means[1]:
-        return "–"
-    return f"{100 * (means[0] / means[1] - 1):+.0f} %"
-
-
 def augmentation_table(summaries: list[dict[str, Any]]) -> str:
     """Each augmented variant against the same variant without augmentation, at the same
     (data, ε), over the seeds both have: means and the change of the paired means."""
@@ -274,8 +279,8 @@ def augmentation_table(summaries: list[dict[str, Any]]) -> str:
         seeds = {c["seed"] for c in cells} & {c["seed"] for c in base}
         row = [grid, variant, "∞" if math.isinf(eps) else f"{eps:g}", str(len(seeds))]
         row += [_cell([c[m] for c in cells if c.get(m) is not None]) for m in AUGMENT_METRICS]
-        row += [_relative_change(cells, base, "counterfactual_flip_rate"),
-                _relative_change(cells, base, "worst_group_accuracy"),
+        row += [_percent(_relative_change(cells, base, "counterfactual_flip_rate")),
+                _percent(_relative_change(cells, base, "worst_group_accuracy")),
                 f"{100 * (accuracy[0] - accuracy[1]):+.1f}"]  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
