@@ -286,11 +286,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
     """Print the run's reported model's metrics on the chosen test set as JSON."""
     from simulations.reevaluate import evaluate_run
 
-    try:
-        metrics = evaluate_run(args.run_dir.expanduser().resolve(), args.assignments)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    metrics = evaluate_run(args.run_dir.expanduser().resolve(), args.assignments)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -299,14 +295,12 @@ def _dispatch(argv: list[str]) -> int:
     if argv[:1] == ["bench"]:
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)
-    if args.command == "evidence":
+    if args.command in ("evidence", "evaluate"):
         try:
-            return evidence_main(args)
+            return evidence_main(args) if args.command == "evidence" else evaluate_main(args)
         except (ValueError, FileNotFoundError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-    if args.command == "evaluate":
-        return evaluate_main(args)
     return run_main(args)
 
 
