@@ -29,9 +29,11 @@ def is_data_key(key: str) -> bool:
     return key in DATA_KEYS or key.startswith(DATA_KEY_PREFIXES)
 
 
-def evaluation_config(run_dir: Path, assignments: list[str]) -> dict[str, Any]:
-    """The run's recorded config with the ``--set`` data keys applied; a clear error for a
-    missing run or a key that is not about data."""
+def evaluation_configs(
+    run_dir: Path, assignments: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's recorded config, and it with the ``--set`` data keys applied; a clear
+    error for a missing run or a key that is not about data."""
     path = run_dir / "config.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -44,8 +46,8 @@ def evaluation_config(run_dir: Path, assignments: list[str]) -> dict[str, Any]:
             f"--set {', '.join(refused)}: evaluate keeps the run's model and training; valid "
             f"keys choose the test data: {', '.join(sorted(DATA_KEYS))}, data.*, synthetic.*"
         )
-    recorded: dict[str, Any] = json.loads(path.read_text())
-    return load_defaults() | recorded | overrides
+    recorded: dict[str, Any] = load_defaults() | json.loads(path.read_text())
+    return recorded, recorded | overrides
 
 
 def evaluate_run(run_dir: Path, assignments: list[str]) -> dict[str, Any]:
@@ -53,7 +55,7 @@ def evaluate_run(run_dir: Path, assignments: list[str]) -> dict[str, Any]:
     with ``test_rows`` (how many it had)."""
     from server.evaluation import build_evaluator  # torch and the encoder: only when asked
 
-    recorded, chosen = evaluation_config(run_dir, []), evaluation_config(run_dir, assignments)
+    recorded, chosen = evaluation_configs(run_dir, assignments)
     # The model (and a tokenizer trained on the run's texts) is the run's own; only the
     # test split comes from the --set data.
     run = parse_run_config(recorded)

@@ -10,7 +10,7 @@ import pytest
 from simulations.__main__ import main
 from simulations.experiment import build_experiment
 from simulations.inprocess import run_in_process
-from simulations.reevaluate import evaluate_run, evaluation_config
+from simulations.reevaluate import evaluate_run, evaluation_configs
 from tests.conftest import SHARED_DATA
 
 SETTINGS = ["num-server-rounds=2", "synthetic.num-examples=1500", "model.name=tiny-bert",
@@ -47,7 +47,7 @@ def test_another_seed_and_size_give_a_fresh_larger_test_set(
 def test_a_key_that_is_not_about_data_is_refused_by_name(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match=r"--set model.name, strategy: evaluate keeps"):
-        evaluation_config(tmp_path, ["strategy=fedavg", "model.name=tiny-bert", "seed=3"])
+        evaluation_configs(tmp_path, ["strategy=fedavg", "model.name=tiny-bert", "seed=3"])
 
 
 def test_a_directory_without_a_run_is_a_clear_error(
