@@ -11,7 +11,12 @@ from opacus.data_loader import wrap_collate_with_empty
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 
-from clients.group_sampling import GroupPoissonSampler, expected_batch, group_rates
+from clients.group_sampling import (
+    GroupPoissonSampler,
+    expected_batch,
+    group_rates,
+    with_batch_floor,
+)
 from task.config import RunConfig
 from task.data import Encoded, concat
 from task.inference import logits_of, takes_row_axis
@@ -296,6 +301,8 @@ def poisson_loader(
             max_weight=cfg.fair.local_max_weight, population=population,
         )  # fmt: skip
         rates = group_rates(per_group.double().numpy(), counts, max_rate=q_max)
+        rates = with_batch_floor(rates, counts, max_rate=q_max,
+                                 min_batch_share=cfg.fair.min_batch_share)  # fmt: skip
     public_groups = rows.groups[private_records:].numpy()
     expected_counts = counts + np.bincount(public_groups, minlength=num_groups)
     dataset = record_tensors(rows, weights)

@@ -223,6 +223,8 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
         unread |= {"model.train-layers", "model.head-hidden"}
     if config.get("fair.local-weighting") == "off":
         unread |= {"fair.local-alpha", "fair.local-max-weight", "fair.local-shares"}
+    if config.get("fair.local-weighting") != "sampling":
+        unread.add("fair.min-batch-share")
     if config.get("strategy") != "representation":  # the only strategy that sends shares
         unread.add("fair.local-shares")
     if config.get("augment.method") != "counterfactual":

@@ -122,6 +122,9 @@ class FairConfig:
     #: whose group shares set the local weights: "population" (the server's estimate, sent
     #: from round 2 by the representation strategy) or "client" (the client's own release)
     local_shares: str
+    #: the least share of the plain expected batch that group-balanced sampling keeps
+    #: (0: no floor), see :func:`clients.group_sampling.with_batch_floor`
+    min_batch_share: float
     fairfed_beta: float
     count_threshold: float
     qfedavg_q: float
@@ -277,6 +280,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             local_alpha=v["fair.local-alpha"],
             local_max_weight=v["fair.local-max-weight"],
             local_shares=v["fair.local-shares"],
+            min_batch_share=v["fair.min-batch-share"],
             fairfed_beta=v["fair.fairfed-beta"],
             count_threshold=v["fair.count-threshold"],
             qfedavg_q=v["qfedavg.q"],

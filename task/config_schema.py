@@ -133,6 +133,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "fair.local-alpha": (float, _at_least(0)),
     "fair.local-max-weight": (float, _at_least(1)),
     "fair.local-shares": (str, _one_of(*LOCAL_SHARES)),
+    "fair.min-batch-share": (float, lambda v: None if 0 <= v <= 1 else "a number in [0, 1]"),
     "fair.fairfed-beta": (float, _at_least(0)),
     "fair.count-threshold": (float, lambda v: None if 0 <= v <= 10 else "a number in [0, 10]"),
     "augment.method": (str, _one_of(*AUGMENT_METHODS)),

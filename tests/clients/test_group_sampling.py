@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from clients.group_sampling import GroupPoissonSampler, expected_batch, group_rates
+from clients.group_sampling import (
+    GroupPoissonSampler,
+    expected_batch,
+    group_rates,
+    with_batch_floor,
+)
 
 
 def test_group_rates_are_proportional_with_the_largest_at_q_max() -> None:
@@ -47,6 +52,35 @@ def test_per_record_inclusion_rates_match_over_many_draws() -> None:
 
 def test_expected_batch_uses_released_counts_floored_at_one() -> None:
     assert expected_batch(np.array([100.0, -3.0]), np.array([0.1, 0.5])) == pytest.approx(10.5)
+
+
+# A client that is 90 % one common group, drawn at a tenth of q: its batch keeps 15.75 %.
+FLOOR_COUNTS = np.array([900.0, 50.0, 30.0, 20.0])
+FLOOR_RATES = np.array([0.02, 0.1, 0.15, 0.2])
+
+
+def batch_share(rates: np.ndarray) -> float:
+    return float((FLOOR_COUNTS * rates).sum() / (FLOOR_COUNTS.sum() * 0.2))
+
+
+def test_a_batch_floor_already_met_or_zero_leaves_the_rates() -> None:
+    for floor in (0.0, 0.15):
+        tempered = with_batch_floor(FLOOR_RATES, FLOOR_COUNTS, max_rate=0.2, min_batch_share=floor)
+        np.testing.assert_array_equal(tempered, FLOOR_RATES)
+
+
+def test_a_batch_floor_tempers_the_rates_to_exactly_the_floor() -> None:
+    tempered = with_batch_floor(FLOOR_RATES, FLOOR_COUNTS, max_rate=0.2, min_batch_share=0.5)
+    assert batch_share(tempered) == pytest.approx(0.5, abs=1e-9)
+    assert batch_share(tempered) >= 0.5
+    assert tempered.max() == 0.2  # the accounted rate q_max is still the largest
+    assert (np.diff(tempered) > 0).all()  # scarcer groups are still drawn more
+    assert (tempered >= FLOOR_RATES).all()
+
+
+def test_a_full_batch_floor_is_plain_poisson_sampling() -> None:
+    tempered = with_batch_floor(FLOOR_RATES, FLOOR_COUNTS, max_rate=0.2, min_batch_share=1.0)
+    np.testing.assert_allclose(tempered, [0.2] * 4)
 
 
 def test_invalid_rates_are_refused() -> None:

@@ -376,13 +376,14 @@ def test_frozen_weights_are_bit_identical_after_dp_training(finetune: str) -> No
     assert any(not torch.equal(outcome.weights[k], top_before[k]) for k in top_before)
 
 
-def test_group_sampling_is_accounted_at_the_largest_rate() -> None:
+@pytest.mark.parametrize("min_batch_share", [0.0, 0.9])
+def test_group_sampling_is_accounted_at_the_largest_rate(min_batch_share: float) -> None:
     from clients.private_round import DPRandomness, run_private_round
     from task.privacy_plan import plan_for
 
     cfg = parse_run_config(load_defaults() | SMALL | {
         "model.name": "minilm", "fair.local-weighting": "sampling",
-        "fair.local-max-weight": 4.0})  # fmt: skip
+        "fair.local-max-weight": 4.0, "fair.min-batch-share": min_batch_share})  # fmt: skip
     runtime = runtime_for(cfg)
     counts = np.bincount(runtime.train.groups.numpy(), minlength=len(runtime.groups))
     private = run_private_round(cfg, runtime.model, runtime.train, counts.astype(float),

@@ -42,6 +42,7 @@ def test_defaults_parse_and_cover_every_key() -> None:
         ("fair.local-weighting", "both", "'post-clip', 'pre-clip', 'sampling', 'off'"),
         ("fair.alpha", -1.0, "[0, 10]"),
         ("fair.alpha", 120.0, "[0, 10]"),  # (1/p)^α would overflow
+        ("fair.min-batch-share", 1.5, "[0, 1]"),
         ("qfedavg.learning-rate", 0.0, "> 0"),
     ],
 )
