@@ -289,7 +289,8 @@ def poisson_loader(
     The largest rate is the plain Poisson rate ``q = 1/ceil(n/B)`` of the privacy plan for
     the ``private_records`` records, so the plan, σ and the accountant are those of
     unweighted DP-SGD; with ``balanced`` scarcer groups keep rate q and commoner ones are
-    drawn less (:mod:`clients.group_sampling`). Rows after the private records (public
+    drawn less (:mod:`clients.group_sampling`), though no less than keeps the expected batch
+    at ``fair.min-batch-share`` of the plain one. Rows after the private records (public
     ones) are drawn at their group's rate too.
     """
     q_max = poisson_rate(private_records, cfg.train.batch_size)
