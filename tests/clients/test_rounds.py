@@ -395,3 +395,20 @@ def test_group_sampling_is_accounted_at_the_largest_rate(min_batch_share: float)
     assert sgd_steps and all(q == pytest.approx(plan.sample_rate) for _, q, _ in sgd_steps)
     assert sum(n for _, _, n in sgd_steps) == plan.steps_per_round
     assert private.ledger.epsilon(private.delta) <= cfg.dp.target_epsilon + 1e-9
+
+
+def test_the_loader_keeps_the_batch_floor() -> None:
+    cfg = parse_run_config(load_defaults() | SMALL | {
+        "fair.local-weighting": "sampling", "fair.local-alpha": 2.0,
+        "fair.min-batch-share": 0.9})  # fmt: skip
+    unfloored = parse_run_config(load_defaults() | SMALL | {
+        "fair.local-weighting": "sampling", "fair.local-alpha": 2.0})  # fmt: skip
+    train = runtime_for(cfg).train
+    counts = np.bincount(train.groups.numpy(), minlength=int(train.groups.max()) + 1)
+    plain = len(train.labels) * poisson_rate(len(train.labels), cfg.train.batch_size)
+    batches = [
+        poisson_loader(config, train, torch.ones(len(train.labels)), counts.astype(float),
+                       private_records=len(train.labels), balanced=True, seed=0)[1][1]
+        for config in (unfloored, cfg)
+    ]  # fmt: skip
+    assert batches[0] < 0.9 * plain <= batches[1] + 1e-6
