@@ -78,11 +78,11 @@ def with_batch_floor(
     and the accountant hold; only released counts enter (post-processing). The expected
     batch falls as t grows and has no closed form in t, hence the bisection.
     """
-    released = np.clip(np.asarray(released_counts, dtype=float), 1.0, None)
     relative = np.clip(np.asarray(rates, dtype=float) / max_rate, 0.0, 1.0)
+    plain = expected_batch(released_counts, np.full(relative.shape, max_rate))
 
     def batch_share(exponent: float) -> float:
-        return float((released * relative**exponent).sum() / released.sum())
+        return expected_batch(released_counts, max_rate * relative**exponent) / plain
 
     if min_batch_share <= 0 or batch_share(1.0) >= min_batch_share:
         return np.asarray(rates, dtype=float)
