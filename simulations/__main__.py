@@ -295,13 +295,14 @@ def _dispatch(argv: list[str]) -> int:
     if argv[:1] == ["bench"]:
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)
-    if args.command in ("evidence", "evaluate"):
-        try:
-            return evidence_main(args) if args.command == "evidence" else evaluate_main(args)
-        except (ValueError, FileNotFoundError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-    return run_main(args)
+    checked = {"evidence": evidence_main, "evaluate": evaluate_main}.get(args.command)
+    if checked is None:
+        return run_main(args)
+    try:
+        return checked(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 INTERRUPTED = (
