@@ -103,7 +103,7 @@ class Grid:
 
 REQUIRED = ("name", "variants", "epsilons", "seeds")
 #: keys whose default changed results when they were added: what a run before them did
-PREDATED = {"augment.variant-loss": "mean", "ema-decay": 0.0}
+PREDATED = {"augment.variant-loss": "mean", "ema-decay": 0.0, "fair.min-batch-share": 0.0}
 # Keys each cell sets itself: a grid override of one would make cells lie about their label.
 SET_BY_CELL = ("strategy", "fair.local-weighting", "augment.method", "seed", "dp.mode",
                "dp.target-epsilon")  # fmt: skip

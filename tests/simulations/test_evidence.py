@@ -264,10 +264,10 @@ def test_local_weighting_keys_decide_a_run_only_when_it_weights() -> None:
     assert comparable(off) == comparable(off | {"fair.local-shares": "client"})
     fedavg = post | {"strategy": "fedavg"}  # sends no population shares
     assert comparable(fedavg) == comparable(fedavg | {"fair.local-shares": "client"})
-    floor = {"fair.min-batch-share": 0.7}  # bounds the batch that sampling shrinks
-    assert comparable(post) == comparable(post | floor)
+    no_floor = {"fair.min-batch-share": 0.0}  # the default bounds the batch sampling shrinks
+    assert comparable(post) == comparable(post | no_floor)
     sampling = base | {"fair.local-weighting": "sampling"}
-    assert comparable(sampling) != comparable(sampling | floor)
+    assert comparable(sampling) != comparable(sampling | no_floor)
 
 
 def test_report_only_leaves_stale_cells_out_and_names_them(
