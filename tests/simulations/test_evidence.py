@@ -254,6 +254,22 @@ def test_a_cell_recorded_before_the_model_average_existed_is_stale(tmp_path: Pat
     assert is_current(grid, cell, tmp_path)
 
 
+def test_a_sampling_cell_recorded_before_the_batch_floor_existed_is_stale(
+    tmp_path: Path,
+) -> None:
+    text = GRID_TOML.replace('["fedavg", "qfedavg"]', '["fedavg", "representation+sampling"]')
+    grid = load_grid(write_grid(tmp_path, text))
+    for cell in grid.cells:
+        record_cell(tmp_path, grid, cell)
+        summary = summary_path(tmp_path, cell)
+        recorded = json.loads(summary.read_text())
+        del recorded["config"]["fair.min-batch-share"]  # a run from before the floor: none
+        write_json(summary, recorded)
+    fedavg, sampling = grid.cells
+    assert is_current(grid, fedavg, tmp_path)  # FedAvg does not sample by group
+    assert not is_current(grid, sampling, tmp_path)
+
+
 def test_local_weighting_keys_decide_a_run_only_when_it_weights() -> None:
     base = load_defaults() | {"strategy": "representation"}
     off = base | {"fair.local-weighting": "off"}
