@@ -179,6 +179,14 @@ def record_cell(output_dir: Path, grid: Grid, cell: Cell, **config_changes: obje
     return path
 
 
+def record_cell_before(output_dir: Path, grid: Grid, cell: Cell, key: str) -> None:
+    """Write a summary as a run from before ``key`` existed left it: without the key."""
+    path = record_cell(output_dir, grid, cell)
+    recorded = json.loads(path.read_text())
+    del recorded["config"][key]
+    write_json(path, recorded)
+
+
 @pytest.fixture
 def grid(tmp_path: Path) -> Grid:
     path = tmp_path / "g.toml"
@@ -233,24 +241,16 @@ def test_a_counterfactual_cell_recorded_before_variant_loss_existed_is_stale(
     cell = grid.cells[0]
     record_cell(tmp_path, grid, cell)
     assert is_current(grid, cell, tmp_path)
-    summary = summary_path(tmp_path, cell)
-    recorded = json.loads(summary.read_text())
-    del recorded["config"]["augment.variant-loss"]  # a run from before the key: the mean
-    write_json(summary, recorded)
+    record_cell_before(tmp_path, grid, cell, "augment.variant-loss")  # it trained on the mean
     assert not is_current(grid, cell, tmp_path)
 
 
 def test_a_cell_recorded_before_the_model_average_existed_is_stale(tmp_path: Path) -> None:
     grid = load_grid(write_grid(tmp_path, GRID_TOML))
     cell = grid.cells[0]
-    record_cell(tmp_path, grid, cell)
-    summary = summary_path(tmp_path, cell)
-    recorded = json.loads(summary.read_text())
-    del recorded["config"]["ema-decay"]  # a run from before the key reported the last model
-    write_json(summary, recorded)
+    record_cell_before(tmp_path, grid, cell, "ema-decay")  # it reported the last model
     assert not is_current(grid, cell, tmp_path)
-    recorded["config"]["ema-decay"] = 0.5
-    write_json(summary, recorded)
+    record_cell(tmp_path, grid, cell, **{"ema-decay": 0.5})
     assert is_current(grid, cell, tmp_path)
 
 
@@ -260,11 +260,7 @@ def test_a_sampling_cell_recorded_before_the_batch_floor_existed_is_stale(
     text = GRID_TOML.replace('["fedavg", "qfedavg"]', '["fedavg", "representation+sampling"]')
     grid = load_grid(write_grid(tmp_path, text))
     for cell in grid.cells:
-        record_cell(tmp_path, grid, cell)
-        summary = summary_path(tmp_path, cell)
-        recorded = json.loads(summary.read_text())
-        del recorded["config"]["fair.min-batch-share"]  # a run from before the floor: none
-        write_json(summary, recorded)
+        record_cell_before(tmp_path, grid, cell, "fair.min-batch-share")  # it had no floor
     fedavg, sampling = grid.cells
     assert is_current(grid, fedavg, tmp_path)  # FedAvg does not sample by group
     assert not is_current(grid, sampling, tmp_path)
