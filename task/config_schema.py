@@ -70,7 +70,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "strategy": (str, _one_of(*STRATEGIES)),
     "fraction-train": (float, _fraction),
     # Flower's fraction_evaluate: 0 = no federated evaluation (the server's test set stays)
-    "fraction-evaluate": (float, lambda v: None if 0 <= v <= 1 else "a number in [0, 1]"),
+    "fraction-evaluate": (float, _rate),
     "min-clients": (int, _at_least(1)),
     "round-timeout": (float, lambda v: None if 1 <= v <= 86_400 else "seconds in [1, 86400]"),
     "ema-decay": (float, _half_open_unit),
@@ -133,7 +133,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "fair.local-alpha": (float, _at_least(0)),
     "fair.local-max-weight": (float, _at_least(1)),
     "fair.local-shares": (str, _one_of(*LOCAL_SHARES)),
-    "fair.min-batch-share": (float, lambda v: None if 0 <= v <= 1 else "a number in [0, 1]"),
+    "fair.min-batch-share": (float, _rate),
     "fair.fairfed-beta": (float, _at_least(0)),
     "fair.count-threshold": (float, lambda v: None if 0 <= v <= 10 else "a number in [0, 10]"),
     "augment.method": (str, _one_of(*AUGMENT_METHODS)),
