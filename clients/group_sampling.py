@@ -78,14 +78,15 @@ def with_batch_floor(
     and the accountant hold; only released counts enter (post-processing). The expected
     batch falls as t grows and has no closed form in t, hence the bisection.
     """
-    relative = np.clip(np.asarray(rates, dtype=float) / max_rate, 0.0, 1.0)
+    rates = np.asarray(rates, dtype=float)
+    relative = np.clip(rates / max_rate, 0.0, 1.0)
     plain = expected_batch(released_counts, np.full(relative.shape, max_rate))
 
     def batch_share(exponent: float) -> float:
         return expected_batch(released_counts, max_rate * relative**exponent) / plain
 
     if min_batch_share <= 0 or batch_share(1.0) >= min_batch_share:
-        return np.asarray(rates, dtype=float)
+        return rates
     low, high = 0.0, 1.0  # batch_share(low) >= min_batch_share > batch_share(high)
     for _ in range(40):
         middle = (low + high) / 2
