@@ -64,12 +64,24 @@ def main() -> None:
     parser.add_argument("--concentrated", type=float, default=0.3)
     parser.add_argument("--set", dest="assignments", action="append", default=[])
     args = parser.parse_args()
-    overrides, federation = load_experiment_file(args.experiment)
-    raw = load_defaults() | overrides | parse_assignments(args.assignments)
+    if not 0 < args.concentrated <= 1:
+        parser.error(f"--concentrated {args.concentrated}: valid: a share in (0, 1]")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: valid: integers separated by commas")
+    try:
+        overrides, federation = load_experiment_file(args.experiment)
+        raw = load_defaults() | overrides | parse_assignments(args.assignments)
+        cfgs = [parse_run_config(raw | {"seed": seed}) for seed in seeds]
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
     num_clients = (DEFAULT_FEDERATION | federation)["num-supernodes"]
-    for seed in (int(s) for s in args.seeds.split(",")):
-        found = placement(parse_run_config(raw | {"seed": seed}), num_clients, args.group,
-                          args.concentrated)  # fmt: skip
+    for seed, cfg in zip(seeds, cfgs, strict=True):
+        try:
+            found = placement(cfg, num_clients, args.group, args.concentrated)
+        except ValueError as error:
+            parser.error(str(error))
         largest = ", ".join(f"{c}: {held} of {size}" for c, held, size in found.holders[:3])
         print(
             f"seed {seed}: {args.group} {found.rows} rows, {found.concentrated_share:.2f} on "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulations.benchmarks.group_placement import placement
+from simulations.benchmarks.group_placement import main, placement
 from task.config import RunConfig, load_defaults, parse_run_config
 
 
@@ -33,3 +33,22 @@ def test_a_group_skewed_partition_puts_a_group_on_few_clients() -> None:
 def test_a_group_no_client_holds_is_named() -> None:
     with pytest.raises(ValueError, match="--group 'nowhere'"):
         placement(config("iid", 1), 10, "nowhere", concentrated=0.3)
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--seeds", "1,x"], "--seeds '1,x'"),
+        (["--concentrated", "0"], "--concentrated 0.0"),
+        (["missing.toml"], "missing.toml"),
+        (["--set", "partition.alpha=0", "--seeds", "1"], "partition.alpha"),
+    ],
+)
+def test_bad_arguments_get_one_error_naming_them(
+    argv: list[str], named: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.argv", ["group_placement.py", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
