@@ -19,8 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.run_config import load_experiment_file
-from simulations.experiment import DEFAULT_FEDERATION, parse_assignments
+from simulations.experiment import build_experiment
 from task.config import RunConfig, load_defaults, parse_run_config
 from task.data import load_partition
 
@@ -71,12 +70,12 @@ def main() -> None:
     except ValueError:
         parser.error(f"--seeds {args.seeds!r}: valid: integers separated by commas")
     try:
-        overrides, federation = load_experiment_file(args.experiment)
-        raw = load_defaults() | overrides | parse_assignments(args.assignments)
-        cfgs = [parse_run_config(raw | {"seed": seed}) for seed in seeds]
+        experiment = build_experiment(args.experiment, args.assignments, check_slow=False)
+        cfgs = [parse_run_config(load_defaults() | experiment.overrides | {"seed": seed})
+                for seed in seeds]  # fmt: skip
     except (OSError, ValueError) as error:
         parser.error(str(error))
-    num_clients = (DEFAULT_FEDERATION | federation)["num-supernodes"]
+    num_clients = experiment.federation["num-supernodes"]
     for seed, cfg in zip(seeds, cfgs, strict=True):
         try:
             found = placement(cfg, num_clients, args.group, args.concentrated)
