@@ -24,6 +24,8 @@ FINETUNE_MODES = ("head", "top-layers", "lora", "full")
 AUGMENT_METHODS = ("none", "counterfactual", "synthesize")
 VARIANT_LOSSES = ("worst", "mean")
 ROBUST_METHODS = ("none", "trimmed-mean", "median", "norm-bound", "relative-norm-bound")
+#: robust rules whose aggregate one client moves by at most its weight × its clipped update
+CENTRAL_SAFE_ROBUST = ("none", "norm-bound")
 #: strategies whose aggregate is a weighted average that a robust rule can replace
 ROBUST_STRATEGIES = ("fedavg", "representation", "fairfed")
 #: datasets whose recipe ships a lexicon (task/lexicons/) and public synthesis material
@@ -298,6 +300,16 @@ def _check_faults_and_robust(v: Mapping[str, Any]) -> None:
             f"run-config key 'robust.method': {v['robust.method']!r} replaces a weighted "
             f"average, but strategy={v['strategy']!r} takes a step of its own; valid: 'none', "
             f"or strategy one of {', '.join(map(repr, ROBUST_STRATEGIES))}"
+        )
+    if v["dp.mode"] in ("central", "both") and v["robust.method"] not in CENTRAL_SAFE_ROBUST:
+        # The central accountant charges C·max w, the sensitivity of a weighted mean. A median
+        # or trimmed mean lets one client decide a coordinate (up to C whatever its weight),
+        # and a relative bound lets it move everyone's clip.
+        raise ValueError(
+            f"run-config key 'robust.method': {v['robust.method']!r} lets one client move the "
+            f"aggregate by more than the central accountant charges (C · max weight) under "
+            f"dp.mode={v['dp.mode']!r}; valid: {', '.join(map(repr, CENTRAL_SAFE_ROBUST))}, "
+            "or dp.mode='off'/'local'"
         )
 
 

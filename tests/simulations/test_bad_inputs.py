@@ -94,6 +94,11 @@ CASES = [
         *sets("strategy=qfedavg", "dp.mode=central"),
     ),
     case(
+        "central DP with a median",
+        r"'robust.method'.*'median'.*C · max weight",
+        *sets("dp.mode=central", "robust.method=median"),
+    ),
+    case(
         "more planned participations than rounds",
         r"'dp.planned-participations'",
         *sets("num-server-rounds=8", "dp.planned-participations=9"),

@@ -97,6 +97,16 @@ def test_qfedavg_refuses_central_dp(mode: str) -> None:
     assert parse_run_config(load_defaults() | {"strategy": "qfedavg"}).dp.local
 
 
+@pytest.mark.parametrize("method", ["median", "trimmed-mean", "relative-norm-bound"])
+@pytest.mark.parametrize("mode", ["central", "both"])
+def test_central_dp_refuses_robust_rules_it_cannot_account(mode: str, method: str) -> None:
+    with pytest.raises(ValueError, match=rf"'robust.method'.*{method}.*C · max weight"):
+        parse_run_config(load_defaults() | {"dp.mode": mode, "robust.method": method})
+    for safe in ("none", "norm-bound"):
+        assert parse_run_config(load_defaults() | {"dp.mode": mode, "robust.method": safe})
+    assert parse_run_config(load_defaults() | {"robust.method": method}).robust.method == method
+
+
 def test_config_is_frozen_and_hashable() -> None:
     cfg = parse_run_config(load_defaults())
     assert hash(cfg) == hash(parse_run_config(load_defaults()))
