@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -12,7 +11,7 @@ from clients import faults, ledger_store
 from clients.first_call import note_first_call
 from clients.local import ClientRuntime, client_runtime
 from clients.rounds import evaluate_round, train_round
-from task.config import RunConfig, parse_run_config
+from task.config import LOCATION_KEYS, RunConfig, parse_run_config
 from task.prompt_dispatch import install as install_prompt_dispatch
 from task.wire import (
     ARRAYS_RECORD,
@@ -62,7 +61,8 @@ def train(msg: Message, context: Context) -> Message:
     if fault == faults.CRASH:
         raise faults.InjectedCrash(f"injected crash (faults.crash-rate) in round {server_round}")
     weights = msg.content.array_records[ARRAYS_RECORD].to_torch_state_dict()
-    ledger = _DurableLedger(context, server_config, weights, server_round)
+    request = _request_digest(context, runtime, server_config, weights)
+    ledger = _DurableLedger(context, server_config, request, server_round)
     outcome = train_round(
         cfg,
         runtime,
@@ -90,6 +90,21 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def _request_digest(
+    context: Context, runtime: ClientRuntime, server_config: ConfigRecord, weights: dict[str, Any]
+) -> str:
+    """What this round's seeded answer is computed from (:func:`ledger_store.request_digest`):
+    a repeated round is charged once only if all of it is the same."""
+    rows = runtime.train
+    tensors = {f"weights/{name}": tensor for name, tensor in weights.items()}
+    tensors |= {"rows/input_ids": rows.input_ids, "rows/labels": rows.labels,
+                "rows/groups": rows.groups}  # fmt: skip
+    run_config = {k: v for k, v in context.run_config.items() if k not in LOCATION_KEYS}
+    return ledger_store.request_digest(
+        tensors, {"run": run_config, "train": dict(server_config), "node": context.node_config}
+    )
+
+
 class _DurableLedger:
     """The node's privacy ledger: ``context.state`` and, where there is a ledger directory,
     a file that survives restarts and resumes (:mod:`clients.ledger_store`).
@@ -100,11 +115,7 @@ class _DurableLedger:
     """
 
     def __init__(
-        self,
-        context: Context,
-        server_config: ConfigRecord,
-        weights: dict[str, torch.Tensor],
-        server_round: int,
+        self, context: Context, server_config: ConfigRecord, request: str, server_round: int
     ) -> None:
         self.context, self.server_round = context, server_round
         secure = _secure_rng(context)
@@ -113,7 +124,7 @@ class _DurableLedger:
         )
         partition = _partition(context)[0]
         self.path = ledger_store.ledger_path(str(directory), partition) if directory else None
-        self.digest = ledger_store.weights_digest(weights) if self.path else ""
+        self.digest = request if self.path else ""
         memory = context.state.config_records.get(PRIVACY_STATE, ConfigRecord())
         stored = ledger_store.load(self.path) if self.path else None
         self.start = ledger_store.starting_state(

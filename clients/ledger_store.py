@@ -7,11 +7,12 @@ atomically and fsync'd *before* its reply leaves, and starts every round from th
 of the two histories.
 
 One round may be asked twice: a run resumed from the checkpoint of round r − 1 asks
-round r again. With seeded DP randomness (simulation) and the same global weights, the
-second answer is bit-identical to the first, so it releases nothing new and is charged
-once: the file keeps the ledger from *before* its last round and the digest of the
-weights that round trained on, and only an identical request rolls back to it. Anything
-else (other weights, OS-entropy noise) is charged again.
+round r again. With seeded DP randomness (simulation) and the same request, the second
+answer is bit-identical to the first, so it releases nothing new and is charged once: the
+file keeps the ledger from *before* its last round and the digest of that round's request
+(the global weights, the run config, the round's train config and the client's rows), and
+only an identical request rolls back to it. Anything else (other weights, another seed or
+setting, changed data, OS-entropy noise) is charged again.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ import torch
 from task.cache import write_atomically
 from task.wire import SPENT_EVENTS, SPENT_PARTITIONS
 
-FORMAT = 1
+FORMAT = 2
+#: format 1 kept a digest of the weights alone: it never matches a request digest, so a
+#: repeated round of such a file is charged again (safe), and the file is still read
+READABLE_FORMATS = (1, FORMAT)
 
 
 class LedgerFileError(ValueError):
@@ -39,18 +43,21 @@ class LedgerFileError(ValueError):
 @dataclass(frozen=True)
 class StoredLedger:
     round: int
-    weights_digest: str
+    request_digest: str
     before: dict[str, Any]  # the ledger state before ``round``
     after: dict[str, Any]  # the ledger state after it
 
 
-def weights_digest(weights: Mapping[str, torch.Tensor]) -> str:
-    """A digest of the received global weights (names, dtypes, shapes and bytes)."""
+def request_digest(tensors: Mapping[str, torch.Tensor], settings: Mapping[str, Any]) -> str:
+    """A digest of what a seeded answer is computed from: ``tensors`` (names, dtypes,
+    shapes and bytes: the global weights and the client's rows) and ``settings`` (the run
+    and train configs, as JSON)."""
     digest = hashlib.blake2b(digest_size=16)
-    for name in sorted(weights):
-        tensor = weights[name].detach().cpu().contiguous()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    digest.update(json.dumps(settings, sort_keys=True, default=repr).encode())
     return digest.hexdigest()
 
 
@@ -64,11 +71,12 @@ def load(path: Path) -> StoredLedger | None:
         return None
     try:
         data = json.loads(path.read_text())
-        if data.get("format") != FORMAT:
-            raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
+        if data.get("format") not in READABLE_FORMATS:
+            raise ValueError(f"format {data.get('format')!r}, expected one of {READABLE_FORMATS}")
+        digest_key = "request_digest" if data["format"] == FORMAT else "weights_digest"
         return StoredLedger(
             round=int(data["round"]),
-            weights_digest=str(data["weights_digest"]),
+            request_digest=str(data[digest_key]),
             before=dict(data["before"]),
             after=dict(data["after"]),
         )
@@ -85,7 +93,7 @@ def save(path: Path, stored: StoredLedger) -> None:
         {
             "format": FORMAT,
             "round": stored.round,
-            "weights_digest": stored.weights_digest,
+            "request_digest": stored.request_digest,
             "before": stored.before,
             "after": stored.after,
         }
@@ -114,12 +122,12 @@ def starting_state(
     reproducible: bool,
 ) -> dict[str, Any]:
     """The ledger state this round starts from: the longer history of file and memory,
-    except that a seeded repeat of the stored round (same weights) starts where that
+    except that a seeded repeat of the stored round (the same request) starts where that
     round started."""
     memory = dict(in_memory)
     if stored is None:
         return memory
-    if reproducible and stored.round == server_round and stored.weights_digest == digest:
+    if reproducible and stored.round == server_round and stored.request_digest == digest:
         return dict(stored.before)
     return dict(stored.after) if _length(stored.after) >= _length(memory) else memory
 

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from simulations.experiment import DEFAULT_FEDERATION, Experiment, build_experiment
-from task.config import load_defaults
+from task.config import LOCATION_KEYS, load_defaults
 
-#: keys that say where a run writes, not what it computes
-UNCOMPARED = {"output-dir", "resume-from"}
+UNCOMPARED = LOCATION_KEYS
 
 
 def resume_experiment(

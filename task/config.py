@@ -21,6 +21,8 @@ from task.config_schema import (  # re-exported: the valid values live with the 
 )
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+#: run-config keys that say where a run writes and what it continues, not what it computes
+LOCATION_KEYS = frozenset({"output-dir", "resume-from"})
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 
 from clients.app import _DurableLedger, _secure_rng
@@ -27,13 +26,13 @@ def test_a_restarted_node_without_its_ledger_file_refuses_to_train(tmp_path: Pat
     """Node-config ``ledger-dir``: the file outlives the process; lost, the node refuses."""
     node: dict[str, bool | float | int | str] = {"partition-id": 2, "num-partitions": 3, "secure-rng": True,
             "ledger-dir": str(tmp_path)}  # fmt: skip
-    weights = {"w": torch.zeros(2)}
+    request = "digest of the round's request"
     spent = {"noise_multipliers": [1.0, 1.0], "sample_rates": [0.1, 0.1], "steps": [4, 4]}
-    first = _DurableLedger(context(**node), ConfigRecord(), weights, server_round=1)
+    first = _DurableLedger(context(**node), ConfigRecord(), request, server_round=1)
     first.keep(spent)
     server_config = ConfigRecord({wire.SPENT_PARTITIONS: [2], wire.SPENT_EVENTS: [2]})
-    restarted = _DurableLedger(context(**node), server_config, weights, server_round=2)
+    restarted = _DurableLedger(context(**node), server_config, request, server_round=2)
     assert restarted.start == spent  # a fresh context.state: the file gives the history back
     (tmp_path / "partition-2.json").unlink()
     with pytest.raises(LedgerFileError, match="privacy ledger lost.*holds 0 events"):
-        _DurableLedger(context(**node), server_config, weights, server_round=2)
+        _DurableLedger(context(**node), server_config, request, server_round=2)

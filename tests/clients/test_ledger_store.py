@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 import torch
+from flwr.app import ConfigRecord, Context, RecordDict
 
-from clients import ledger_store
+from clients import app, ledger_store
 from clients.ledger_store import StoredLedger, starting_state
+from clients.local import ClientRuntime
 from task import wire
 
 BEFORE = {"accountant": "rdp", "noise_multipliers": [1.0], "sample_rates": [0.1], "steps": [5]}
 AFTER = {"accountant": "rdp", "noise_multipliers": [1.0, 1.0], "sample_rates": [0.1, 0.1],
          "steps": [5, 5]}  # fmt: skip
-STORED = StoredLedger(round=3, weights_digest="abc", before=BEFORE, after=AFTER)
+STORED = StoredLedger(round=3, request_digest="abc", before=BEFORE, after=AFTER)
 
 
 def test_save_then_load_round_trips(tmp_path: Path) -> None:
@@ -39,7 +44,7 @@ def test_the_longer_history_wins_and_a_seeded_repeat_rolls_back_one_round() -> N
 
     assert start() == AFTER  # the next round: from the file (a resumed run's memory is empty)
     assert start(server_round=3) == BEFORE  # round 3 asked again with the same weights
-    assert start(server_round=3, digest="other") == AFTER  # other weights: charged again
+    assert start(server_round=3, digest="other") == AFTER  # another request: charged again
     assert start(server_round=3, reproducible=False) == AFTER  # OS-entropy noise: again
     longer = AFTER | {"steps": [5, 5, 5], "noise_multipliers": [1.0] * 3,
                       "sample_rates": [0.1] * 3}  # fmt: skip
@@ -48,15 +53,61 @@ def test_the_longer_history_wins_and_a_seeded_repeat_rolls_back_one_round() -> N
     assert starting_state(None, BEFORE, server_round=1, digest="", reproducible=True) == BEFORE
 
 
-def test_the_digest_sees_every_byte_name_and_dtype() -> None:
+def test_the_digest_sees_every_byte_name_dtype_and_setting() -> None:
     weights = {"a": torch.zeros(3), "b": torch.ones(2)}
-    digest = ledger_store.weights_digest(weights)
-    assert digest == ledger_store.weights_digest({k: v.clone() for k, v in weights.items()})
+    settings = {"run": {"seed": 1}, "train": {"server-round": 3}}
+    digest = ledger_store.request_digest(weights, settings)
+    assert digest == ledger_store.request_digest(
+        {k: v.clone() for k, v in weights.items()},
+        {"train": {"server-round": 3}, "run": {"seed": 1}},
+    )
     changed = {"a": torch.tensor([0.0, 0.0, 1e-7]), "b": torch.ones(2)}
-    assert ledger_store.weights_digest(changed) != digest
-    assert ledger_store.weights_digest({"a": torch.zeros(3), "c": torch.ones(2)}) != digest
-    assert ledger_store.weights_digest({"a": torch.zeros(3, dtype=torch.float64),
-                                        "b": torch.ones(2)}) != digest  # fmt: skip
+    assert ledger_store.request_digest(changed, settings) != digest
+    assert (
+        ledger_store.request_digest({"a": torch.zeros(3), "c": torch.ones(2)}, settings) != digest
+    )
+    assert ledger_store.request_digest({"a": torch.zeros(3, dtype=torch.float64),
+                                        "b": torch.ones(2)}, settings) != digest  # fmt: skip
+    assert ledger_store.request_digest(weights, settings | {"run": {"seed": 2}}) != digest
+
+
+def test_a_format_1_ledger_is_read_and_its_repeat_is_charged_again(tmp_path: Path) -> None:
+    """Format 1 digested the weights alone; no request digest equals one, so a round asked
+    again is charged again rather than rolled back."""
+    path = tmp_path / "partition-0.json"
+    path.write_text(json.dumps({"format": 1, "round": 3, "weights_digest": "w",
+                                "before": BEFORE, "after": AFTER}))  # fmt: skip
+    stored = ledger_store.load(path)
+    assert stored == StoredLedger(round=3, request_digest="w", before=BEFORE, after=AFTER)
+    digest = ledger_store.request_digest({"a": torch.zeros(1)}, {})
+    assert starting_state(stored, {}, server_round=3, digest=digest, reproducible=True) == AFTER
+
+
+def test_a_repeat_with_another_run_config_or_other_rows_is_charged_again() -> None:
+    """The request digest of a round: the run config less where it writes, the round's
+    train config, the node and the client's rows (``clients/app.py``)."""
+    rows = SimpleNamespace(
+        input_ids=torch.ones(4, 2, dtype=torch.long),
+        labels=torch.tensor([0, 1, 0, 1]),
+        groups=torch.zeros(4, dtype=torch.long),
+    )
+    node: dict[str, bool | float | int | str] = {"partition-id": 0, "num-partitions": 2}
+
+    def digest(run: dict, train_rows: SimpleNamespace = rows) -> str:
+        context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(),
+                          run_config=run)  # fmt: skip
+        runtime = cast(ClientRuntime, SimpleNamespace(train=train_rows))
+        config = ConfigRecord({wire.SERVER_ROUND: 3})
+        return app._request_digest(context, runtime, config, {"w": torch.zeros(2)})
+
+    run = {"seed": 1, "output-dir": "outputs", "resume-from": ""}
+    first = digest(run)
+    assert digest(run | {"output-dir": "/elsewhere", "resume-from": "/elsewhere/run"}) == first
+    assert digest(run | {"seed": 2}) != first
+    assert (
+        digest(run, SimpleNamespace(**(vars(rows) | {"labels": torch.tensor([1, 1, 0, 1])})))
+        != first
+    )
 
 
 def test_a_ledger_shorter_than_the_servers_record_refuses_to_train() -> None:
