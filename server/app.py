@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from logging import INFO
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
@@ -17,7 +19,7 @@ from server.prompt_grid import prompt
 from server.recorder import RoundRecorder, restore_random_state
 from server.records import RunDirectory
 from strategies import build_strategy, sampled_per_round
-from task.config import RunConfig, parse_run_config
+from task.config import RunConfig, config_differences, parse_run_config
 from task.privacy_plan import check_release_budget
 from task.wire import LEARNING_RATE, LEDGER_DIR
 
@@ -34,7 +36,7 @@ def main(grid: Grid, context: Context) -> None:
     grid = prompt(grid)
     evaluator = build_evaluator(cfg)
     num_nodes = len(list(grid.get_node_ids()))
-    resumed = _checkpoint_to_resume(cfg, num_nodes)
+    resumed = _checkpoint_to_resume(cfg, dict(context.run_config), num_nodes)
     wait_at_gate()  # the launcher may still be validating: write nothing before its go
     if resumed is None:
         run_dir = RunDirectory(cfg.output_dir, str(context.run_id), dict(context.run_config))
@@ -78,10 +80,23 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, complete_line(run_dir.path))
 
 
-def _checkpoint_to_resume(cfg: RunConfig, num_nodes: int) -> checkpoint.Checkpoint | None:
+def _checkpoint_to_resume(
+    cfg: RunConfig, run_config: dict[str, Any], num_nodes: int
+) -> checkpoint.Checkpoint | None:
     if not cfg.resume_from:
         return None
     resumed = checkpoint.load(Path(cfg.resume_from))
+    # `fedequity run --resume` checks this too, with the experiment's names; a `--set
+    # resume-from=` or a deployed `flwr run` reaches only this one
+    config_file = Path(cfg.resume_from) / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"resume-from {cfg.resume_from}: no config.json there")
+    recorded = json.loads(config_file.read_text())
+    if shown := config_differences(recorded, run_config):
+        raise ValueError(
+            f"resume-from {cfg.resume_from}: this run's config differs from the resumed "
+            f"run's ({shown}); resume with the same config"
+        )
     if (had := resumed.state["extra"].get("num_nodes")) != num_nodes:
         raise ValueError(
             f"resume-from {cfg.resume_from}: the run had {had} nodes, this federation has "

@@ -40,7 +40,7 @@ from server.records import write_json
 from simulations.experiment import Experiment, build_experiment
 from simulations.inprocess import run_in_process
 from simulations.runner import run_experiment
-from task.config import flatten, load_defaults
+from task.config import LOCATION_KEYS, flatten, load_defaults
 
 _BASE_VARIANTS: dict[str, dict[str, Any]] = {
     "fedavg": {"strategy": "fedavg", "fair.local-weighting": "off"},
@@ -212,7 +212,7 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     Left out: where outputs go, and keys the run never reads given its strategy and local
     weighting, so that adding or changing, say, a q-FedAvg default does not void FedAvg cells.
     """
-    unread = {"output-dir", "resume-from"}
+    unread = set(LOCATION_KEYS)
     if config.get("strategy") != "qfedavg":
         unread |= {"qfedavg.q", "qfedavg.learning-rate"}
     if config.get("strategy") != "fairfed":

@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from simulations.experiment import DEFAULT_FEDERATION, Experiment, build_experiment
-from task.config import LOCATION_KEYS, load_defaults
-
-UNCOMPARED = LOCATION_KEYS
+from task.config import LOCATION_KEYS, config_differences, load_defaults
 
 
 def resume_experiment(
@@ -34,7 +32,7 @@ def resume_experiment(
     if path is not None or assignments:
         given = build_experiment(path, assignments, check_data=False).overrides
         _require_same(load_defaults() | given, recorded, run_dir)
-    overrides = {k: v for k, v in recorded.items() if k not in UNCOMPARED}
+    overrides = {k: v for k, v in recorded.items() if k not in LOCATION_KEYS}
     overrides |= {"output-dir": str(run_dir.parent), "resume-from": str(run_dir)}
     experiment = Experiment(overrides, DEFAULT_FEDERATION | {"num-supernodes": nodes})
     experiment.run_config  # noqa: B018  (validates the recorded config against today's keys)
@@ -49,7 +47,7 @@ def _recorded(run_dir: Path) -> dict[str, Any]:
                 "`fedequity run` whose first round completed"
             )
     config: dict[str, Any] = json.loads((run_dir / "config.json").read_text())
-    if stale := sorted(set(load_defaults()) - set(config) - UNCOMPARED):
+    if stale := sorted(set(load_defaults()) - set(config) - LOCATION_KEYS):
         raise ValueError(
             f"--resume {run_dir}: the run predates run-config key(s) {stale}; it can only be "
             "resumed by the version of FedEquity that started it"
@@ -58,10 +56,7 @@ def _recorded(run_dir: Path) -> dict[str, Any]:
 
 
 def _require_same(given: dict[str, Any], recorded: dict[str, Any], run_dir: Path) -> None:
-    keys = (set(given) | set(recorded)) - UNCOMPARED
-    differ = sorted(k for k in keys if given.get(k) != recorded.get(k))
-    if differ:
-        shown = "; ".join(f"{k}: run {recorded.get(k)!r}, given {given.get(k)!r}" for k in differ)
+    if shown := config_differences(recorded, given):
         raise ValueError(
             f"--resume {run_dir}: the experiment and --set values differ from the run's "
             f"config ({shown}); resume with the same ones, or with none"

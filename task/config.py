@@ -25,6 +25,15 @@ PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 LOCATION_KEYS = frozenset({"output-dir", "resume-from"})
 
 
+def config_differences(recorded: Mapping[str, Any], given: Mapping[str, Any]) -> str:
+    """``"key: run X, given Y; ..."`` for every key but :data:`LOCATION_KEYS` on which a
+    run's recorded config and a resume's differ; ``""`` if none (a resume must train the
+    same run, or it would be neither run)."""
+    keys = (set(given) | set(recorded)) - LOCATION_KEYS
+    differ = sorted(k for k in keys if given.get(k) != recorded.get(k))
+    return "; ".join(f"{k}: run {recorded.get(k)!r}, given {given.get(k)!r}" for k in differ)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str

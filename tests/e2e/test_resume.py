@@ -93,6 +93,11 @@ def test_resume_refuses_another_config_and_a_finished_run(tmp_path: Path) -> Non
     (run_dir / "results.json").write_text(json.dumps(summary))
     with pytest.raises(ValueError, match=r"differ from the run's config \(seed: run 42, given 7"):
         resume_experiment(run_dir, None, [*SETTINGS, "seed=7"], supernodes=None)
+    checkpoint = (run_dir / "checkpoint.npz").read_bytes()
+    by_key = build_experiment(None, [*SETTINGS, f"resume-from={run_dir}", "seed=7"], supernodes=3)
+    with pytest.raises(ValueError, match=r"config differs from the resumed run's \(seed: run 42"):
+        run_in_process(by_key)  # the ServerApp's own check: no `--resume` in front of it
+    assert (run_dir / "checkpoint.npz").read_bytes() == checkpoint
     with pytest.raises(ValueError, match="--supernodes 5: the run .* has 3 nodes"):
         resume_experiment(run_dir, None, [], supernodes=5)
     (run_dir / "checkpoint.npz").unlink()
