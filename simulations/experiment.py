@@ -94,7 +94,7 @@ def build_experiment(
     if output_dir is not None:
         overrides["output-dir"] = output_dir
     for key in ("data.path", "augment.lexicon"):  # Flower's processes run elsewhere: pin
-        if overrides.get(key):  # paths to the caller's cwd
+        if isinstance(overrides.get(key), str) and overrides[key]:  # paths to the caller's cwd
             overrides[key] = str(Path(overrides[key]).expanduser().resolve())
     if supernodes is not None:
         federation["num-supernodes"] = supernodes

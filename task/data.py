@@ -123,6 +123,11 @@ def _partitioner(
     # or a dataset stored sorted (by label, by source) gives one-label clients.
     partitioner.dataset = train.shuffle(seed=seed) if cfg.method == "iid" else train
     try:
+        # the Dirichlet draw checks its sizes; IID shards of a few rows would fail in the clients
+        if cfg.method == "iid" and len(train) // num_partitions < MIN_PARTITION_SIZE:
+            raise ValueError(
+                f"{len(train)} training rows give shards of {len(train) // num_partitions}"
+            )
         partitioner.load_partition(0)
     except ValueError as error:
         raise ValueError(

@@ -94,6 +94,16 @@ CASES = [
         *sets("strategy=qfedavg", "dp.mode=central"),
     ),
     case(
+        "an infinite learning rate",
+        r"'train.learning-rate': got inf; valid: a finite number",
+        *sets("train.learning-rate=inf"),
+    ),
+    case(
+        "a number for a data path",
+        r"'data.path': expected str, got 3",
+        *sets("dataset=csv", "data.path=3"),
+    ),
+    case(
         "central DP with a median",
         r"'robust.method'.*'median'.*C · max weight",
         *sets("dp.mode=central", "robust.method=median"),
@@ -228,6 +238,13 @@ CASES = [
         "--supernodes",
         "500",
         *sets("synthetic.num-examples=200"),
+    ),
+    case(
+        "IID shards too small for a client",
+        r"cannot split the training data into 200 partitions of >= 10 .*'iid'.*shards of 1",
+        "--supernodes",
+        "200",
+        *sets("synthetic.num-examples=400", "partition.method=iid"),
     ),
     case(
         "experiment TOML syntax error",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -95,6 +96,14 @@ def test_qfedavg_refuses_central_dp(mode: str) -> None:
     with pytest.raises(ValueError, match=r"'dp.mode'.*qfedavg"):
         parse_run_config(load_defaults() | {"strategy": "qfedavg", "dp.mode": mode})
     assert parse_run_config(load_defaults() | {"strategy": "qfedavg"}).dp.local
+
+
+@pytest.mark.parametrize(
+    "key", ["train.learning-rate", "dp.central-clip", "fair.local-max-weight", "fair.cap"]
+)
+def test_infinity_is_refused_where_every_lower_bound_would_pass_it(key: str) -> None:
+    with pytest.raises(ValueError, match=rf"'{key}': got inf; valid: a finite number"):
+        parse_run_config(load_defaults() | {key: math.inf})
 
 
 @pytest.mark.parametrize("method", ["median", "trimmed-mean", "relative-norm-bound"])
