@@ -24,7 +24,7 @@ from server.central_accountant import CentralAccountant
 from server.checkpoint import Checkpoint
 from server.evaluation import GlobalEvaluator
 from server.model_average import ModelAverage
-from server.records import RunDirectory, to_json
+from server.records import RunDirectory, rounds_without_survivors, to_json
 from strategies.screening import RoundTrace
 from task import wire
 from task.fairness import client_spread
@@ -183,7 +183,7 @@ class RoundRecorder:
         self.run_dir.append_round(record)
         self.run_dir.write_results(self.results())
         self._checkpoint(server_round, aggregate)
-        if server_round == self.num_rounds:
+        if self.status == "complete":
             self.run_dir.point_latest()
         self._log(record)
         self._train_replies, self._eval_accuracies = [], []
@@ -259,13 +259,23 @@ class RoundRecorder:
         """Is every round of the run recorded?"""
         return len(self.rounds) == self.num_rounds
 
+    @property
+    def status(self) -> str:
+        """``results.json``'s status: every round recorded, and none without a surviving
+        client (unless the run injected faults), is complete; such a round fails it."""
+        if not self.complete:
+            return "running"
+        return (
+            "failed" if rounds_without_survivors(self.rounds, self.run_dir.config) else "complete"
+        )
+
     def results(self) -> dict[str, Any]:
         """The whole ``results.json`` so far."""
         final = dict(self.rounds[-1]["global"]) if self.rounds else {}
         epsilons = [p["epsilon"] for p in self.privacy.values()]
         final["max_epsilon"] = max(epsilons) if epsilons else None
         results = {
-            "status": "complete" if self.complete else "running",
+            "status": self.status,
             "config": self.run_dir.config,
             "rounds": self.rounds,
             "privacy": self.privacy,

@@ -6,7 +6,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,23 @@ class RunDirectory:
             writer.writeheader()
             writer.writerows(self._rows)
         os.replace(staging, path)
+
+
+def rounds_without_survivors(
+    rounds: Sequence[Mapping[str, Any]], config: Mapping[str, Any]
+) -> list[int]:
+    """Rounds in which every client failed, unless the run injected faults (then a round
+    without survivors is a result): a run with any such round failed."""
+    if injects_faults(config):
+        return []
+    return [int(r["round"]) for r in rounds if r["num_clients"] == 0 and r["failures"] > 0]
+
+
+def injects_faults(config: Mapping[str, Any]) -> bool:
+    """Did the run ask for client faults (then a round without survivors is a result)?"""
+    return any(
+        config.get(f"faults.{name}-rate", 0) > 0 for name in ("crash", "timeout", "nan", "garbage")
+    )
 
 
 def mark_status(run_dir: Path, status: str) -> None:

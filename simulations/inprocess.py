@@ -132,11 +132,11 @@ def run_in_process(experiment: Experiment) -> tuple[Path, InProcessGrid]:
     run_dir = Path(resumed) if resumed else Path(run_config["output-dir"]) / str(grid.run.run_id)
     try:
         server_app(grid, context)
+        check_complete(run_dir, experiment.run_config.num_server_rounds, run_dir)
     except BaseException as error:
         if run_dir.is_dir():
             mark_status(run_dir, "failed" if isinstance(error, Exception) else "interrupted")
         raise
     finally:
         TaskIdentity._task_id, TaskIdentity._node_id, TaskIdentity._run_id = saved
-    check_complete(run_dir, experiment.run_config.num_server_rounds, run_dir)
     return run_dir, grid

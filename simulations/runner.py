@@ -26,7 +26,7 @@ from launch.stream import LOG_NAME, parse_run_id, stream_run
 from launch.supervisor import ProcessSupervisor, pid_alive
 from launch.watchdog import reap
 from server.handshake import GATE_ENV, open_gate, says_complete
-from server.records import mark_status
+from server.records import mark_status, rounds_without_survivors
 from simulations.experiment import Experiment
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -87,16 +87,8 @@ def check_complete(run_dir: Path, num_rounds: int, logs: Path) -> None:
     rounds = payload["rounds"]
     if len(rounds) < num_rounds:
         raise RunFailed(f"only {len(rounds)}/{num_rounds} rounds completed; see the logs in {logs}")
-    empty = [r["round"] for r in rounds if r["num_clients"] == 0 and r["failures"] > 0]
-    if empty and not injects_faults(payload.get("config", {})):
+    if empty := rounds_without_survivors(rounds, payload.get("config", {})):
         raise RunFailed(f"every client failed in round(s) {empty}; see the logs in {logs}")
-
-
-def injects_faults(config: dict[str, Any]) -> bool:
-    """Did the run ask for client faults (then a round without survivors is a result)?"""
-    return any(
-        config.get(f"faults.{name}-rate", 0) > 0 for name in ("crash", "timeout", "nan", "garbage")
-    )
 
 
 def run_experiment(

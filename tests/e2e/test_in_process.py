@@ -80,3 +80,23 @@ def test_cells_in_parallel_workers_report_what_they_report_one_after_another(
         )
         assert {m: alone[m] for m in REPORTED} == {m: parallel[m] for m in REPORTED}
         assert alone["max_epsilon"] == parallel["max_epsilon"]
+
+
+def test_a_run_whose_clients_all_fail_is_marked_failed_and_not_latest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every client failing a round, with no fault asked for, fails the run: its status
+    says so and ``latest`` stays where it was (here: nowhere)."""
+    import clients.app
+    from simulations.runner import RunFailed
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a client that cannot train")
+
+    monkeypatch.setattr(clients.app, "train_round", fails)
+    experiment = build_experiment(None, SETTINGS, supernodes=3, output_dir=str(tmp_path))
+    with pytest.raises(RunFailed, match=r"every client failed in round\(s\) \[1, 2\]"):
+        run_in_process(experiment)
+    (run_dir,) = (p.parent for p in tmp_path.glob("*/results.json"))
+    assert _results(run_dir)["status"] == "failed"
+    assert not (tmp_path / "latest").exists()
