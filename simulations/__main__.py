@@ -110,7 +110,11 @@ def _positive_int(text: str) -> int:
 def _subset(text: str | None, kind: type, valid: set, flag: str) -> set | None:  # type: ignore[type-arg]
     if text is None:
         return None
-    values = {kind("inf") if kind is float and v == "inf" else kind(v) for v in text.split(",")}
+    try:
+        values = {kind(v) for v in text.split(",")}  # float("inf") is inf
+    except ValueError:
+        what = "numbers" if kind is float else "whole numbers"
+        raise ValueError(f"{flag} {text!r}: expected comma-separated {what}") from None
     if unknown := values - valid:
         shown = sorted(str(v) for v in valid)
         raise ValueError(f"{flag}: {sorted(map(str, unknown))} not in any grid; valid: {shown}")

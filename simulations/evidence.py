@@ -137,7 +137,10 @@ def _check_spec(spec: dict[str, Any], path: Path) -> dict[str, Any]:
 def load_grid(path: Path) -> Grid:
     """Read a grid file and expand it into cells; a bad file is named with the key."""
     with path.open("rb") as handle:
-        table = tomllib.load(handle)
+        try:
+            table = tomllib.load(handle)
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{path} is not valid TOML ({error})") from None
     spec = table.get("evidence")
     if spec is None:
         raise ValueError(f"{path}: missing [evidence] table")

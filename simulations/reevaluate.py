@@ -46,7 +46,10 @@ def evaluation_configs(
             f"--set {', '.join(refused)}: evaluate keeps the run's model and training; valid "
             f"keys choose the test data: {', '.join(sorted(DATA_KEYS))}, data.*, synthetic.*"
         )
-    recorded: dict[str, Any] = load_defaults() | json.loads(path.read_text())
+    try:
+        recorded: dict[str, Any] = load_defaults() | json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"evaluate {run_dir}: {path} is not valid JSON ({error})") from None
     return recorded, recorded | overrides
 
 

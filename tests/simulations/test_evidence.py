@@ -372,6 +372,14 @@ def test_filters_and_grid_names_are_checked(
             "--docs", str(tmp_path / "docs")]  # fmt: skip
     assert main([*base, "--variants", "fedvg"]) == 2
     assert "--variants: ['fedvg'] not in any grid" in capsys.readouterr().err
+    assert main([*base, "--epsilons", "abc"]) == 2
+    assert "--epsilons 'abc': expected comma-separated numbers" in capsys.readouterr().err
+    assert main([*base, "--seeds", "1,x"]) == 2
+    assert "--seeds '1,x': expected comma-separated whole numbers" in capsys.readouterr().err
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[evidence\n")
+    assert main(["evidence", str(broken), "--report-only"]) == 2
+    assert f"{broken} is not valid TOML" in capsys.readouterr().err
     twin = write_grid(tmp_path, GRID_TOML, "twin.toml")
     assert main([*base[:2], str(twin), *base[2:]]) == 2
     assert "grid name(s) ['g'] used by more than one grid file" in capsys.readouterr().err

@@ -55,6 +55,9 @@ def test_a_directory_without_a_run_is_a_clear_error(
 ) -> None:
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "no config.json there" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{seed: 1")
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert f"{tmp_path / 'config.json'} is not valid JSON" in capsys.readouterr().err
 
 
 @pytest.mark.slow
