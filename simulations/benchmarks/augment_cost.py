@@ -23,7 +23,13 @@ import torch
 from clients.dp_sgd import make_private
 from clients.local import client_runtime
 from clients.training import batch_loss, make_loader
-from simulations.benchmarks.harness import interleaved_medians, write_result
+from simulations.benchmarks.harness import (
+    check_assignments,
+    comma_separated,
+    interleaved_medians,
+    positive_int,
+    write_result,
+)
 from simulations.experiment import parse_assignments
 from task.config import RunConfig, load_defaults, parse_run_config
 
@@ -72,11 +78,14 @@ def measure(cfg: RunConfig, ks: list[int], steps: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--k", default="1,3,6")
+    parser.add_argument(
+        "--k", type=comma_separated(positive_int, "whole numbers >= 1"), default="1,3,6"
+    )
     parser.add_argument("--modes", default="head,top-layers")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=positive_int, default=10)
     parser.add_argument("--set", dest="assignments", action="append", default=[])
     args = parser.parse_args(argv)
+    check_assignments(parser, args.assignments)
     torch.set_num_threads(1)
     ks = [int(k) for k in args.k.split(",")]
     base = parse_run_config(load_defaults() | {"synthetic.num-examples": 2000}

@@ -18,7 +18,11 @@ import torch
 
 from clients.dp_sgd import make_private
 from clients.training import make_loader, per_example_loss
-from simulations.benchmarks.harness import interleaved_medians
+from simulations.benchmarks.harness import (
+    check_assignments,
+    interleaved_medians,
+    positive_int,
+)
 from simulations.experiment import parse_assignments
 from task.config import ModelConfig, RunConfig, load_defaults, parse_run_config
 from task.data import encode, group_names, label_names, load_splits
@@ -65,11 +69,12 @@ def measure(cfg: RunConfig, model_cfg: ModelConfig, *, steps: int, batch_size: i
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     """Parse ``argv`` (default: the command line), measure, print the table."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--steps", type=positive_int, default=30)
+    parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument("--lora-r", type=positive_int, default=8)
     parser.add_argument("--set", dest="assignments", action="append", default=[])
     args = parser.parse_args(argv)
+    check_assignments(parser, args.assignments)
     torch.set_num_threads(1)
     cfg = parse_run_config(load_defaults() | parse_assignments(args.assignments))
     batch_size = args.batch_size or cfg.train.batch_size

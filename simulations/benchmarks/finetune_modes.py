@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from clients.private_round import DPRandomness, run_private_round
+from simulations.benchmarks.harness import check_assignments, positive_int
 from simulations.experiment import parse_assignments
 from task.config import RunConfig, load_defaults, parse_run_config
 from task.data import encode, group_counts, group_names, label_names, load_splits
@@ -66,10 +67,11 @@ def measure_mode(cfg: RunConfig, mode: str, examples: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--examples", type=int, default=2000)
+    parser.add_argument("--examples", type=positive_int, default=2000)
     parser.add_argument("--modes", default="head,top-layers,lora")
     parser.add_argument("--set", dest="assignments", action="append", default=[])
     args = parser.parse_args()
+    check_assignments(parser, args.assignments)
     modes = [m for m in args.modes.split(",") if m]
     if unknown := sorted(set(modes) - set(MODES)):
         parser.error(f"--modes: unknown {unknown}; valid: {', '.join(MODES)}")

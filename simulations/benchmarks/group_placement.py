@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from simulations.benchmarks.harness import comma_separated
 from simulations.experiment import build_experiment
 from task.config import RunConfig, load_defaults, parse_run_config
 from task.data import load_partition
@@ -58,17 +59,14 @@ def placement(cfg: RunConfig, num_clients: int, group: str, concentrated: float)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", nargs="?", type=Path, default=DEFAULT_EXPERIMENT)
-    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--seeds", type=comma_separated(int, "whole numbers"), default="1,2,3")
     parser.add_argument("--group", default="west")
     parser.add_argument("--concentrated", type=float, default=0.3)
     parser.add_argument("--set", dest="assignments", action="append", default=[])
     args = parser.parse_args()
     if not 0 < args.concentrated <= 1:
         parser.error(f"--concentrated {args.concentrated}: valid: a share in (0, 1]")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        parser.error(f"--seeds {args.seeds!r}: valid: integers separated by commas")
+    seeds = [int(s) for s in args.seeds.split(",")]
     try:
         experiment = build_experiment(args.experiment, args.assignments, check_slow=False)
         cfgs = [parse_run_config(load_defaults() | experiment.overrides | {"seed": seed})

@@ -20,6 +20,7 @@ from statistics import mean
 import torch
 from torch import nn
 
+from simulations.benchmarks.harness import check_assignments, comma_separated
 from simulations.experiment import parse_assignments
 from task.config import RunConfig, load_defaults, parse_run_config
 from task.data import Encoded, encode, group_names, label_names, load_splits
@@ -72,10 +73,11 @@ def ceiling(cfg: RunConfig, mode: str) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--seeds", type=comma_separated(int, "whole numbers"), default="1,2,3")
     parser.add_argument("--modes", default="head,top-layers")
     parser.add_argument("--set", dest="assignments", action="append", default=[])
     args = parser.parse_args()
+    check_assignments(parser, args.assignments)
     raw = load_defaults() | {"synthetic.num-examples": 10_000} | parse_assignments(args.assignments)
     seeds = [int(s) for s in args.seeds.split(",")]
     for mode in args.modes.split(","):

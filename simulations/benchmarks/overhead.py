@@ -33,7 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from clients.first_call import first_call_time
-from simulations.benchmarks.harness import REPO, run_command, run_dir_of, write_result
+from simulations.benchmarks.harness import (
+    REPO,
+    check_assignments,
+    run_command,
+    run_dir_of,
+    write_result,
+)
 
 EXPERIMENT = REPO / "simulations" / "experiments" / "default.toml"
 
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="override a run-config key in all three runs",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    check_assignments(parser, args.assignments)
     with tempfile.TemporaryDirectory(prefix="fedequity-overhead-") as tmp:
         os.environ["FEDEQUITY_CACHE"] = str(Path(tmp) / "cache")  # the children inherit it
         timed_run("in-process", Path(tmp) / "warm-up", args.assignments)

@@ -31,7 +31,15 @@ from typing import Any
 
 import psutil
 
-from simulations.benchmarks.harness import REPO, results_of, run_command, write_result
+from simulations.benchmarks.harness import (
+    REPO,
+    check_assignments,
+    comma_separated,
+    positive_int,
+    results_of,
+    run_command,
+    write_result,
+)
 
 MODEL = ["model.name=tiny-bert", "model.finetune=full"]
 
@@ -109,12 +117,17 @@ def measure(clients: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", default="10,1000,10000")
-    parser.add_argument("--per-round", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--rows-per-client", type=int, default=20)
+    parser.add_argument(
+        "--clients",
+        type=comma_separated(positive_int, "whole numbers >= 1"),
+        default="10,1000,10000",
+    )
+    parser.add_argument("--per-round", type=positive_int, default=100)
+    parser.add_argument("--rounds", type=positive_int, default=3)
+    parser.add_argument("--rows-per-client", type=positive_int, default=20)
     parser.add_argument("--set", dest="assignments", action="append", default=[])
     args = parser.parse_args(argv)
+    check_assignments(parser, args.assignments)
     sizes = [int(c) for c in args.clients.split(",") if c]
     with tempfile.TemporaryDirectory(prefix="fedequity-scale-") as tmp:
         os.environ["FEDEQUITY_CACHE"] = str(Path(tmp) / "cache")

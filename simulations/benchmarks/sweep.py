@@ -28,7 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simulations.benchmarks.harness import REPO, results_of, run_command, write_result
+from simulations.benchmarks.harness import (
+    REPO,
+    check_assignments,
+    comma_separated,
+    results_of,
+    run_command,
+    write_result,
+)
 from simulations.evidence import REPORTED, VARIANTS, cell_experiment, load_grid, summary_path
 from simulations.experiment import parse_assignments
 
@@ -76,10 +83,11 @@ def fresh_runs(grid_path: Path, output_dir: Path) -> tuple[float, dict[str, dict
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", default="fedavg,representation+sampling")
-    parser.add_argument("--epsilons", default="4,8")
-    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--epsilons", type=comma_separated(float, "numbers or inf"), default="4,8")
+    parser.add_argument("--seeds", type=comma_separated(int, "whole numbers"), default="1,2,3")
     parser.add_argument("--set", dest="assignments", action="append", default=[])
     args = parser.parse_args(argv)
+    check_assignments(parser, args.assignments)
     if unknown := set(args.variants.split(",")) - set(VARIANTS):
         parser.error(f"--variants: unknown {sorted(unknown)}; valid: {sorted(VARIANTS)}")
     with tempfile.TemporaryDirectory(prefix="fedequity-sweep-") as tmp:

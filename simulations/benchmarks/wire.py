@@ -14,7 +14,7 @@ import argparse
 from dataclasses import replace
 from typing import Any
 
-from simulations.benchmarks.harness import write_result
+from simulations.benchmarks.harness import check_assignments, write_result
 from simulations.experiment import parse_assignments
 from task.config import load_defaults, parse_run_config
 from task.data import label_names, load_splits
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", dest="assignments", action="append", default=[])
     args = parser.parse_args(argv)
+    check_assignments(parser, args.assignments)
     cfg = parse_run_config(load_defaults() | parse_assignments(args.assignments))
     splits = load_splits(cfg.data, cfg.seed)
     tokenizer = load_tokenizer(cfg.model, splits["train"][:]["text"])

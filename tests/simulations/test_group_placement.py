@@ -38,7 +38,7 @@ def test_a_group_no_client_holds_is_named() -> None:
 @pytest.mark.parametrize(
     ("argv", "named"),
     [
-        (["--seeds", "1,x"], "--seeds '1,x'"),
+        (["--seeds", "1,x"], "--seeds: expected comma-separated whole numbers, got '1,x'"),
         (["--concentrated", "0"], "--concentrated 0.0"),
         (["missing.toml"], "missing.toml"),
         (["--set", "partition.alpha=0", "--seeds", "1"], "partition.alpha"),
