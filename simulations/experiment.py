@@ -59,15 +59,15 @@ def _check_federation(federation: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_output_dir(output_dir: str) -> None:
-    """``output-dir`` must be (or become) a directory this process can write in."""
+    """``output-dir`` must be (or become) a directory this process can write in; a missing
+    one is not created here, so a run refused by a later check leaves nothing behind."""
     path = Path(output_dir).expanduser()
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
         where = "is a file" if existing == path else f"lies under the file {existing}"
         raise ValueError(f"--output-dir / output-dir {str(path)!r} {where}; valid: a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        with tempfile.TemporaryFile(dir=existing):  # where the missing part will be made
             pass
     except OSError as error:
         raise ValueError(

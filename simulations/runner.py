@@ -7,6 +7,7 @@ when it ends or fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -110,6 +111,7 @@ def run_experiment(
     """
     cfg = experiment.run_config
     output_dir = Path(cfg.output_dir).expanduser().resolve()
+    created = [p for p in (output_dir, *output_dir.parents) if not p.exists()]  # deepest first
     output_dir.mkdir(parents=True, exist_ok=True)
     overrides = experiment.overrides | {"output-dir": str(output_dir)}
     reap_abandoned(output_dir)
@@ -144,6 +146,9 @@ def run_experiment(
         check_complete(run_dir, cfg.num_server_rounds, logs)
     except InvalidExperiment as invalid:  # nothing was written: leave nothing behind
         shutil.rmtree(work, ignore_errors=True)
+        for made in created:  # the output directories this run made, if still empty
+            with contextlib.suppress(OSError):
+                made.rmdir()
         raise invalid.error from None
     except BaseException as error:  # Ctrl-C and SIGTERM included: mark the run, keep logs
         run_dir = run_dir or (output_dir / found[0] if found else None)

@@ -397,3 +397,14 @@ def test_help_and_config_errors_load_no_heavy_library(argv: list[str]) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[2], check=True)  # fmt: skip
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.slow  # the data check runs while a real SuperLink starts
+def test_a_run_refused_by_its_data_leaves_no_output_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    new = tmp_path / "new" / "outputs"
+    argv = ["run", "--set", "data.group-shares=mars=1", "--output-dir", str(new)]
+    assert main(argv) != 0
+    assert "mars" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
