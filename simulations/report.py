@@ -90,21 +90,37 @@ def _colour(variant: str) -> str:
     return f"C{unaugmented.index(variant) % 10}"
 
 
+def _epsilon_axis(ax: Any, epsilons: list[float]) -> None:
+    """ε as evenly spaced categories, no DP last: a linear axis would put ∞ nowhere."""
+    ax.set_xticks(range(len(epsilons)), [_eps_tick(e) for e in epsilons])
+    ax.set_xlim(-0.4, len(epsilons) - 0.6)
+    ax.set_xlabel("ε per client")
+
+
+def _eps_tick(eps: float) -> str:
+    return "no DP" if math.isinf(eps) else f"{eps:g}"
+
+
+def _dodge(index: int, count: int) -> float:
+    """A small x offset per line, so lines with equal values stay visible side by side."""
+    return 0.05 * (index - (count - 1) / 2)
+
+
 def plot_worst_group_vs_epsilon(summaries: list[dict[str, Any]], path: Path) -> None:
     groups = group_cells(_unaugmented(summaries))
     grids = sorted({g for g, _, _ in groups}) or ["(no unaugmented cells)"]
+    epsilons = sorted({e for _, _, e in groups})
+    shown = sorted({v for _, v, _ in groups}, key=list(VARIANTS).index)
     fig, axes = plt.subplots(1, len(grids), figsize=(5 * len(grids), 4.6), squeeze=False)
     for ax, grid in zip(axes[0], grids, strict=True):
-        for variant in sorted({v for g, v, _ in groups if g == grid}):
-            points = sorted((e, c) for (g, v, e), c in groups.items() if g == grid and v == variant)
-            xs = [e if math.isfinite(e) else 16.0 for e, _ in points]
-            ys = [mean(x["worst_group_accuracy"] for x in c) for _, c in points]
-            ax.plot(xs, ys, marker="o", color=_colour(variant))
+        for index, variant in enumerate(shown):
+            xs, ys = _series(groups, grid, variant, "worst_group_accuracy", epsilons)
+            dodge = _dodge(index, len(shown))
+            ax.plot([x + dodge for x in xs], ys, marker="o", color=_colour(variant))
         ax.set_title(grid)
-        ax.set_xlabel("ε (16 = no DP)")
+        _epsilon_axis(ax, epsilons)
         ax.set_ylabel("worst-group accuracy")
         ax.grid(alpha=0.3)
-    shown = sorted({v for _, v, _ in groups}, key=list(VARIANTS).index)
     handles = [plt.Line2D([], [], color=_colour(v), marker="o") for v in shown]
     fig.legend(handles, shown, loc="lower center", ncol=4, fontsize=7)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
@@ -189,24 +205,27 @@ def _best_group(cell: dict[str, Any]) -> float:
 UNMOVED = 0.005
 
 
-def gap_closed_by(worst_change: float, best_change: float) -> str:
-    """How a gap (best − worst group) that shrank closed; a gap can close by making the
-    best group worse, and the report must say so. "–": it shrank by less than UNMOVED."""
-    if best_change - worst_change > -UNMOVED:
+def gap_moved_by(worst_change: float, best_change: float) -> str:
+    """Which ends moved a gap (best − worst group) that closed or widened: a gap can close
+    by making the best group worse, even with the worst group worse too, and the report must
+    say so. "–": the gap moved by less than UNMOVED."""
+    gap_change = best_change - worst_change
+    if abs(gap_change) < UNMOVED:
         return "–"
-    if best_change > -UNMOVED:
-        return "raising the worst group"
-    if worst_change < UNMOVED:
-        return "lowering the best group"
-    return "raising the worst, lowering the best"
+    ends = {"worst": worst_change, "best": best_change}
+    moved = [end for end, change in ends.items() if abs(change) >= UNMOVED]
+    # neither end moved half a point, but the gap did: name the end that moved more
+    moved = moved or [max(ends, key=lambda end: abs(ends[end]))]
+    said = ", ".join(f"{end} group {'up' if ends[end] > 0 else 'down'}" for end in moved)
+    return f"{'closed' if gap_change < 0 else 'widened'}: {said}"
 
 
 def versus_fedavg_table(summaries: list[dict[str, Any]]) -> str:
     """Every variant against FedAvg at the same (data, ε), over the seeds both have: the
     change of the paired means of accuracy, the worst and the best group, and of the gap,
-    and whether a gap that closed did so by raising the worst group or lowering the best."""
+    and which end of the gap moved it (a gap can close by lowering the best group)."""
     header = ["data", "variant", "ε", "seeds", "Δ accuracy (points)", "Δ worst group",
-              "Δ best group", "gap change", "the gap closed by"]  # fmt: skip
+              "Δ best group", "gap change", "how the gap moved"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (grid, variant, eps), cells, base in paired_with_fedavg(summaries):
         worst = _change(cells, base, lambda c: c["worst_group_accuracy"])
@@ -214,7 +233,7 @@ def versus_fedavg_table(summaries: list[dict[str, Any]]) -> str:
         row = [grid, variant, "∞" if math.isinf(eps) else f"{eps:g}", str(len(cells)),
                f"{100 * _change(cells, base, lambda c: c['accuracy']):+.1f}",
                f"{worst:+.3f}", f"{best:+.3f}",
-               _percent(_gap_change(cells, base)), gap_closed_by(worst, best)]  # fmt: skip
+               _percent(_gap_change(cells, base)), gap_moved_by(worst, best)]  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
@@ -287,12 +306,16 @@ def augmentation_table(summaries: list[dict[str, Any]]) -> str:
 
 
 def _series(
-    groups: dict[Key, list[dict[str, Any]]], grid: str, variant: str, metric: str
+    groups: dict[Key, list[dict[str, Any]]],
+    grid: str,
+    variant: str,
+    metric: str,
+    epsilons: list[float],
 ) -> tuple[list[float], list[float]]:
-    """(ε with ∞ drawn at 16, mean of ``metric``) for one line of a panel."""
+    """(position of ε among ``epsilons``, mean of ``metric``) for one line of a panel."""
     points = sorted((e, c) for (g, v, e), c in groups.items() if g == grid and v == variant)
     values = [(e, [x[metric] for x in c if x.get(metric) is not None]) for e, c in points]
-    kept = [(e if math.isfinite(e) else 16.0, mean(v)) for e, v in values if v]
+    kept = [(float(epsilons.index(e)), mean(v)) for e, v in values if v]
     return [x for x, _ in kept], [y for _, y in kept]
 
 
@@ -305,24 +328,31 @@ def plot_augmentation(summaries: list[dict[str, Any]], path: Path) -> bool:
         return False
     grids = sorted({g for g, _ in augmented})
     bases = sorted({b for _, b in augmented}, key=list(VARIANTS).index)
+    epsilons = sorted({e for _, _, e in groups})
     metrics = ("counterfactual_flip_rate", "worst_group_accuracy")
+    lines = list(product(bases, AUGMENT_METHODS))
     fig, axes = plt.subplots(2, len(grids), figsize=(5 * len(grids), 7.5), squeeze=False)
     for column, grid in enumerate(grids):
         for row, metric in enumerate(metrics):
             ax = axes[row][column]
-            for (index, base), method in product(enumerate(bases), AUGMENT_METHODS):
+            for index, (base, method) in enumerate(lines):
                 name = base if method == "none" else f"{base}+{method}"
-                xs, ys = _series(groups, grid, name, metric)
+                xs, ys = _series(groups, grid, name, metric, epsilons)
+                dodge = _dodge(index, len(lines))
                 if xs:
-                    ax.plot(xs, ys, marker="o", color=f"C{index}", ls=AUGMENT_STYLE[method])
+                    ax.plot([x + dodge for x in xs], ys, marker="o", color=_colour(base),
+                            ls=AUGMENT_STYLE[method])  # fmt: skip
+            label = metric.replace("_", " ")
             if not ax.lines:
-                ax.text(0.5, 0.5, "no counterfactual sets in this data", ha="center",
-                        va="center", transform=ax.transAxes)  # fmt: skip
-            ax.set_title(grid, fontsize=9)
-            ax.set_xlabel("ε (16 = no DP)")
-            ax.set_ylabel(metric.replace("_", " "))
+                ax.axis("off")
+                ax.text(0.5, 0.5, f"{grid}: no {label}\n(the data has no counterfactual sets)",
+                        ha="center", va="center", transform=ax.transAxes)  # fmt: skip
+                continue
+            ax.set_title(f"{grid}: {label}", fontsize=9)
+            _epsilon_axis(ax, epsilons)
+            ax.set_ylabel(label)
             ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], color=f"C{i}", marker="o") for i in range(len(bases))]
+    handles = [plt.Line2D([], [], color=_colour(b), marker="o") for b in bases]
     handles += [plt.Line2D([], [], color="k", ls=AUGMENT_STYLE[m]) for m in AUGMENT_METHODS]
     labels = [*bases, *(f"augment: {m}" for m in AUGMENT_METHODS)]
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8)
@@ -387,7 +417,9 @@ def write_report(
         "model (the moving average of the aggregates, `ema-decay`) on the global test set, "
         "mean ± sample std "
         f"(n − 1) over seeds. {len(summaries)} runs, {wall / 60:.0f} min of round wall time "
-        "on 2 CPU cores.\n\n"
+        "on 2 CPU cores. A cell is run again when the run config it resolves to changes; a "
+        "change of code is not detected (delete the cells it affects under "
+        "`outputs/evidence/cells/`).\n\n"
         + reproduce_block(commands or [])
         + coverage_line(coverage or {})
         + markdown_table(summaries)

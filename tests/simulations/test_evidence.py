@@ -24,7 +24,7 @@ from simulations.evidence import (
 )
 from simulations.report import (
     augmentation_table,
-    gap_closed_by,
+    gap_moved_by,
     gap_vs_cost,
     markdown_table,
     skew_table,
@@ -409,23 +409,26 @@ def test_versus_fedavg_pairs_seeds_and_says_which_end_of_the_gap_moved(tmp_path:
             # the gap halves only because the best group falls: worst 0.40 → 0.30
             summary("fairfed", 1, 0.50, 0.20)]  # fmt: skip
     table = versus_fedavg_table(rows)
-    assert ("| g | representation | 8 | 1 | -5.0 | +0.150 | -0.050 | -50 % | raising the "
-            "worst, lowering the best |") in table  # fmt: skip
-    assert (
-        "| g | fairfed | 8 | 1 | -30.0 | -0.100 | -0.300 | -50 % | lowering the best group |"
-        in table
-    )
+    assert ("| g | representation | 8 | 1 | -5.0 | +0.150 | -0.050 | -50 % | closed: worst "
+            "group up, best group down |") in table  # fmt: skip
+    assert ("| g | fairfed | 8 | 1 | -30.0 | -0.100 | -0.300 | -50 % | closed: worst group "
+            "down, best group down |") in table  # fmt: skip
     assert "| fedavg |" not in table
     assert "## Against FedAvg" in write_report(rows, tmp_path).read_text()
 
 
 @pytest.mark.parametrize(
     ("worst", "best", "said"),
-    [(0.1, 0.0, "raising the worst group"), (0.1, -0.1, "raising the worst, lowering the best"),
-     (0.0, -0.1, "lowering the best group"), (-0.1, -0.2, "lowering the best group"),
-     (0.1, -0.004, "raising the worst group"),  # the best moved less than half a point
-     (0.004, -0.1, "lowering the best group"),
-     (0.1, 0.1, "–"), (-0.1, 0.0, "–"), (0.002, -0.002, "–")],
+    [(0.1, 0.0, "closed: worst group up"),
+     (0.1, -0.1, "closed: worst group up, best group down"),
+     (0.0, -0.1, "closed: best group down"),
+     (-0.1, -0.2, "closed: worst group down, best group down"),  # levelling down
+     (0.1, -0.004, "closed: worst group up"),  # the best moved less than half a point
+     (0.004, -0.1, "closed: best group down"),
+     (0.004, -0.004, "closed: worst group up"),  # neither half a point: the larger, tied
+     (0.1, 0.1, "–"), (0.002, -0.002, "–"),
+     (-0.1, 0.0, "widened: worst group down"), (0.0, 0.05, "widened: best group up"),
+     (0.1, 0.2, "widened: worst group up, best group up")],
 )  # fmt: skip
-def test_a_gap_that_closed_names_the_end_that_moved(worst: float, best: float, said: str) -> None:
-    assert gap_closed_by(worst, best) == said
+def test_the_report_names_the_ends_that_moved_the_gap(worst: float, best: float, said: str) -> None:
+    assert gap_moved_by(worst, best) == said
