@@ -233,17 +233,26 @@ def weights_from_released(
 
     The shares are ``population`` (the server's estimate from every client's released
     counts) when given, else the client's own released shares. Normalised so the expected
-    weight under the released shares is 1; only released numbers enter, so this is
-    post-processing of the releases.
+    weight under the released shares is 1, over the groups the release shows (count > 0):
+    a group it does not show neither enters the normaliser nor sets w_max, which sizes the
+    post-clip noise (a rare group's huge 1/share would shrink every real weight while the
+    noise stayed at the cap). Records of such a group (a count denoised to 0) get w_max.
+    Only released numbers enter, so this is post-processing of the releases.
     """
-    clipped = np.clip(released, 1.0, None)  # a group never shows below one example
-    shares = clipped / clipped.sum()
+    counts = np.clip(released, 0.0, None)
+    shown = counts > 0
+    if not shown.any():  # nothing released: every group alike
+        shown, counts = np.ones_like(shown), np.ones_like(counts)
+    shares = counts / counts.sum()
     reference = shares if population is None else population
-    raw = reference ** (-alpha)
+    raw = np.where(shown, reference, 1.0) ** (-alpha)
     per_group = np.minimum(raw / float((shares * raw).sum()), max_weight)
     # w_max from the float32 values actually used, so no weight rounds up above it.
     per_group_t = torch.tensor(np.maximum(per_group, 0.0), dtype=torch.float32)
-    return per_group_t[groups], max(1.0, float(per_group_t.max()))
+    shown_t = torch.from_numpy(shown)
+    w_max = max(1.0, float(per_group_t[shown_t].max()))
+    per_group_t = torch.where(shown_t, per_group_t, torch.tensor(w_max, dtype=torch.float32))
+    return per_group_t[groups], w_max
 
 
 def local_training(

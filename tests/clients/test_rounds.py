@@ -137,6 +137,24 @@ def test_population_shares_set_the_weights_normalised_under_the_local_release() 
     assert float(mostly_rare[3]) > float(mostly_rare[0])
 
 
+def test_a_group_the_release_does_not_show_neither_shrinks_the_weights_nor_sets_w_max() -> None:
+    groups = torch.tensor([0] * 9 + [1])
+    released = np.array([900.0, 100.0, 0.0])
+    # a group no client reported: the server's floor, whose 1/share would dominate
+    weights, w_max = weights_from_released(
+        released, groups, alpha=1.0, max_weight=5, population=np.array([0.9, 0.1, 1e-6])
+    )
+    # as if the third group did not exist: raw (1/0.9, 10), E[raw] = 2 → (5/9, 5)
+    assert weights.tolist() == pytest.approx([5 / 9] * 9 + [5.0], rel=1e-6)
+    assert w_max == pytest.approx(5.0)
+    # own shares: the absent group's cap (10) does not size the post-clip noise
+    _, own_max = weights_from_released(released, groups, alpha=1.0, max_weight=10)
+    assert own_max == pytest.approx(5.0, rel=1e-6)
+    # a record of a group whose count was denoised to 0 gets w_max, never more
+    stray, stray_max = weights_from_released(released, torch.tensor([2]), alpha=1.0, max_weight=10)
+    assert float(stray[0]) == stray_max
+
+
 def test_population_shares_are_read_only_when_asked_and_sent() -> None:
     cfg = parse_run_config(load_defaults())
     sent = {wire.POPULATION_SHARES: [3.0, 1.0]}
