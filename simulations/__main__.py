@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from launch.signals import Interrupted, signals_raise
+from simulations.cli_types import positive_int
 
 if TYPE_CHECKING:  # the modules themselves load on use: --help and config errors stay fast
     from simulations.evidence import Cell, Grid
@@ -88,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     evidence.add_argument(
         "--jobs",
-        type=_positive_int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="with --in-process: cells run at once, each in its own worker process "
         "(default: the number of cores)",
@@ -98,13 +99,6 @@ def _parser() -> argparse.ArgumentParser:
         "bench", add_help=False, help="DP-SGD cost per step (simulations/benchmarks/dp_cost.py)"
     )
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
-    return value
 
 
 def _subset(text: str | None, kind: type, valid: set, flag: str) -> set | None:  # type: ignore[type-arg]

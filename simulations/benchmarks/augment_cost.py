@@ -23,13 +23,8 @@ import torch
 from clients.dp_sgd import make_private
 from clients.local import client_runtime
 from clients.training import batch_loss, make_loader
-from simulations.benchmarks.harness import (
-    check_assignments,
-    comma_separated,
-    interleaved_medians,
-    positive_int,
-    write_result,
-)
+from simulations.benchmarks.harness import check_assignments, interleaved_medians, write_result
+from simulations.cli_types import comma_separated, positive_int
 from simulations.experiment import parse_assignments
 from task.config import RunConfig, load_defaults, parse_run_config
 

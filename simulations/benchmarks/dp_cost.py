@@ -18,11 +18,8 @@ import torch
 
 from clients.dp_sgd import make_private
 from clients.training import make_loader, per_example_loss
-from simulations.benchmarks.harness import (
-    check_assignments,
-    interleaved_medians,
-    positive_int,
-)
+from simulations.benchmarks.harness import check_assignments, interleaved_medians
+from simulations.cli_types import positive_int
 from simulations.experiment import parse_assignments
 from task.config import ModelConfig, RunConfig, load_defaults, parse_run_config
 from task.data import encode, group_names, label_names, load_splits

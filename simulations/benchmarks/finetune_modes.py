@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from clients.private_round import DPRandomness, run_private_round
-from simulations.benchmarks.harness import check_assignments, positive_int
+from simulations.benchmarks.harness import check_assignments
+from simulations.cli_types import positive_int
 from simulations.experiment import parse_assignments
 from task.config import RunConfig, load_defaults, parse_run_config
 from task.data import encode, group_counts, group_names, label_names, load_splits

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from simulations.benchmarks.harness import comma_separated
+from simulations.cli_types import comma_separated
 from simulations.experiment import build_experiment
 from task.config import RunConfig, load_defaults, parse_run_config
 from task.data import load_partition

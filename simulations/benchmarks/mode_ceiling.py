@@ -20,7 +20,8 @@ from statistics import mean
 import torch
 from torch import nn
 
-from simulations.benchmarks.harness import check_assignments, comma_separated
+from simulations.benchmarks.harness import check_assignments
+from simulations.cli_types import comma_separated
 from simulations.experiment import parse_assignments
 from task.config import RunConfig, load_defaults, parse_run_config
 from task.data import Encoded, encode, group_names, label_names, load_splits

@@ -34,12 +34,11 @@ import psutil
 from simulations.benchmarks.harness import (
     REPO,
     check_assignments,
-    comma_separated,
-    positive_int,
     results_of,
     run_command,
     write_result,
 )
+from simulations.cli_types import comma_separated, positive_int
 
 MODEL = ["model.name=tiny-bert", "model.finetune=full"]
 

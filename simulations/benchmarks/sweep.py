@@ -31,11 +31,11 @@ from typing import Any
 from simulations.benchmarks.harness import (
     REPO,
     check_assignments,
-    comma_separated,
     results_of,
     run_command,
     write_result,
 )
+from simulations.cli_types import comma_separated
 from simulations.evidence import REPORTED, VARIANTS, cell_experiment, load_grid, summary_path
 from simulations.experiment import parse_assignments
 

@@ -1,4 +1,4 @@
-"""Bad flags and --set values of the benchmark scripts: one error, before anything runs."""
+"""Bad flags and --set values of the benchmark scripts and the CLI: one error, before anything runs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import argparse
 import pytest
 
 from simulations.__main__ import main
-from simulations.benchmarks.harness import check_assignments, comma_separated, positive_int
+from simulations.benchmarks.harness import check_assignments
+from simulations.cli_types import comma_separated, positive_int
 
 
 def test_whole_numbers_and_lists_are_checked_and_named() -> None:
