@@ -99,6 +99,10 @@ def _request_digest(
     tensors = {f"weights/{name}": tensor for name, tensor in weights.items()}
     tensors |= {"rows/input_ids": rows.input_ids, "rows/labels": rows.labels,
                 "rows/groups": rows.groups}  # fmt: skip
+    if rows.variants is not None:  # counterfactual copies: the lexicon file may have changed
+        tensors["rows/variant_ids"] = rows.variants.input_ids
+    if runtime.public is not None:  # synthesized public examples
+        tensors["public/input_ids"] = runtime.public.input_ids
     run_config = {k: v for k, v in context.run_config.items() if k not in LOCATION_KEYS}
     return ledger_store.request_digest(
         tensors, {"run": run_config, "train": dict(server_config), "node": context.node_config}

@@ -90,13 +90,14 @@ def test_a_repeat_with_another_run_config_or_other_rows_is_charged_again() -> No
         input_ids=torch.ones(4, 2, dtype=torch.long),
         labels=torch.tensor([0, 1, 0, 1]),
         groups=torch.zeros(4, dtype=torch.long),
+        variants=None,
     )
     node: dict[str, bool | float | int | str] = {"partition-id": 0, "num-partitions": 2}
 
     def digest(run: dict, train_rows: SimpleNamespace = rows) -> str:
         context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(),
                           run_config=run)  # fmt: skip
-        runtime = cast(ClientRuntime, SimpleNamespace(train=train_rows))
+        runtime = cast(ClientRuntime, SimpleNamespace(train=train_rows, public=None))
         config = ConfigRecord({wire.SERVER_ROUND: 3})
         return app._request_digest(context, runtime, config, {"w": torch.zeros(2)})
 
@@ -104,10 +105,10 @@ def test_a_repeat_with_another_run_config_or_other_rows_is_charged_again() -> No
     first = digest(run)
     assert digest(run | {"output-dir": "/elsewhere", "resume-from": "/elsewhere/run"}) == first
     assert digest(run | {"seed": 2}) != first
-    assert (
-        digest(run, SimpleNamespace(**(vars(rows) | {"labels": torch.tensor([1, 1, 0, 1])})))
-        != first
-    )
+    relabelled = SimpleNamespace(**(vars(rows) | {"labels": torch.tensor([1, 1, 0, 1])}))
+    assert digest(run, relabelled) != first
+    variants = SimpleNamespace(input_ids=torch.zeros(8, 2, dtype=torch.long))
+    assert digest(run, SimpleNamespace(**(vars(rows) | {"variants": variants}))) != first
 
 
 def test_a_ledger_shorter_than_the_servers_record_refuses_to_train() -> None:
