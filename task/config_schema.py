@@ -196,7 +196,7 @@ def _typed(key: str, value: Any) -> Any:
             f"run-config key {key!r}: expected {expected.__name__}, got {value!r} "
             f"({type(value).__name__})"
         )
-    if expected is float and not math.isfinite(value):  # inf passes every "> low" check
+    if isinstance(value, float) and not math.isfinite(value):  # inf passes every lower bound
         raise ValueError(f"run-config key {key!r}: got {value!r}; valid: a finite number")
     if (valid := check(value)) is not None:
         raise ValueError(f"run-config key {key!r}: got {value!r}; valid: {valid}")
