@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -213,21 +214,52 @@ WORK_PREFIX, OWNER = "fedequity-", "owner.json"
 
 def reap_abandoned(output_dir: Path) -> None:
     """Clean up after runners that were killed (kill -9 runs no clean-up): stop any process
-    still carrying their marker, move their logs into their run directory, drop the rest."""
+    still carrying their marker, move their logs into their run directory, drop the rest.
+
+    A work dir whose run never got an id keeps only its logs (``logs/``, for the failure
+    they may explain); one without an owner file, older than an hour, was left by a runner
+    stopped before it wrote one (a runner writes it at once).
+    """
     for work in output_dir.glob(f"{WORK_PREFIX}*"):
         try:
             owner = json.loads((work / OWNER).read_text())
-        except (OSError, ValueError):
-            continue  # not ours, or its runner is still writing it
+        except (OSError, ValueError):  # not ours, or its runner is still writing it
+            if work.is_dir() and time.time() - work.stat().st_mtime > ORPHAN_AGE_S:
+                _drop_all_but_logs(work)
+            continue
         if pid_alive(int(owner["pid"])):
             continue
         reap(str(owner["marker"]))
         log = work / "logs" / LOG_NAME
         run_id = next(filter(None, map(parse_run_id, _lines(log))), None)
         if run_id is not None and (output_dir / run_id).is_dir():
+            _mark_interrupted(output_dir / run_id)
             _keep_logs(work, work / "logs", output_dir / run_id)
         else:
-            shutil.rmtree(work / "flwr-home", ignore_errors=True)
+            _drop_all_but_logs(work)
+
+
+ORPHAN_AGE_S = 3600.0
+
+
+def _mark_interrupted(run_dir: Path) -> None:
+    """A killed runner's run that still says "running" was interrupted (a complete one
+    stays complete)."""
+    results = run_dir / "results.json"
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(results.read_text()).get("status") == "running":
+            mark_status(run_dir, "interrupted")
+
+
+def _drop_all_but_logs(work: Path) -> None:
+    """Everything of a dead work dir but its logs (no logs: the dir itself)."""
+    for entry in work.iterdir():
+        if entry.is_dir() and entry.name != "logs":
+            shutil.rmtree(entry, ignore_errors=True)
+        elif not entry.is_dir():
+            entry.unlink(missing_ok=True)
+    if not any(work.iterdir()):
+        work.rmdir()
 
 
 def _lines(path: Path) -> list[str]:

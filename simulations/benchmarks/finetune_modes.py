@@ -77,11 +77,12 @@ def main() -> None:
     if unknown := sorted(set(modes) - set(MODES)):
         parser.error(f"--modes: unknown {unknown}; valid: {', '.join(MODES)}")
     cfg = parse_run_config(load_defaults() | parse_assignments(args.assignments))
-    # A cache of its own, so the cold build is measured and the user's cache is not touched.
-    os.environ["FEDEQUITY_CACHE"] = tempfile.mkdtemp(prefix="fedequity-bench-")
     print(f"model={cfg.model.name} examples={args.examples} batch={cfg.train.batch_size} "
           f"train-layers={cfg.model.train_layers} threads={torch.get_num_threads()}")  # fmt: skip
-    results = {mode: measure_mode(cfg, mode, args.examples) for mode in modes}
+    # A cache of its own, so the cold build is measured and the user's cache is not touched.
+    with tempfile.TemporaryDirectory(prefix="fedequity-bench-") as cache:
+        os.environ["FEDEQUITY_CACHE"] = cache
+        results = {mode: measure_mode(cfg, mode, args.examples) for mode in modes}
     slowest = max(r["round_s"] for r in results.values())
     for mode, r in results.items():
         print(f"{mode:11s} trained {r['trained_params']:>10,.0f} params  "

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
 
-from simulations.runner import RunFailed, cause, check_complete, shown
+from launch.stream import LOG_NAME
+from simulations.runner import (
+    ORPHAN_AGE_S,
+    OWNER,
+    WORK_PREFIX,
+    RunFailed,
+    cause,
+    check_complete,
+    reap_abandoned,
+    shown,
+)
 
 RAY_LOG = """\
 INFO :      [ROUND 1/2]
@@ -54,3 +66,46 @@ def test_a_round_without_survivors_fails_a_run_unless_faults_were_asked_for(
     check_complete(tmp_path, 2, tmp_path)  # injected: a result, reported per round
     with pytest.raises(RunFailed, match="only 2/3 rounds"):
         check_complete(tmp_path, 3, tmp_path)
+
+
+def test_dead_work_dirs_keep_only_their_logs(tmp_path: Path) -> None:
+    """A killed runner's work dir with no run id, and one whose runner died before writing
+    its owner file (once an hour old), keep their logs and nothing else; a fresh one
+    without an owner file may be a runner still starting: untouched."""
+
+    def work_dir(name: str, owner: bool) -> Path:
+        work = tmp_path / f"{WORK_PREFIX}{name}"
+        for part in ("app", "flwr-home", "logs"):
+            (work / part).mkdir(parents=True)
+        (work / "app" / "pyproject.toml").write_text("")
+        (work / "logs" / LOG_NAME).write_text("no run id here\n")
+        if owner:
+            (work / OWNER).write_text(json.dumps({"pid": 2**22 + 7, "marker": "no-such-mark"}))
+        return work
+
+    killed, orphan, starting = (
+        work_dir("killed", True),
+        work_dir("orphan", False),
+        work_dir("starting", False),
+    )
+    old = time.time() - 2 * ORPHAN_AGE_S
+    os.utime(orphan, (old, old))
+    reap_abandoned(tmp_path)
+    assert sorted(p.name for p in killed.iterdir()) == ["logs"]
+    assert sorted(p.name for p in orphan.iterdir()) == ["logs"]
+    assert sorted(p.name for p in starting.iterdir()) == ["app", "flwr-home", "logs"]
+    reap_abandoned(tmp_path)  # again: nothing more to do, nothing lost
+    assert (killed / "logs" / LOG_NAME).is_file()
+
+
+def test_a_killed_runners_run_gets_its_logs_and_says_interrupted(tmp_path: Path) -> None:
+    run_dir = tmp_path / "1234"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text(json.dumps({"status": "running", "rounds": []}))
+    work = tmp_path / f"{WORK_PREFIX}killed"
+    (work / "logs").mkdir(parents=True)
+    (work / "logs" / LOG_NAME).write_text("🎊 Successfully started run 1234\n")
+    (work / OWNER).write_text(json.dumps({"pid": 2**22 + 7, "marker": "no-such-mark"}))
+    reap_abandoned(tmp_path)
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
+    assert (run_dir / "logs" / LOG_NAME).is_file() and not work.exists()
