@@ -52,8 +52,10 @@ class FairFed(TracedFedAvg):
         self._restored_factors: dict[int, float] = {}
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Also each participant's weight factor, by partition."""
-        factors = {
+        """Also each participant's weight factor, by partition (restored factors of
+        partitions not seen since the resume too, or a second resume would lose them)."""
+        factors = {str(p): f for p, f in self._restored_factors.items()}
+        factors |= {
             str(self.node_partitions[node]): factor
             for node, factor in self.node_factors.items()
             if node in self.node_partitions
@@ -70,8 +72,9 @@ class FairFed(TracedFedAvg):
         super().summary()
 
     def metric_problem(self, metrics: MetricRecord) -> str | None:
-        """Also require a finite ``fair-metric``."""
-        return finite_number(metrics, FAIR_METRIC) or super().metric_problem(metrics)
+        """Also require ``fair-metric``: a gap between accuracies, in [0, 1]."""
+        problem = finite_number(metrics, FAIR_METRIC, minimum=0.0, maximum=1.0)
+        return problem or super().metric_problem(metrics)
 
     def client_weights(
         self, server_round: int, node_ids: list[int], contents: list[RecordDict]

@@ -7,7 +7,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import QFedAvg
 
 from strategies.base import ReplyScreening
-from strategies.screening import count_problem, finite_number, number
+from strategies.screening import MAX_LOSS, count_problem, finite_number, number
 from strategies.weighting import qfedavg_coefficients
 from task.wire import TRAIN_LOSS
 
@@ -70,9 +70,8 @@ class TracedQFedAvg(ReplyScreening, QFedAvg):
 
     def metric_problem(self, metrics: MetricRecord) -> str | None:
         """Require a finite, non-negative loss and positive example count."""
-        return finite_number(metrics, self.train_loss_key, minimum=0.0) or count_problem(
-            metrics, self.weighted_by_key
-        )
+        loss = finite_number(metrics, self.train_loss_key, minimum=0.0, maximum=MAX_LOSS)
+        return loss or count_problem(metrics, self.weighted_by_key)
 
     def aggregate_accepted(
         self, server_round: int, accepted: list[Message], reference: ArrayRecord

@@ -10,7 +10,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from strategies.base import TracedFedAvg
-from strategies.screening import metrics_of, number
+from strategies.screening import MAX_COUNT, metrics_of, number
 from strategies.weighting import estimate_prevalence, fedavg_weights, representation_weights
 from task.wire import GROUP_COUNTS, POPULATION_SHARES
 
@@ -110,8 +110,9 @@ class RepresentationAware(TracedFedAvg):
         counts = metrics.get(GROUP_COUNTS)
         if not isinstance(counts, list) or len(counts) != len(self.group_names):
             return f"'{GROUP_COUNTS}' must list {len(self.group_names)} numbers"
-        if not np.all(np.isfinite(np.asarray(counts, dtype=np.float64))):
-            return f"non-finite values in '{GROUP_COUNTS}'"
+        values = np.asarray(counts, dtype=np.float64)
+        if not np.all(np.isfinite(values)) or np.any(np.abs(values) > MAX_COUNT):
+            return f"non-finite values, or beyond ±{MAX_COUNT:g}, in '{GROUP_COUNTS}'"
         return super().metric_problem(metrics)
 
     def client_weights(

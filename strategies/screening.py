@@ -106,20 +106,34 @@ def number(content: RecordDict, key: str) -> float:
     return float(cast(float, metrics_of(content)[key]))
 
 
-def finite_number(metrics: MetricRecord, key: str, *, minimum: float | None = None) -> str | None:
-    """Say what is wrong with ``metrics[key]`` as a finite number (>= ``minimum``)."""
+#: Larger than any real count or loss, small enough that sums and powers stay finite: a
+#: finite 1e308 would overflow the weights and end the run (or NaN q-FedAvg's step).
+MAX_COUNT = 1e12
+MAX_LOSS = 1e6
+
+
+def finite_number(
+    metrics: MetricRecord,
+    key: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> str | None:
+    """Say what is wrong with ``metrics[key]`` as a finite number in [minimum, maximum]."""
     value = metrics.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"'{key}' missing or not a number: {value!r}"
-    if not np.isfinite(value) or (minimum is not None and value < minimum):
+    low = minimum is not None and value < minimum
+    if not np.isfinite(value) or low or (maximum is not None and value > maximum):
         bound = "" if minimum is None else f" and >= {minimum}"
+        bound += "" if maximum is None else f" and <= {maximum:g}"
         return f"'{key}' must be finite{bound}, got {value}"
     return None
 
 
 def count_problem(metrics: MetricRecord, key: str) -> str | None:
     """Say what is wrong with ``metrics[key]`` as a positive finite example count."""
-    problem = finite_number(metrics, key, minimum=0.0)
+    problem = finite_number(metrics, key, minimum=0.0, maximum=MAX_COUNT)
     if problem is None and metrics[key] == 0:
         return f"'{key}' must be > 0, got 0"
     return problem
@@ -165,12 +179,15 @@ def screen_replies(
         else:
             metrics = metrics_of(content)
             trace.client_metrics[node] = dict(metrics)
-            if metrics.get(BUDGET_EXHAUSTED, 0) == 1:
+            exhausted = metrics.get(BUDGET_EXHAUSTED, 0)
+            if exhausted == 1:
                 trace.skipped_budget.append(node)
                 log(INFO, "aggregate_train: node %d skipped (DP budget exhausted)", node)
                 continue
+            flag = f"'{BUDGET_EXHAUSTED}' must be 0 or 1, got {exhausted}"
             reason = (
-                finite_number(metrics, TRAIN_SECONDS, minimum=0.0)
+                (None if exhausted == 0 else flag)
+                or finite_number(metrics, TRAIN_SECONDS, minimum=0.0)
                 or metric_problem(metrics)
                 or array_problem(content, reference)
             )

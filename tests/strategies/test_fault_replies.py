@@ -8,11 +8,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 
 from clients import faults
 from strategies.base import TracedFedAvg
+from strategies.fairfed import FairFed
+from strategies.qfedavg import TracedQFedAvg
 from strategies.representation import RepresentationAware
 from task import wire
 from tests.strategies.test_strategies import (
@@ -130,3 +132,52 @@ def test_min_clients_counts_accepted_replies_not_received_ones(min_clients: int)
     nan = reply(2, {"w": [float("nan"), 0.0], "b": [1.0]})
     arrays, _ = strategy.aggregate_train(1, [reply(1, {"w": [1.0, 1.0], "b": [1.0]}), nan])
     assert (arrays is None) == (min_clients == 2)
+
+
+@pytest.mark.parametrize(
+    ("make", "metrics", "reason"),
+    [
+        (TracedFedAvg, {"num_examples": 1e308}, "'num-examples' must be finite"),
+        (
+            lambda: RepresentationAware(alpha=2.25, cap=8.0, group_names=["a", "b"]),
+            {"group_counts": [1e308, 1e308]},
+            "beyond ±1e+12, in 'group-counts'",
+        ),
+        (lambda: FairFed(beta=1.0), {"fair_metric": 1e308}, "'fair-metric' must be finite"),
+        (lambda: FairFed(beta=1.0), {"fair_metric": 2.0}, "and <= 1"),
+        (
+            lambda: TracedQFedAvg(client_learning_rate=1.0, q=2.0),
+            {"train_loss": 1e200},
+            "'train-loss' must be finite",
+        ),
+        (TracedFedAvg, {"budget_exhausted": 2}, "'budget-exhausted' must be 0 or 1"),
+    ],
+)
+def test_huge_but_finite_numbers_are_rejected_before_they_overflow_the_weights(
+    make: Any, metrics: dict[str, Any], reason: str
+) -> None:
+    """One such reply used to end the run (weights overflowed to inf/NaN inside
+    aggregate_train) or, with q-FedAvg, to NaN the global model without an error."""
+    strategy = make()
+    configure(strategy, [1, 2, 3])
+    arrays = {"w": [1.0, 1.0], "b": [1.0]}
+    replies = [reply(1, arrays, **metrics), reply(2, arrays), reply(3, arrays)]
+    aggregated, _ = strategy.aggregate_train(1, replies)
+    assert reason in strategy.last_round.rejected[1]
+    assert set(strategy.last_round.weights) == {2, 3}
+    assert all(np.isfinite(v).all() for v in as_numpy(aggregated).values())
+
+
+def test_fairfed_keeps_the_restored_factor_of_a_partition_not_seen_since_the_resume() -> None:
+    strategy = FairFed(beta=1.0)
+    strategy.resume_from(1, {"factors": {"0": 0.2, "1": 1.8, "2": 1.0}})
+    configure(strategy, [10, 12])
+    replies = []
+    for node, partition in ((10, 0), (12, 2)):
+        msg = reply(node, {"w": [0.0, 0.0], "b": [0.0]}, fair_metric=0.1)
+        msg.content[wire.CLIENT_RECORD] = ConfigRecord({wire.PARTITION_ID: partition})
+        replies.append(msg)
+    strategy.aggregate_train(2, replies)
+    factors = strategy.checkpoint_state()["factors"]
+    assert set(factors) == {"0", "1", "2"}
+    assert factors["1"] == 1.8  # a second resume still has it
