@@ -25,8 +25,7 @@ from clients.local import client_runtime
 from clients.training import batch_loss, make_loader
 from simulations.benchmarks.harness import check_assignments, interleaved_medians, write_result
 from simulations.cli_types import comma_separated, positive_int
-from simulations.experiment import parse_assignments
-from task.config import RunConfig, load_defaults, parse_run_config
+from task.config import RunConfig
 
 
 def _with_variants(batch: list[torch.Tensor], k: int) -> list[torch.Tensor]:
@@ -80,11 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=positive_int, default=10)
     parser.add_argument("--set", dest="assignments", action="append", default=[])
     args = parser.parse_args(argv)
-    check_assignments(parser, args.assignments)
+    base = check_assignments(parser, args.assignments, {"synthetic.num-examples": 2000})
     torch.set_num_threads(1)
     ks = [int(k) for k in args.k.split(",")]
-    base = parse_run_config(load_defaults() | {"synthetic.num-examples": 2000}
-                            | parse_assignments(args.assignments))  # fmt: skip
     print(f"batch={base.train.batch_size} records, K real variants each: "
           "DP step time with K / without")  # fmt: skip
     results = {}

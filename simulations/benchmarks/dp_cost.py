@@ -20,8 +20,7 @@ from clients.dp_sgd import make_private
 from clients.training import make_loader, per_example_loss
 from simulations.benchmarks.harness import check_assignments, interleaved_medians
 from simulations.cli_types import positive_int
-from simulations.experiment import parse_assignments
-from task.config import ModelConfig, RunConfig, load_defaults, parse_run_config
+from task.config import ModelConfig, RunConfig
 from task.data import encode, group_names, label_names, load_splits
 from task.model import build_model, load_tokenizer
 
@@ -71,9 +70,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--lora-r", type=positive_int, default=8)
     parser.add_argument("--set", dest="assignments", action="append", default=[])
     args = parser.parse_args(argv)
-    check_assignments(parser, args.assignments)
+    cfg = check_assignments(parser, args.assignments)
     torch.set_num_threads(1)
-    cfg = parse_run_config(load_defaults() | parse_assignments(args.assignments))
     batch_size = args.batch_size or cfg.train.batch_size
     m = cfg.model
     print(

@@ -24,8 +24,7 @@ import torch
 from clients.private_round import DPRandomness, run_private_round
 from simulations.benchmarks.harness import check_assignments
 from simulations.cli_types import positive_int
-from simulations.experiment import parse_assignments
-from task.config import RunConfig, load_defaults, parse_run_config
+from task.config import RunConfig
 from task.data import encode, group_counts, group_names, label_names, load_splits
 from task.feature_cache import with_features
 from task.model import build_model, load_tokenizer
@@ -72,11 +71,10 @@ def main() -> None:
     parser.add_argument("--modes", default="head,top-layers,lora")
     parser.add_argument("--set", dest="assignments", action="append", default=[])
     args = parser.parse_args()
-    check_assignments(parser, args.assignments)
+    cfg = check_assignments(parser, args.assignments)
     modes = [m for m in args.modes.split(",") if m]
     if unknown := sorted(set(modes) - set(MODES)):
         parser.error(f"--modes: unknown {unknown}; valid: {', '.join(MODES)}")
-    cfg = parse_run_config(load_defaults() | parse_assignments(args.assignments))
     print(f"model={cfg.model.name} examples={args.examples} batch={cfg.train.batch_size} "
           f"train-layers={cfg.model.train_layers} threads={torch.get_num_threads()}")  # fmt: skip
     # A cache of its own, so the cold build is measured and the user's cache is not touched.

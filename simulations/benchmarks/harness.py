@@ -13,18 +13,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from simulations.experiment import parse_assignments
-from task.config import load_defaults, parse_run_config
+from task.config import RunConfig, load_defaults, parse_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "outputs" / "bench"
 K = TypeVar("K", bound=Hashable)
 
 
-def check_assignments(parser: argparse.ArgumentParser, assignments: Iterable[str]) -> None:
-    """Exit with the run config's own error for a bad ``--set``, before anything runs (the
-    runs a benchmark starts would each fail with it, after its set-up)."""
+def check_assignments(
+    parser: argparse.ArgumentParser,
+    assignments: Iterable[str],
+    defaults: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """The run config of ``--set`` over ``defaults`` (the benchmark's own, then the
+    project's); exit with its error for a bad ``--set``, before anything runs (the runs a
+    benchmark starts would each fail with it, after its set-up)."""
     try:
-        parse_run_config(load_defaults() | parse_assignments(list(assignments)))
+        raw = load_defaults() | dict(defaults or {}) | parse_assignments(list(assignments))
+        return parse_run_config(raw)
     except ValueError as error:
         parser.error(str(error))
 

@@ -15,8 +15,6 @@ from dataclasses import replace
 from typing import Any
 
 from simulations.benchmarks.harness import check_assignments, write_result
-from simulations.experiment import parse_assignments
-from task.config import load_defaults, parse_run_config
 from task.data import label_names, load_splits
 from task.model import build_model, exchanged_state, load_tokenizer
 
@@ -27,8 +25,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", dest="assignments", action="append", default=[])
     args = parser.parse_args(argv)
-    check_assignments(parser, args.assignments)
-    cfg = parse_run_config(load_defaults() | parse_assignments(args.assignments))
+    cfg = check_assignments(parser, args.assignments)
     splits = load_splits(cfg.data, cfg.seed)
     tokenizer = load_tokenizer(cfg.model, splits["train"][:]["text"])
     sent: dict[str, float] = {}
