@@ -107,10 +107,16 @@ def rounds_without_survivors(
     rounds: Sequence[Mapping[str, Any]], config: Mapping[str, Any]
 ) -> list[int]:
     """Rounds in which every client failed, unless the run injected faults (then a round
-    without survivors is a result): a run with any such round failed."""
+    without survivors is a result): a run with any such round failed. A round the strategy
+    skipped with a reason (``skipped``: too few accepted replies, or central DP's wrapper
+    refusing a round with an error reply) had survivors; it is reported, not a failure."""
     if injects_faults(config):
         return []
-    return [int(r["round"]) for r in rounds if r["num_clients"] == 0 and r["failures"] > 0]
+    return [
+        int(r["round"])
+        for r in rounds
+        if r["num_clients"] == 0 and r["failures"] > 0 and not r.get("skipped")
+    ]
 
 
 def injects_faults(config: Mapping[str, Any]) -> bool:

@@ -20,8 +20,10 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
     and reported as rejected in the wrapped strategy's ``last_round``; the others are
     re-keyed in the global order and go through Flower's clipping and noise unchanged.
     When Flower skips a round (it aggregates nothing if any reply is an error), the
-    wrapped strategy's trace is replaced by that round's empty one, so the recorder
-    reports no weights and the central accountant charges nothing for it.
+    wrapped strategy still screens the other replies (:meth:`_skipped_round`), so it learns
+    which nodes spent their budget and how long their ledgers are, as in any other round;
+    the trace has no weights, so the recorder reports none and the central accountant
+    charges nothing for it.
     """
 
     def __init__(self, strategy: ReplyScreening, *args: Any, **kwargs: Any) -> None:
@@ -68,7 +70,7 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
         trace = self.traced.last_round
         run_round = server_round + self.traced.round_offset
         if trace.round != run_round:
-            trace = self.traced.last_round = skipped_round(run_round, received)
+            trace = self._skipped_round(run_round, received)
         trace.failure_reasons = failure_reasons(
             [m for m in received if m.has_error()], received, self.traced.sampled_now,
             self.traced.round_timeout,
@@ -78,9 +80,12 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
         trace.client_records.update(client_records(held))  # they trained: ε counts
         return result
 
-
-def skipped_round(server_round: int, replies: list[Message]) -> RoundTrace:
-    """The trace of a round Flower's wrapper did not aggregate (a reply was an error):
-    no weights, so nothing is released or accounted; the privacy reports still count."""
-    failures = sum(msg.has_error() for msg in replies)
-    return RoundTrace(round=server_round, failures=failures, client_records=client_records(replies))
+    def _skipped_round(self, run_round: int, received: list[Message]) -> RoundTrace:
+        """Screen the answered replies of a round Flower's wrapper did not aggregate:
+        ``budget-exhausted`` and ledger lengths count, nothing is released or accounted."""
+        answered = [msg for msg in received if not msg.has_error()]
+        self.traced.screen_round(run_round, answered)
+        trace = self.traced.last_round
+        if answered:  # some clients survived: the round was lost, not the federation
+            trace.skipped = "an error reply: Flower's central DP aggregates nothing then"
+        return trace

@@ -64,6 +64,9 @@ def test_a_round_without_survivors_fails_a_run_unless_faults_were_asked_for(
         check_complete(tmp_path, 2, tmp_path)
     write_results(tmp_path, rounds, **{"faults.crash-rate": 0.6})
     check_complete(tmp_path, 2, tmp_path)  # injected: a result, reported per round
+    lost = {"round": 2, "num_clients": 0, "failures": 1, "skipped": "an error reply: ..."}
+    write_results(tmp_path, [rounds[0], lost])
+    check_complete(tmp_path, 2, tmp_path)  # survivors, but the round was not aggregated
     with pytest.raises(RunFailed, match="only 2/3 rounds"):
         check_complete(tmp_path, 3, tmp_path)
 

@@ -274,6 +274,24 @@ def test_central_dp_round_skipped_for_an_error_reply_gets_its_own_empty_trace() 
     trace = inner.last_round
     assert (trace.round, trace.weights, trace.failures) == (2, {}, 1)  # not round 1's
     assert trace.client_records == {2: {wire.NODE_ID: "2", wire.EPSILON: 1.5}}
+    assert trace.skipped.startswith("an error reply")
+
+
+def test_a_round_central_dp_skips_still_learns_spent_budgets_and_ledger_lengths() -> None:
+    inner = RepresentationAware(alpha=1.0, cap=1.2, group_names=["a", "b"])
+    dp = ScreenedFixedClipping(
+        inner, noise_multiplier=0.0, clipping_norm=1.0, num_sampled_clients=3
+    )
+    configure(dp, [1, 2, 3])
+    spent = reply(2, GLOBAL, budget_exhausted=1)
+    spent.content[wire.CLIENT_RECORD] = ConfigRecord(
+        {wire.NODE_ID: "2", wire.PARTITION_ID: 7, wire.HISTORY_SIGMA: [1.0, 1.0, 1.0]}
+    )
+    arrays, _ = dp.aggregate_train(1, [reply(1, GLOBAL), spent, error_reply(3)])
+    assert arrays is None
+    assert inner.last_round.skipped_budget == [2]
+    assert inner.exhausted == {2}  # never sampled again
+    assert inner.checkpoint_state()["ledger_events"] == [(7, 3)]  # sent with every request
 
 
 def test_central_dp_keeps_the_privacy_report_of_a_held_back_reply() -> None:
