@@ -19,6 +19,7 @@ from task.wire import (
     CONFIG_RECORD,
     LEDGER_DIR,
     METRICS_RECORD,
+    PARTITION_ID,
     PRIVACY_STATE,
     SERVER_ROUND,
 )
@@ -46,6 +47,16 @@ def _secure_rng(context: Context) -> bool:
 def _runtime(context: Context) -> tuple[RunConfig, ClientRuntime]:
     cfg = parse_run_config(context.run_config)
     return cfg, client_runtime(cfg, *_partition(context))
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Answer the server's roll call (``strategies/sampling.py``) with this node's partition,
+    from node-config: no data is read, no budget spent."""
+    partition, _ = _partition(context)
+    return Message(
+        RecordDict({METRICS_RECORD: MetricRecord({PARTITION_ID: partition})}), reply_to=msg
+    )
 
 
 @app.train()

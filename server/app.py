@@ -16,7 +16,7 @@ from server.central_accountant import CentralAccountant
 from server.evaluation import build_evaluator
 from server.handshake import complete_line, wait_at_gate
 from server.prompt_grid import prompt
-from server.recorder import RoundRecorder, restore_random_state
+from server.recorder import RoundRecorder
 from server.records import RunDirectory
 from strategies import build_strategy, sampled_per_round
 from task.config import RunConfig, config_differences, parse_run_config
@@ -63,7 +63,6 @@ def main(grid: Grid, context: Context) -> None:
     if resumed is not None:
         recorder.resume_from(resumed)
         strategy.resume_from(resumed.round, resumed.state["strategy"])
-        restore_random_state(resumed.state["random"])
         initial = ArrayRecord({k: Array(v) for k, v in resumed.arrays.items()})
     train_config = ConfigRecord({LEARNING_RATE: cfg.train.learning_rate})
     if cfg.dp.local:  # simulated clients keep their ledger files under the run directory

@@ -5,8 +5,8 @@ fsync'd, renamed, directory fsync'd), so a kill -9 at any point leaves either th
 round's checkpoint or this one, never a torn file. It holds the global arrays (as
 ``array/<name>``), the reported moving average of them (``average/<name>``) and one JSON
 document (``state``): the round, the recorder's rounds and privacy reports, the strategy's
-state, the central accountant's history and the state of Python's ``random`` (Flower
-samples nodes with it). NumPy's format, read with ``allow_pickle=False``: a checkpoint is
+state (with its node sampler's, :mod:`strategies.sampling`) and the central accountant's
+history. NumPy's format, read with ``allow_pickle=False``: a checkpoint is
 data, never code.
 """
 

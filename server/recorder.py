@@ -8,7 +8,6 @@ aggregates, :mod:`server.model_average`), writes results, logs one line.
 
 from __future__ import annotations
 
-import random
 import time
 from logging import INFO, WARNING
 from typing import Any, Protocol
@@ -91,7 +90,6 @@ class RoundRecorder:
             "extra": self.extra,
             "central_history": self.central.history if self.central is not None else [],
             "strategy": self.strategy.checkpoint_state() if self.strategy is not None else {},
-            "random": _random_state(),
         }
         checkpoint.save(
             self.run_dir.path,
@@ -331,13 +329,3 @@ def same_shape_metrics(contents: list[RecordDict]) -> list[RecordDict]:
         )
         for r in records
     ]
-
-
-def _random_state() -> list[Any]:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def restore_random_state(state: list[Any]) -> None:
-    """Python's ``random`` as it was at the checkpoint (Flower draws the sampled nodes)."""
-    random.setstate((state[0], tuple(state[1]), state[2]))

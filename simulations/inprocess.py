@@ -4,8 +4,7 @@ Flower strategies talk to a :class:`~flwr.serverapp.Grid`. :class:`InProcessGrid
 each message by calling the ClientApp directly, node after node, with a per-node
 ``Context`` that lives as long as the run (so ledgers in ``context.state`` persist, as in
 simulation). Same clients, same data, same DP training and aggregation as ``flwr run``
-(a seeded run at full participation gives its metrics: ``tests/e2e/test_in_process.py``;
-with ``fraction-train < 1`` which nodes are sampled is Flower's unseeded draw in both):
+(a seeded run gives its metrics, client sampling included: ``tests/e2e/test_in_process.py``):
 what is left of a round's wall time here is the work itself, which is what the overhead
 benchmark compares Flower against. Flower ships no such grid (its ``InMemoryGrid`` needs a
 SuperLink state and a separate ClientApp runtime), hence this one.

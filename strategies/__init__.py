@@ -76,6 +76,7 @@ def _base_strategy(
         "evaluate_metrics_aggr_fn": evaluate_metrics_aggr_fn,
         "min_clients": cfg.min_clients,
         "round_timeout": cfg.round_timeout,
+        "sample_seed": cfg.seed,
     }
     if cfg.strategy == "qfedavg":  # its own step, no weighted mean to make robust
         return TracedQFedAvg(

@@ -6,6 +6,7 @@ weighting math in :mod:`strategies.weighting`.
 
 import random
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from logging import INFO, WARNING
 from typing import Any
 
@@ -26,6 +27,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
 from strategies.robust import robust_aggregate
+from strategies.sampling import ROLL_CALL_TIMEOUT_S, rng_state, roll_call, set_rng_state
 from strategies.screening import (
     RoundTrace,
     count_problem,
@@ -73,11 +75,20 @@ class ReplyScreening(FedAvg):
     current_arrays: ArrayRecord | None
 
     def __init__(
-        self, *, min_clients: int = 1, round_timeout: float = 3600.0, **kwargs: Any
+        self,
+        *,
+        min_clients: int = 1,
+        round_timeout: float = 3600.0,
+        sample_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.min_clients = min_clients
         self.round_timeout = round_timeout
+        #: draws the train and evaluate nodes (:mod:`strategies.sampling`), checkpointed
+        self.sampler = random.Random(sample_seed)
+        #: nodes a roll call asked for their partition (each is asked once)
+        self._asked: set[int] = set()
         self.current_arrays = None
         #: what the clients evaluate, made from the round's aggregate (the server sets the
         #: reported model, the moving average); None: the aggregate itself, as in Flower
@@ -103,20 +114,17 @@ class ReplyScreening(FedAvg):
     ) -> Iterable[Message]:
         """Keep a copy of the global arrays to check replies against, then sample.
 
-        Flower's FedAvg sampling, except that nodes in :attr:`exhausted` are never drawn:
-        the round keeps FedAvg's size (``fraction_train`` of all nodes) while enough
+        FedAvg's round size (``fraction_train`` of all nodes), drawn by :meth:`_draw`;
+        nodes in :attr:`exhausted` are never drawn: the round keeps its size while enough
         eligible nodes remain, and shrinks to the eligible ones after that.
         """
         server_round += self.round_offset
         self.current_arrays = arrays.copy()
         if self.fraction_train == 0.0:
             return []
-        # sample_size 0: only Flower's wait for min_available_nodes, then every node id
-        _, all_nodes = sample_nodes(grid, self.min_available_nodes, 0)
-        size = max(int(len(all_nodes) * self.fraction_train), self.min_train_nodes)
-        eligible = [node for node in all_nodes if node not in self.exhausted]
-        self._excluded_now = len(all_nodes) - len(eligible)
-        node_ids = random.sample(eligible, min(size, len(eligible)))
+        node_ids, all_nodes = self._draw(grid, self.fraction_train, self.min_train_nodes,
+                                         excluding=self.exhausted)  # fmt: skip
+        self._excluded_now = sum(node in self.exhausted for node in all_nodes)
         self.sampled_now = node_ids
         log(INFO, "configure_train: Sampled %s nodes (out of %s; %s excluded: budget spent)",
             len(node_ids), len(all_nodes), self._excluded_now)  # fmt: skip
@@ -131,11 +139,47 @@ class ReplyScreening(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Flower's, with the run's own round number, sending the model
-        :attr:`evaluation_model` makes of ``arrays`` (the server's reported one)."""
+        """Flower's, with the run's own round number and :meth:`_draw`'s nodes, sending the
+        model :attr:`evaluation_model` makes of ``arrays`` (the server's reported one)."""
+        if self.fraction_evaluate == 0.0:
+            return []
         if self.evaluation_model is not None:
             arrays = self.evaluation_model(arrays)
-        return super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)
+        node_ids, all_nodes = self._draw(grid, self.fraction_evaluate, self.min_evaluate_nodes)
+        log(INFO, "configure_evaluate: Sampled %s nodes (out of %s)", len(node_ids),
+            len(all_nodes))  # fmt: skip
+        config["server-round"] = server_round + self.round_offset
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, node_ids, MessageType.EVALUATE)
+
+    def _draw(
+        self,
+        grid: Grid,
+        fraction: float,
+        minimum: int,
+        excluding: AbstractSet[int] = frozenset(),
+    ) -> tuple[list[int], list[int]]:
+        """Draw FedAvg's number of nodes (``fraction`` of all, at least ``minimum``) from
+        those not in ``excluding``, with :attr:`sampler` over the nodes in partition order
+        (:mod:`strategies.sampling`); return the drawn nodes and all connected ones."""
+        # sample_size 0: only Flower's wait for min_available_nodes, then every node id
+        _, all_nodes = sample_nodes(grid, self.min_available_nodes, 0)
+        size = max(int(len(all_nodes) * fraction), minimum)
+        if size < len(all_nodes):  # a real draw: over partitions, which the seed fixes
+            self._ask_partitions(grid, all_nodes)
+        eligible = sorted((n for n in all_nodes if n not in excluding), key=self._partition_key)
+        if size >= len(eligible):
+            return eligible, all_nodes
+        return self.sampler.sample(eligible, size), all_nodes
+
+    def _ask_partitions(self, grid: Grid, nodes: list[int]) -> None:
+        unknown = [n for n in nodes if n not in self.node_partitions and n not in self._asked]
+        if not unknown:
+            return
+        self._asked.update(unknown)
+        timeout = min(self.round_timeout, ROLL_CALL_TIMEOUT_S)
+        for node, partition in roll_call(grid, unknown, timeout).items():
+            self._note_partition(node, partition)
 
     # --- checkpoints ----------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
@@ -144,6 +188,7 @@ class ReplyScreening(FedAvg):
         return {
             "exhausted_partitions": sorted(exhausted | self._exhausted_partitions),
             "ledger_events": sorted(self.ledger_events.items()),
+            "sampler": rng_state(self.sampler),
         }
 
     def resume_from(self, round_offset: int, state: dict[str, Any]) -> None:
@@ -151,17 +196,26 @@ class ReplyScreening(FedAvg):
         self.round_offset = round_offset
         self._exhausted_partitions = set(state.get("exhausted_partitions", []))
         self.ledger_events = {int(p): int(n) for p, n in state.get("ledger_events", [])}
+        if "sampler" in state:
+            set_rng_state(self.sampler, state["sampler"])
+
+    def _partition_key(self, node: int) -> tuple[int, int]:
+        """Partition order: the same in every engine and in a resumed run (whose node ids
+        are new); a node whose partition is unknown goes first, by node id."""
+        return self.node_partitions.get(node, -1), node
 
     def _partition_order(self, msg: Message) -> tuple[int, int]:
-        node = msg.metadata.src_node_id
-        return self.node_partitions.get(node, -1), node
+        return self._partition_key(msg.metadata.src_node_id)
+
+    def _note_partition(self, node: int, partition: int) -> None:
+        self.node_partitions[node] = partition
+        if partition in self._exhausted_partitions:
+            self.exhausted.add(node)
 
     def _learn_partitions(self, trace: RoundTrace) -> None:
         for node, record in trace.client_records.items():
             if isinstance(partition := record.get(PARTITION_ID), int):
-                self.node_partitions[node] = partition
-                if partition in self._exhausted_partitions:
-                    self.exhausted.add(node)
+                self._note_partition(node, partition)
                 if isinstance(history := record.get(HISTORY_SIGMA), list):
                     known = self.ledger_events.get(partition, 0)
                     self.ledger_events[partition] = max(known, len(history))

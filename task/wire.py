@@ -48,7 +48,9 @@ EVAL_METRICS = frozenset({NUM_EXAMPLES, EVAL_LOSS, EVAL_ACCURACY})
 
 # --- keys of the CLIENT_RECORD ConfigRecord ---------------------------------------------
 NODE_ID = "node-id"
-PARTITION_ID = "partition-id"  # node-config's: stable where node ids are not (a resumed run)
+# node-config's: stable where node ids are not (a resumed run); also the MetricRecord key
+# of a reply to the server's roll call (a query message, strategies/sampling.py)
+PARTITION_ID = "partition-id"
 BYTES_SENT = "bytes-sent"
 # The privacy report (local DP only), with EPSILON and BUDGET_EXHAUSTED as above:
 DELTA = "delta"

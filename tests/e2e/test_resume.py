@@ -22,8 +22,10 @@ from tests.e2e.test_flwr_run import processes_started_under
 
 pytestmark = pytest.mark.slow
 
+# two of the three clients a round: a resumed run's nodes have new ids, and it must still
+# draw the clients the uninterrupted run drew (strategies/sampling.py)
 SETTINGS = ["model.name=tiny-bert", "model.finetune=full", "synthetic.num-examples=1500",
-            "num-server-rounds=4", "dp.target-epsilon=4"]  # fmt: skip
+            "num-server-rounds=4", "dp.target-epsilon=4", "fraction-train=0.67"]  # fmt: skip
 FAIRFED = [*SETTINGS, "strategy=fairfed"]  # a strategy with state of its own
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,7 +75,8 @@ def test_a_run_dying_after_its_clients_trained_resumes_to_the_same_end(
     assert results(run_dir)["status"] == "failed"
     ledgers = sorted(p.name for p in (run_dir / "ledgers").iterdir())
     assert ledgers == ["partition-0.json", "partition-1.json", "partition-2.json"]
-    assert all(json.loads((run_dir / "ledgers" / n).read_text())["round"] == 3 for n in ledgers)
+    last_rounds = [json.loads((run_dir / "ledgers" / n).read_text())["round"] for n in ledgers]
+    assert last_rounds.count(3) == 2  # the two clients round 3 drew trained it
     monkeypatch.setattr(RoundRecorder, "evaluate", evaluate)
 
     resumed_dir, _ = run_in_process(resume_experiment(run_dir, None, [], supernodes=None))

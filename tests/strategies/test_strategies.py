@@ -45,13 +45,37 @@ def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class FakeGrid:
-    """Just enough Grid for ``configure_train``: a fixed set of connected nodes."""
+    """Just enough Grid for ``configure_train``: a fixed set of connected nodes, which
+    answer a roll call with their partition (``partitions``; unnamed nodes: the node id),
+    or with an error (``silent``)."""
 
-    def __init__(self, nodes: list[int]) -> None:
+    def __init__(
+        self,
+        nodes: list[int],
+        partitions: dict[int, int] | None = None,
+        silent: frozenset[int] = frozenset(),
+    ) -> None:
         self.nodes = nodes
+        self.partitions = partitions or {}
+        self.silent = silent
+        self.asked: list[int] = []
 
     def get_node_ids(self) -> list[int]:
         return self.nodes
+
+    def send_and_receive(self, messages: list[Message], *, timeout: float) -> list[Message]:
+        answers = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            assert msg.metadata.message_type == MessageType.QUERY
+            self.asked.append(node)
+            if node in self.silent:
+                answers.append(error_reply(node))
+                continue
+            metrics = MetricRecord({wire.PARTITION_ID: self.partitions.get(node, node)})
+            answers.append(make_message(
+                metadata=_metadata(node), content=RecordDict({wire.METRICS_RECORD: metrics})))  # fmt: skip
+        return answers
 
 
 def record(arrays: dict[str, Any]) -> ArrayRecord:
