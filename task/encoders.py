@@ -35,7 +35,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 @lru_cache(maxsize=16)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+def _file_sha256(path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -44,9 +44,11 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of ``path``, computed once per process per (size, mtime)."""
+    """sha256 of ``path``, computed once per process per version of the file: its size,
+    mtime, inode and ctime (a copy that restores size and mtime, ``cp -p``, still moves the
+    ctime, and a replacing rename the inode)."""
     stat = path.stat()
-    return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+    return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
 
 
 def verify_checksum(path: Path, expected: str) -> None:
@@ -80,18 +82,21 @@ def resolve_model_name(name: str) -> str:
 
 
 def model_digest(source: str) -> str:
-    """A content hash of a local model folder's weights and config (a hub name: of its
-    cached copy)."""
+    """A content hash of a local model folder's weights and config; of a hub model, its id
+    and the commit of its cached snapshot (which fixes every file of the repository, the
+    weights included, even where ``head`` mode has not fetched them yet)."""
     folder = Path(source)
+    digest = hashlib.sha256()
     if not folder.is_dir():
         from huggingface_hub import snapshot_download
 
-        folder = Path(snapshot_download(source, local_files_only=True))
+        snapshot = Path(snapshot_download(source, local_files_only=True))
+        digest.update(f"hub\0{source}\0{snapshot.name}\0".encode())
+        return digest.hexdigest()
     files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
-    files += [folder / "config.json"] if (folder / "config.json").is_file() else []
     if not files:
         raise ValueError(f"model.name: no weight file ({', '.join(WEIGHT_SUFFIXES)}) in {folder}")
-    digest = hashlib.sha256()
+    files += [folder / "config.json"] if (folder / "config.json").is_file() else []
     for path in files:
         digest.update(path.name.encode() + b"\0" + file_sha256(path).encode())
     return digest.hexdigest()

@@ -98,12 +98,13 @@ def with_features(encoded: Encoded, cfg: ModelConfig) -> Encoded:
     # A hit needs only the config and the weights' hash: a process that only trains the
     # head then never imports transformers' modeling code.
     source = resolve_model_name(cfg.name)
+    digest = model_digest(source)
     features = cached_features(
-        lambda: frozen_bottom(cfg)[0],
+        lambda: frozen_bottom(cfg, digest)[0],
         encoder_config(source).num_hidden_layers - cfg.trained_layers,
         encoded.input_ids,
         encoded.attention_mask,
-        model_digest=model_digest(source),
+        model_digest=digest,
     )
     variants = None if encoded.variants is None else with_features(encoded.variants, cfg)
     return dataclasses.replace(encoded, features=features, variants=variants)

@@ -210,15 +210,21 @@ def build_model(
     return model
 
 
+def frozen_bottom(cfg: ModelConfig, digest: str | None = None) -> tuple[FrozenBottom, str]:
+    """The frozen encoder part of ``head``/``top-layers`` and its weights' content hash
+    (``digest``: already computed). Kept per hash: a folder whose weights change is loaded
+    again, so features are never computed by an encoder older than their cache key."""
+    digest = digest or model_digest(resolve_model_name(cfg.name))
+    return _frozen_bottom(cfg, digest), digest
+
+
 @lru_cache(maxsize=2)
-def frozen_bottom(cfg: ModelConfig) -> tuple[FrozenBottom, str]:
-    """The frozen encoder part of ``head``/``top-layers`` and its weights' content hash."""
-    source = resolve_model_name(cfg.name)
-    encoder = load_encoder(source)
+def _frozen_bottom(cfg: ModelConfig, digest: str) -> FrozenBottom:
+    encoder = load_encoder(resolve_model_name(cfg.name))
     bottom, _ = split_encoder(
         encoder, train_layers=cfg.trained_layers, head_hidden=cfg.head_hidden, num_labels=2
     )
-    return bottom, model_digest(source)
+    return bottom
 
 
 ATTENTION_PROJECTIONS = ("query", "value", "q_lin", "v_lin", "q_proj", "v_proj", "c_attn")

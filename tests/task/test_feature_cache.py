@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
 from task.config import load_defaults, parse_run_config
 from task.data import Encoded
+from task.encoders import file_sha256, model_digest
 from task.feature_cache import cache_dir, cached_features, with_features
 from task.model import frozen_bottom, load_tokenizer
 
@@ -70,3 +73,48 @@ def test_cache_is_invalidated_when_data_model_or_max_length_change() -> None:
 def test_not_cached_for_lora_or_full() -> None:
     data = encoded()
     assert with_features(data, replace(CFG, finetune="lora")).features is None
+
+
+def _save_bert(folder: Path, seed: int) -> None:
+    """A small random BERT under MiniLM's vocabulary, as ``save_pretrained`` writes it."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30_522, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64)  # fmt: skip
+    staging = folder.with_name(folder.name + f"-{seed}")
+    BertModel(config).save_pretrained(staging)
+    folder.mkdir(exist_ok=True)
+    for path in staging.iterdir():
+        os.replace(path, folder / path.name)  # the weights change in place, same path
+
+
+def test_a_folder_whose_weights_change_is_featurised_by_the_new_weights(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    _save_bert(folder, seed=1)
+    model_cfg = replace(CFG, name=str(folder), finetune="head")
+    data = encoded()
+    before = with_features(data, model_cfg).features
+    _save_bert(folder, seed=2)
+    after = with_features(data, model_cfg).features
+    assert before is not None and after is not None
+    assert float((after - before).abs().max()) > 1e-3
+    fresh, _ = frozen_bottom(model_cfg)
+    expected = fresh(data.input_ids, data.attention_mask)
+    assert float((after - expected).abs().max()) <= 1e-6
+
+
+def test_a_file_replaced_with_its_size_and_mtime_restored_is_hashed_again(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"a" * 64)
+    first = file_sha256(path)
+    stat = path.stat()
+    path.write_bytes(b"b" * 64)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as `cp -p` or `rsync -a` do
+    assert file_sha256(path) != first
+
+
+def test_a_folder_without_weights_has_no_digest(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="no weight file"):
+        model_digest(str(tmp_path))
