@@ -106,17 +106,18 @@ class RunDirectory:
 def rounds_without_survivors(
     rounds: Sequence[Mapping[str, Any]], config: Mapping[str, Any]
 ) -> list[int]:
-    """Rounds in which every client failed, unless the run injected faults (then a round
-    without survivors is a result): a run with any such round failed. A round the strategy
-    skipped with a reason (``skipped``: too few accepted replies, or central DP's wrapper
-    refusing a round with an error reply) had survivors; it is reported, not a failure."""
+    """Rounds that failing clients left without an aggregate, unless the run injected
+    faults (then such a round is a result): a run with any such round failed.
+
+    A round the strategy skipped although some replies were accepted (``skipped``: fewer
+    than ``min-clients``, or central DP's wrapper refusing a round with an error reply) is
+    reported and the run goes on, unless no round of the run aggregated anything."""
     if injects_faults(config):
         return []
-    return [
-        int(r["round"])
-        for r in rounds
-        if r["num_clients"] == 0 and r["failures"] > 0 and not r.get("skipped")
-    ]
+    lost = [r for r in rounds if r["num_clients"] == 0 and r["failures"] > 0]
+    if any(r["num_clients"] > 0 for r in rounds):
+        lost = [r for r in lost if not r.get("skipped")]
+    return [int(r["round"]) for r in lost]
 
 
 def injects_faults(config: Mapping[str, Any]) -> bool:

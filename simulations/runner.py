@@ -90,7 +90,9 @@ def check_complete(run_dir: Path, num_rounds: int, logs: Path) -> None:
     if len(rounds) < num_rounds:
         raise RunFailed(f"only {len(rounds)}/{num_rounds} rounds completed; see the logs in {logs}")
     if empty := rounds_without_survivors(rounds, payload.get("config", {})):
-        raise RunFailed(f"every client failed in round(s) {empty}; see the logs in {logs}")
+        raise RunFailed(
+            f"failing clients left round(s) {empty} without an aggregate; see the logs in {logs}"
+        )
 
 
 def run_experiment(

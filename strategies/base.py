@@ -27,7 +27,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
 from strategies.robust import robust_aggregate
-from strategies.sampling import ROLL_CALL_TIMEOUT_S, rng_state, roll_call, set_rng_state
+from strategies.sampling import rng_state, roll_call, set_rng_state
 from strategies.screening import (
     RoundTrace,
     count_problem,
@@ -177,8 +177,7 @@ class ReplyScreening(FedAvg):
         if not unknown:
             return
         self._asked.update(unknown)
-        timeout = min(self.round_timeout, ROLL_CALL_TIMEOUT_S)
-        for node, partition in roll_call(grid, unknown, timeout).items():
+        for node, partition in roll_call(grid, unknown, self.round_timeout).items():
             self._note_partition(node, partition)
 
     # --- checkpoints ----------------------------------------------------------------

@@ -25,13 +25,14 @@ from flwr.supercore import log
 from strategies.screening import metrics_of
 from task.wire import PARTITION_ID
 
-#: How long a roll call waits for the nodes' answers; one that does not answer in time is
-#: drawn after the known ones (by node id) and not asked again.
-ROLL_CALL_TIMEOUT_S = 60.0
-
 
 def roll_call(grid: Grid, nodes: Iterable[int], timeout: float) -> dict[int, int]:
-    """Ask ``nodes`` which partition each holds; return the valid answers by node."""
+    """Ask ``nodes`` which partition each holds; return the valid answers by node.
+
+    It waits up to ``timeout`` (the run's ``round-timeout``: about 5 ms a node in
+    simulation once Ray's actors are up). A node that does not answer in time is not asked
+    again; it is drawn as a node of unknown partition (before the known ones, by node id)
+    until a train reply names its partition."""
     nodes = list(nodes)
     messages = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
     answers: dict[int, int] = {}

@@ -84,8 +84,8 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
         """Screen the answered replies of a round Flower's wrapper did not aggregate:
         ``budget-exhausted`` and ledger lengths count, nothing is released or accounted."""
         answered = [msg for msg in received if not msg.has_error()]
-        self.traced.screen_round(run_round, answered)
+        accepted = self.traced.screen_round(run_round, answered)
         trace = self.traced.last_round
-        if answered:  # some clients survived: the round was lost, not the federation
+        if accepted:  # some clients survived: the round was lost, not the federation
             trace.skipped = "an error reply: Flower's central DP aggregates nothing then"
         return trace

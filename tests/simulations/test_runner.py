@@ -60,13 +60,16 @@ def test_a_round_without_survivors_fails_a_run_unless_faults_were_asked_for(
     rounds = [{"round": 1, "num_clients": 3, "failures": 0},
               {"round": 2, "num_clients": 0, "failures": 3}]  # fmt: skip
     write_results(tmp_path, rounds)
-    with pytest.raises(RunFailed, match=r"every client failed in round\(s\) \[2\]"):
+    with pytest.raises(RunFailed, match=r"clients left round\(s\) \[2\] without an aggregate"):
         check_complete(tmp_path, 2, tmp_path)
     write_results(tmp_path, rounds, **{"faults.crash-rate": 0.6})
     check_complete(tmp_path, 2, tmp_path)  # injected: a result, reported per round
     lost = {"round": 2, "num_clients": 0, "failures": 1, "skipped": "an error reply: ..."}
     write_results(tmp_path, [rounds[0], lost])
     check_complete(tmp_path, 2, tmp_path)  # survivors, but the round was not aggregated
+    write_results(tmp_path, [{**lost, "round": 1}, lost])
+    with pytest.raises(RunFailed, match=r"round\(s\) \[1, 2\]"):
+        check_complete(tmp_path, 2, tmp_path)  # no round ever aggregated: nothing trained
     with pytest.raises(RunFailed, match="only 2/3 rounds"):
         check_complete(tmp_path, 3, tmp_path)
 
