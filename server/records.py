@@ -128,9 +128,18 @@ def injects_faults(config: Mapping[str, Any]) -> bool:
 
 
 def mark_status(run_dir: Path, status: str) -> None:
-    """Record in ``results.json`` how a run ended early (``failed``, ``interrupted``)."""
+    """Record in ``results.json`` how a run ended early (``failed``, ``interrupted``).
+
+    A complete run stays complete (a stop that lands after its last round). A run stopped
+    before its first round wrote ``results.json`` gets one with no rounds."""
     path = run_dir / "results.json"
     if path.is_file():
         results = json.loads(path.read_text())
-        results["status"] = status
-        write_json(path, results)
+        if results.get("status") == "complete":
+            return
+    else:
+        config_file = run_dir / "config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        results = {"config": config, "rounds": [], "privacy": {}, "final": {}}
+    results["status"] = status
+    write_json(path, results)

@@ -318,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with signals_raise():
             return _dispatch(sys.argv[1:] if argv is None else list(argv))
-    except Interrupted as interrupted:
+    except Interrupted as interrupted:  # SIGTERM/SIGHUP: the same line as Ctrl-C's
+        print(INTERRUPTED, file=sys.stderr)
         return interrupted.exit_code
     except KeyboardInterrupt:  # every process of the run was stopped on the way out
         print(INTERRUPTED, file=sys.stderr)

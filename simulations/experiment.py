@@ -93,13 +93,18 @@ def build_experiment(
     overrides |= parse_assignments(assignments)
     if output_dir is not None:
         overrides["output-dir"] = output_dir
-    for key in ("data.path", "augment.lexicon"):  # Flower's processes run elsewhere: pin
-        if isinstance(overrides.get(key), str) and overrides[key]:  # paths to the caller's cwd
+    # Flower's processes run elsewhere: pin paths to the caller's cwd
+    for key in ("data.path", "augment.lexicon", "resume-from"):
+        if isinstance(overrides.get(key), str) and overrides[key]:
             overrides[key] = str(Path(overrides[key]).expanduser().resolve())
     if supernodes is not None:
         federation["num-supernodes"] = supernodes
     experiment = Experiment(overrides=overrides, federation=_check_federation(federation))
     cfg = experiment.run_config  # validates every key now, before anything starts
+    if cfg.resume_from:
+        from simulations.resume import check_resume_from  # it builds experiments itself
+
+        check_resume_from(Path(cfg.resume_from), overrides)
     check_output_dir(cfg.output_dir)
     run_config_flag(overrides)  # and that each value survives Flower's key=value parser
     if check_slow:

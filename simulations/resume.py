@@ -21,17 +21,14 @@ def resume_experiment(
 ) -> Experiment:
     """The experiment that continues ``run_dir``; a clear error if it cannot."""
     run_dir = run_dir.expanduser().resolve()
-    recorded = _recorded(run_dir)
-    results = json.loads((run_dir / "results.json").read_text())
-    done, total = len(results["rounds"]), int(recorded["num-server-rounds"])
-    if done >= total:
-        raise ValueError(f"--resume {run_dir}: the run already completed all {total} rounds")
+    label = f"--resume {run_dir}"
+    recorded, results = _resumable(run_dir, label)
     nodes = int(results.get("num_nodes", DEFAULT_FEDERATION["num-supernodes"]))
     if supernodes is not None and supernodes != nodes:
         raise ValueError(f"--supernodes {supernodes}: the run in {run_dir} has {nodes} nodes")
     if path is not None or assignments:
         given = build_experiment(path, assignments, check_data=False).overrides
-        _require_same(load_defaults() | given, recorded, run_dir)
+        _require_same(load_defaults() | given, recorded, label)
     overrides = {k: v for k, v in recorded.items() if k not in LOCATION_KEYS}
     overrides |= {"output-dir": str(run_dir.parent), "resume-from": str(run_dir)}
     experiment = Experiment(overrides, DEFAULT_FEDERATION | {"num-supernodes": nodes})
@@ -39,25 +36,38 @@ def resume_experiment(
     return experiment
 
 
-def _recorded(run_dir: Path) -> dict[str, Any]:
+def check_resume_from(run_dir: Path, overrides: dict[str, Any]) -> None:
+    """``--set resume-from=RUN_DIR``: the checks of ``--resume``, before anything starts
+    (the ServerApp checks the config again, for a deployed ``flwr run``)."""
+    label = f"resume-from={run_dir}"
+    recorded, _ = _resumable(run_dir, label)
+    _require_same(load_defaults() | overrides, recorded, label)
+
+
+def _resumable(run_dir: Path, label: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config and results of a run that can continue; ``label`` names the input."""
     for name in ("config.json", "results.json", "checkpoint.npz"):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(
-                f"--resume {run_dir}: no {name} there; valid: a run directory of "
+                f"{label}: no {name} there; valid: a run directory of "
                 "`fedequity run` whose first round completed"
             )
     config: dict[str, Any] = json.loads((run_dir / "config.json").read_text())
     if stale := sorted(set(load_defaults()) - set(config) - LOCATION_KEYS):
         raise ValueError(
-            f"--resume {run_dir}: the run predates run-config key(s) {stale}; it can only be "
+            f"{label}: the run predates run-config key(s) {stale}; it can only be "
             "resumed by the version of FedEquity that started it"
         )
-    return config
+    results: dict[str, Any] = json.loads((run_dir / "results.json").read_text())
+    total = int(config["num-server-rounds"])
+    if len(results["rounds"]) >= total:
+        raise ValueError(f"{label}: the run already completed all {total} rounds")
+    return config, results
 
 
-def _require_same(given: dict[str, Any], recorded: dict[str, Any], run_dir: Path) -> None:
+def _require_same(given: dict[str, Any], recorded: dict[str, Any], label: str) -> None:
     if shown := config_differences(recorded, given):
         raise ValueError(
-            f"--resume {run_dir}: the experiment and --set values differ from the run's "
+            f"{label}: the experiment and --set values differ from the run's "
             f"config ({shown}); resume with the same ones, or with none"
         )

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +98,14 @@ def test_resume_refuses_another_config_and_a_finished_run(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match=r"differ from the run's config \(seed: run 42, given 7"):
         resume_experiment(run_dir, None, [*SETTINGS, "seed=7"], supernodes=None)
     checkpoint = (run_dir / "checkpoint.npz").read_bytes()
-    by_key = build_experiment(None, [*SETTINGS, f"resume-from={run_dir}", "seed=7"], supernodes=3)
+    with pytest.raises(ValueError, match=r"resume-from=.*differ from the run's config \(seed"):
+        build_experiment(None, [*SETTINGS, f"resume-from={run_dir}", "seed=7"], supernodes=3)
+    # the ServerApp's own check, all a deployed `flwr run` passes through
+    other = build_experiment(None, [*SETTINGS, "seed=7"], supernodes=3)
+    by_key = replace(other, overrides=other.overrides | {"resume-from": str(run_dir)})
     with pytest.raises(ValueError, match=r"config differs from the resumed run's \(seed: run 42"):
-        run_in_process(by_key)  # the ServerApp's own check: no `--resume` in front of it
+        run_in_process(by_key)
+    assert results(run_dir) == summary  # a refused resume changes nothing
     assert (run_dir / "checkpoint.npz").read_bytes() == checkpoint
     with pytest.raises(ValueError, match="--supernodes 5: the run .* has 3 nodes"):
         resume_experiment(run_dir, None, [], supernodes=5)

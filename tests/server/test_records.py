@@ -3,11 +3,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
 from pathlib import Path
 
 import pytest
 
-from server.records import RunDirectory, flat_row
+from server.records import RunDirectory, flat_row, mark_status
 
 
 def test_run_directory_writes_contract_files_and_latest(tmp_path: Path) -> None:
@@ -58,3 +59,29 @@ def test_results_are_strict_json(tmp_path: Path) -> None:
 
 def test_flat_row_skips_lists() -> None:
     assert flat_row({"a": {"b": 1, "c": [1, 2]}, "d": "x"}) == {"a.b": 1, "d": "x"}
+
+
+def test_a_stopped_run_is_marked_but_a_complete_one_stays_complete(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path, "r1", {"seed": 1})
+    mark_status(run.path, "interrupted")  # stopped before its first round wrote results
+    results = json.loads((run.path / "results.json").read_text())
+    assert results == {"config": {"seed": 1}, "rounds": [], "privacy": {}, "final": {},
+                       "status": "interrupted"}  # fmt: skip
+    results["status"] = "complete"
+    (run.path / "results.json").write_text(json.dumps(results))
+    mark_status(run.path, "failed")  # e.g. a refused resume of it, a stop after its last round
+    assert json.loads((run.path / "results.json").read_text())["status"] == "complete"
+
+
+def test_main_reports_sigterm_as_ctrl_c(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import simulations.__main__ as cli
+    from launch.signals import Interrupted
+
+    def terminated(_argv: list[str]) -> int:
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(cli, "_dispatch", terminated)
+    assert cli.main(["run"]) == 143
+    assert capsys.readouterr().err.strip() == cli.INTERRUPTED

@@ -279,6 +279,11 @@ CASES = [
         "{empty_model}",
     ),
     case(
+        "resume-from a directory that is no run",
+        r"resume-from=/.*: no config.json there",
+        *sets("resume-from={empty_model}"),
+    ),
+    case(
         "resume with another output dir",
         r"--output-dir: a resumed run stays",
         "--resume",
