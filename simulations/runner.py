@@ -125,9 +125,11 @@ def run_experiment(
     write_connection(flwr_home, CONNECTION, f"127.0.0.1:{port}")
     env = simulation_env(flwr_home) | {GATE_ENV: str(gate)}
     sup = ProcessSupervisor(env=env, log_dir=logs)
-    (work / OWNER).write_text(json.dumps({"pid": os.getpid(), "marker": sup.marker}))
     found: list[str] = []
     run_dir: Path | None = Path(cfg.resume_from) if cfg.resume_from else None
+    # a resumed run's directory keeps its first id, not the one `flwr run` logs: record it
+    owner = {"pid": os.getpid(), "marker": sup.marker, "run_dir": str(run_dir or "")}
+    (work / OWNER).write_text(json.dumps(owner))
     try:
         streamed = None
         try:
@@ -232,13 +234,21 @@ def reap_abandoned(output_dir: Path) -> None:
         if pid_alive(int(owner["pid"])):
             continue
         reap(str(owner["marker"]))
-        log = work / "logs" / LOG_NAME
-        run_id = next(filter(None, map(parse_run_id, _lines(log))), None)
-        if run_id is not None and (output_dir / run_id).is_dir():
-            _mark_interrupted(output_dir / run_id)
-            _keep_logs(work, work / "logs", output_dir / run_id)
+        run_dir = _run_dir_of(work, owner, output_dir)
+        if run_dir is not None and run_dir.is_dir():
+            _mark_interrupted(run_dir)
+            _keep_logs(work, work / "logs", run_dir)
         else:
             _drop_all_but_logs(work)
+
+
+def _run_dir_of(work: Path, owner: dict[str, Any], output_dir: Path) -> Path | None:
+    """The run directory of a killed runner's work dir: the resumed one its owner file
+    names, else the one of the run id its log shows, if any."""
+    if owner.get("run_dir"):
+        return Path(owner["run_dir"])
+    run_id = next(filter(None, map(parse_run_id, _lines(work / "logs" / LOG_NAME))), None)
+    return None if run_id is None else output_dir / run_id
 
 
 ORPHAN_AGE_S = 3600.0

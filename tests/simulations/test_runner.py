@@ -104,14 +104,21 @@ def test_dead_work_dirs_keep_only_their_logs(tmp_path: Path) -> None:
     assert (killed / "logs" / LOG_NAME).is_file()
 
 
-def test_a_killed_runners_run_gets_its_logs_and_says_interrupted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("resumed", [False, True])
+def test_a_killed_runners_run_gets_its_logs_and_says_interrupted(
+    tmp_path: Path, resumed: bool
+) -> None:
+    """A resumed run keeps its first id as its directory, while `flwr run` logs a new one:
+    the owner file names the directory."""
     run_dir = tmp_path / "1234"
     run_dir.mkdir()
     (run_dir / "results.json").write_text(json.dumps({"status": "running", "rounds": []}))
     work = tmp_path / f"{WORK_PREFIX}killed"
     (work / "logs").mkdir(parents=True)
-    (work / "logs" / LOG_NAME).write_text("🎊 Successfully started run 1234\n")
-    (work / OWNER).write_text(json.dumps({"pid": 2**22 + 7, "marker": "no-such-mark"}))
+    logged = "5678" if resumed else "1234"
+    (work / "logs" / LOG_NAME).write_text(f"🎊 Successfully started run {logged}\n")
+    owner = {"pid": 2**22 + 7, "marker": "no-such-mark", "run_dir": str(run_dir) if resumed else ""}
+    (work / OWNER).write_text(json.dumps(owner))
     reap_abandoned(tmp_path)
     assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
     assert (run_dir / "logs" / LOG_NAME).is_file() and not work.exists()
