@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
 from flwr.common.config import parse_config_args
 
 from deploy.certs import DEFAULT_CERTS_DIR, DEFAULT_KEYS_DIR, TlsBundle, generate
@@ -38,6 +39,8 @@ from launch.net import free_ports, wait_healthy
 from launch.signals import Interrupted, signals_raise
 from launch.stream import run_app
 from launch.supervisor import FlowerError, ProcessSupervisor
+from simulations.experiment import check_output_dir
+from task.config import load_defaults, parse_run_config
 
 REPO = Path(__file__).resolve().parent.parent
 CONNECTION = "fedequity-local"
@@ -190,8 +193,17 @@ def run_config_args(opts: Options) -> list[str]:
     table, so a later ``train.*`` flag would drop every earlier ``train.*`` key."""
     overrides = load_experiment_file(opts.experiment)[0] if opts.experiment else {}
     for item in [*opts.run_config, f"num-server-rounds={opts.rounds}"]:
-        overrides |= parse_config_args([item])
+        try:
+            overrides |= parse_config_args([item])
+        except click.ClickException:  # Flower's TOML-value parser: no traceback for a typo
+            raise ValueError(
+                f"--run-config {item!r}: not key=value items with TOML values; a string "
+                "needs quotes, e.g. \"strategy='fedavg' seed=3\""
+            ) from None
     overrides["output-dir"] = str(opts.output_dir.resolve()).replace("\\", "/")
+    # every key and value, and the output dir, named before a certificate or process is made
+    parse_run_config(load_defaults() | overrides)
+    check_output_dir(overrides["output-dir"])
     return run_config_flag(overrides)
 
 

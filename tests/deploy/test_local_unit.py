@@ -124,3 +124,21 @@ def test_toml_values_survive_flwrs_parser(value: object, literal: str) -> None:
 def test_unsendable_value_is_rejected() -> None:
     with pytest.raises(ValueError, match="only bool, int, float"):
         toml_value([1, 2])
+
+
+@pytest.mark.parametrize(
+    ("item", "output_dir", "expected"),
+    [
+        ("stratgy='fedavg'", "out", r"'stratgy'; did you mean 'strategy'"),
+        ("strategy=fedavg", "out", r"--run-config 'strategy=fedavg': .* a string needs quotes"),
+        ("dp.target-epsilon=-1", "out", r"dp\.target-epsilon"),
+        ("seed=1", "file/out", r"output-dir .* lies under the file"),
+    ],
+)
+def test_bad_run_config_is_named_before_anything_starts(
+    tmp_path: Path, item: str, output_dir: str, expected: str
+) -> None:
+    (tmp_path / "file").write_text("")
+    opts = Options(output_dir=tmp_path / output_dir, run_config=(item,))
+    with pytest.raises(ValueError, match=expected):
+        run_config_args(opts)
