@@ -7,7 +7,7 @@ sampling). Record *i* joins each batch independently with probability
 *released* group counts (post-processing). The accountant runs at ``q_max``, the rate of
 the most-sampled group, so every record's (ε, δ) is at most what the ledger records; the
 noise std stays ``σ·C`` and the noisy sum is divided by the expected batch size under the
-released counts, a data-independent constant given the release.
+released counts (:func:`records_per_group`), a data-independent constant given the release.
 
 Opacus' ``UniformWithReplacementSampler`` draws one rate for all records; this is the same
 loop with a rate vector, so the per-record inclusion events stay independent.
@@ -59,13 +59,40 @@ def group_rates(
     return max_rate * np.minimum(weights / top, 1.0)
 
 
-def expected_batch(released_counts: np.ndarray, rates: np.ndarray) -> float:
-    """Expected batch size under the released counts (each floored at one record)."""
-    return float(max(1.0, (np.clip(released_counts, 1.0, None) * rates).sum()))
+def records_per_group(released_counts: np.ndarray, records: int) -> np.ndarray:
+    """The client's ``records`` spread over its groups as the release shows them.
+
+    ``records`` is public (it sets q and is sent as ``num-examples``), so this is
+    post-processing. A cell the release does not show (absent, or denoised to 0 below the
+    count threshold) gets an equal part of what the shown cells leave of ``records``; then
+    every cell is scaled so that they sum to ``records``: count noise on a small client can
+    release several times its size, and a denoised cell still holds records that are drawn
+    (at the cap rate), which a floor of one record per cell undercounted.
+    """
+    counts = np.clip(np.asarray(released_counts, dtype=float), 0.0, None)
+    hidden = counts <= 0
+    left = records - counts.sum()
+    if hidden.any() and left > 0:
+        counts = np.where(hidden, left / hidden.sum(), counts)
+    total = counts.sum()
+    if total <= 0:
+        return np.full(counts.shape, records / len(counts))
+    return counts * (records / total)
+
+
+def expected_batch(released_counts: np.ndarray, rates: np.ndarray, *, records: int) -> float:
+    """Expected batch size of ``records`` records under the released counts
+    (:func:`records_per_group`), at least one."""
+    return float(max(1.0, (records_per_group(released_counts, records) * rates).sum()))
 
 
 def with_batch_floor(
-    rates: np.ndarray, released_counts: np.ndarray, *, max_rate: float, min_batch_share: float
+    rates: np.ndarray,
+    released_counts: np.ndarray,
+    *,
+    max_rate: float,
+    min_batch_share: float,
+    records: int,
 ) -> np.ndarray:
     """``rates`` tempered, if need be, so the expected batch keeps ``min_batch_share`` of
     the plain one (every released record at ``max_rate``).
@@ -80,10 +107,11 @@ def with_batch_floor(
     """
     rates = np.asarray(rates, dtype=float)
     relative = np.clip(rates / max_rate, 0.0, 1.0)
-    plain = expected_batch(released_counts, np.full(relative.shape, max_rate))
+    plain = expected_batch(released_counts, np.full(relative.shape, max_rate), records=records)
 
     def batch_share(exponent: float) -> float:
-        return expected_batch(released_counts, max_rate * relative**exponent) / plain
+        batch = expected_batch(released_counts, max_rate * relative**exponent, records=records)
+        return batch / plain
 
     if min_batch_share <= 0 or batch_share(1.0) >= min_batch_share:
         return rates

@@ -245,7 +245,7 @@ def weights_from_released(
         shown, counts = np.ones_like(shown), np.ones_like(counts)
     shares = counts / counts.sum()
     reference = shares if population is None else population
-    raw = np.where(shown, reference, 1.0) ** (-alpha)
+    raw = _inverse_power(np.where(shown, reference, 1.0), alpha)
     per_group = np.minimum(raw / float((shares * raw).sum()), max_weight)
     # w_max from the float32 values actually used, so no weight rounds up above it.
     per_group_t = torch.tensor(np.maximum(per_group, 0.0), dtype=torch.float32)
@@ -253,6 +253,17 @@ def weights_from_released(
     w_max = max(1.0, float(per_group_t[shown_t].max()))
     per_group_t = torch.where(shown_t, per_group_t, torch.tensor(w_max, dtype=torch.float32))
     return per_group_t[groups], w_max
+
+
+def _inverse_power(shares: np.ndarray, alpha: float) -> np.ndarray:
+    """``shares ** -alpha``, or where that overflows (a tiny share, a large α) the same up to
+    a common factor, from logs: the weights only need the ratios, and inf/inf is NaN."""
+    with np.errstate(over="ignore"):
+        raw = shares ** (-alpha)
+    if np.isfinite(raw).all():
+        return raw  # type: ignore[no-any-return]
+    logs = -alpha * np.log(shares)
+    return np.exp(logs - logs.max())  # type: ignore[no-any-return]
 
 
 def local_training(
@@ -311,10 +322,10 @@ def poisson_loader(
             max_weight=cfg.fair.local_max_weight, population=population,
         )  # fmt: skip
         rates = group_rates(per_group.double().numpy(), counts, max_rate=q_max)
-        rates = with_batch_floor(rates, counts, max_rate=q_max,
+        rates = with_batch_floor(rates, counts, max_rate=q_max, records=private_records,
                                  min_batch_share=cfg.fair.min_batch_share)  # fmt: skip
-    public_groups = rows.groups[private_records:].numpy()
-    expected_counts = counts + np.bincount(public_groups, minlength=num_groups)
+    public_counts = np.bincount(rows.groups[private_records:].numpy(), minlength=num_groups)
+    batch = expected_batch(counts, rates, records=private_records) + float(public_counts @ rates)
     dataset = record_tensors(rows, weights)
     sampler = GroupPoissonSampler(
         torch.from_numpy(rates)[rows.groups], steps=poisson_steps_per_epoch(q_max),
@@ -326,4 +337,4 @@ def poisson_loader(
         dtypes=[x.dtype for x in first],
     )  # fmt: skip
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
-    return loader, (q_max, expected_batch(expected_counts, rates))
+    return loader, (q_max, batch)

@@ -10,6 +10,7 @@ from clients.group_sampling import (
     GroupPoissonSampler,
     expected_batch,
     group_rates,
+    records_per_group,
     with_batch_floor,
 )
 
@@ -50,8 +51,15 @@ def test_per_record_inclusion_rates_match_over_many_draws() -> None:
     assert 0.8 * expected_var < var < 1.2 * expected_var
 
 
-def test_expected_batch_uses_released_counts_floored_at_one() -> None:
-    assert expected_batch(np.array([100.0, -3.0]), np.array([0.1, 0.5])) == pytest.approx(10.5)
+def test_expected_batch_spreads_the_public_record_count_as_the_release_shows_it() -> None:
+    rates = np.array([0.1, 0.5, 0.5])
+    # the hidden cells (denoised to 0, or noise below 0) share the 20 records left
+    assert expected_batch(np.array([100.0, -3.0, 0.0]), rates, records=120) == pytest.approx(20)
+    assert records_per_group(np.array([100.0, -3.0, 0.0]), 120) == pytest.approx([100, 10, 10])
+    # count noise that releases more than the client holds is scaled down to its size
+    assert records_per_group(np.array([90.0, 30.0, 0.0]), 60) == pytest.approx([45, 15, 0])
+    # a client whose every cell was denoised to 0 (n = 30): 30 records, not 3
+    assert expected_batch(np.zeros(3), np.full(3, 0.2), records=30) == pytest.approx(6)
 
 
 # A client that is 90 % one common group, drawn at a tenth of q: its batch keeps 15.75 %.
@@ -65,12 +73,16 @@ def batch_share(rates: np.ndarray) -> float:
 
 def test_a_batch_floor_already_met_or_zero_leaves_the_rates() -> None:
     for floor in (0.0, 0.15):
-        tempered = with_batch_floor(FLOOR_RATES, FLOOR_COUNTS, max_rate=0.2, min_batch_share=floor)
+        tempered = with_batch_floor(
+            FLOOR_RATES, FLOOR_COUNTS, max_rate=0.2, min_batch_share=floor, records=1000
+        )
         np.testing.assert_array_equal(tempered, FLOOR_RATES)
 
 
 def test_a_batch_floor_tempers_the_rates_to_exactly_the_floor() -> None:
-    tempered = with_batch_floor(FLOOR_RATES, FLOOR_COUNTS, max_rate=0.2, min_batch_share=0.5)
+    tempered = with_batch_floor(
+        FLOOR_RATES, FLOOR_COUNTS, max_rate=0.2, min_batch_share=0.5, records=1000
+    )
     assert batch_share(tempered) == pytest.approx(0.5, abs=1e-9)
     assert batch_share(tempered) >= 0.5
     assert tempered.max() == 0.2  # the accounted rate q_max is still the largest
@@ -79,7 +91,9 @@ def test_a_batch_floor_tempers_the_rates_to_exactly_the_floor() -> None:
 
 
 def test_a_full_batch_floor_is_plain_poisson_sampling() -> None:
-    tempered = with_batch_floor(FLOOR_RATES, FLOOR_COUNTS, max_rate=0.2, min_batch_share=1.0)
+    tempered = with_batch_floor(
+        FLOOR_RATES, FLOOR_COUNTS, max_rate=0.2, min_batch_share=1.0, records=1000
+    )
     np.testing.assert_allclose(tempered, [0.2] * 4)
 
 

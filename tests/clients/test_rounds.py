@@ -122,6 +122,19 @@ def test_weights_from_released_counts_by_hand() -> None:
     assert capped_max == 1.5
 
 
+def test_a_tiny_share_or_a_large_alpha_gives_the_capped_weights_not_nan() -> None:
+    groups = torch.tensor([0, 1, 2])
+    for population, alpha in (
+        (np.array([1e-320, 0.5, 0.5]), 1.0),
+        (np.array([1e-6, 0.5, 0.5]), 60.0),
+    ):
+        weights, w_max = weights_from_released(
+            np.array([50.0, 50.0, 50.0]), groups, alpha=alpha, max_weight=4, population=population
+        )
+        # the rare group's raw weight dwarfs the others': 3 under the local (1/3)s, capped at 4
+        assert weights.tolist() == pytest.approx([3.0, 0.0, 0.0]) and w_max == pytest.approx(3.0)
+
+
 def test_population_shares_set_the_weights_normalised_under_the_local_release() -> None:
     groups = torch.tensor([0, 0, 0, 1])
     weights, w_max = weights_from_released(
