@@ -84,13 +84,13 @@ def train(msg: Message, context: Context) -> Message:
         ledger_state=ledger.start,
         secure_rng=_secure_rng(context),
     )
-    if outcome.ledger_state is not None:  # the accountant's history outlives the process
-        ledger.keep(outcome.ledger_state)
     sent, metrics = faults.misbehave(
         cfg, fault, outcome.weights, outcome.metrics, weights,
         server_round=server_round, partition_id=partition, num_partitions=num_partitions,
         rarest_group=runtime.rarest_group,
     )  # fmt: skip
+    if outcome.ledger_state is not None:  # the accountant's history outlives the process
+        ledger.keep(outcome.ledger_state, ledger_store.reply_digest(sent, metrics))
     content = RecordDict(
         {
             ARRAYS_RECORD: ArrayRecord(sent),
@@ -146,15 +146,26 @@ class _DurableLedger:
             stored, dict(memory), server_round=server_round, digest=self.digest,
             reproducible=not secure,
         )  # fmt: skip
+        repeat = ledger_store.is_repeat(
+            stored, server_round=server_round, digest=self.digest, reproducible=not secure
+        )
+        self.repeated = stored if repeat else None
         recorded = ledger_store.recorded_events(server_config, partition)
         where = str(self.path) if self.path else "in memory only: no node-config ledger-dir"
         ledger_store.check_not_lost(self.start, recorded=recorded, where=where)
 
-    def keep(self, state: dict[str, Any]) -> None:
-        """Remember the new state; on disk (fsync'd) before the reply leaves."""
+    def keep(self, state: dict[str, Any], reply_digest: str) -> None:
+        """Remember the new state; on disk (fsync'd) before the reply leaves. A repeated
+        round's answer must be the one already sent (:func:`ledger_store.check_same_answer`):
+        else the ledger stays as that round left it and nothing is sent."""
+        if self.repeated is not None:
+            self.context.state[PRIVACY_STATE] = ConfigRecord(self.repeated.after)
+            ledger_store.check_same_answer(self.repeated, reply_digest)
         self.context.state[PRIVACY_STATE] = ConfigRecord(state)
         if self.path is not None:
-            stored = ledger_store.StoredLedger(self.server_round, self.digest, self.start, state)
+            stored = ledger_store.StoredLedger(
+                self.server_round, self.digest, self.start, state, reply_digest
+            )
             ledger_store.save(self.path, stored)
 
 

@@ -9,10 +9,14 @@ of the two histories.
 One round may be asked twice: a run resumed from the checkpoint of round r − 1 asks
 round r again. With seeded DP randomness (simulation) and the same request, the second
 answer is bit-identical to the first, so it releases nothing new and is charged once: the
-file keeps the ledger from *before* its last round and the digest of that round's request
-(the global weights, the run config, the round's train config and the client's rows), and
-only an identical request rolls back to it. Anything else (other weights, another seed or
-setting, changed data, OS-entropy noise) is charged again.
+file keeps the ledger from *before* its last round, the digest of that round's request
+(the global weights, the run config, the round's train config and the client's rows) and
+the digest of the answer it sent, and only an identical request rolls back to it.
+Anything else (other weights, another seed or setting, changed data, OS-entropy noise) is
+charged again. The answer is checked too: seeded computation that is not bit-identical
+after all (another BLAS, thread count or library version) would give a second answer
+with the *same* noise, whose difference from the first is noise-free; such an answer is
+never sent (:class:`RepeatDiffers`).
 """
 
 from __future__ import annotations
@@ -28,16 +32,21 @@ from typing import Any
 import torch
 
 from task.cache import write_atomically
-from task.wire import SPENT_EVENTS, SPENT_PARTITIONS
+from task.wire import SPENT_EVENTS, SPENT_PARTITIONS, TRAIN_SECONDS
 
-FORMAT = 2
-#: format 1 kept a digest of the weights alone: it never matches a request digest, so a
-#: repeated round of such a file is charged again (safe), and the file is still read
-READABLE_FORMATS = (1, FORMAT)
+FORMAT = 3
+#: format 1 kept a digest of the weights alone, format 2 no digest of the answer: a
+#: repeated round of either is charged again (safe), and both are still read
+READABLE_FORMATS = (1, 2, FORMAT)
 
 
 class LedgerFileError(ValueError):
     """The ledger file exists but cannot be read: refuse to train rather than reset ε."""
+
+
+class RepeatDiffers(ValueError):
+    """A round asked again, rolled back to be charged once, computed another answer than
+    the one already sent: sending it would release more than the ledger records."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,7 @@ class StoredLedger:
     request_digest: str
     before: dict[str, Any]  # the ledger state before ``round``
     after: dict[str, Any]  # the ledger state after it
+    reply_digest: str = ""  # of the answer sent in ``round`` ("": unknown, format < 3)
 
 
 def request_digest(tensors: Mapping[str, torch.Tensor], settings: Mapping[str, Any]) -> str:
@@ -54,11 +64,17 @@ def request_digest(tensors: Mapping[str, torch.Tensor], settings: Mapping[str, A
     and train configs, as JSON)."""
     digest = hashlib.blake2b(digest_size=16)
     for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
+        tensor = torch.as_tensor(tensors[name]).detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too
     digest.update(json.dumps(settings, sort_keys=True, default=repr).encode())
     return digest.hexdigest()
+
+
+def reply_digest(arrays: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    """A digest of an answer as it is sent: its arrays and its metrics, less the wall time."""
+    released = {k: v for k, v in metrics.items() if k != TRAIN_SECONDS}
+    return request_digest({f"arrays/{k}": v for k, v in arrays.items()}, {"metrics": released})
 
 
 def ledger_path(directory: str | Path, partition_id: int) -> Path:
@@ -73,12 +89,13 @@ def load(path: Path) -> StoredLedger | None:
         data = json.loads(path.read_text())
         if data.get("format") not in READABLE_FORMATS:
             raise ValueError(f"format {data.get('format')!r}, expected one of {READABLE_FORMATS}")
-        digest_key = "request_digest" if data["format"] == FORMAT else "weights_digest"
+        digest_key = "weights_digest" if data["format"] == 1 else "request_digest"
         return StoredLedger(
             round=int(data["round"]),
             request_digest=str(data[digest_key]),
             before=dict(data["before"]),
             after=dict(data["after"]),
+            reply_digest=str(data.get("reply_digest", "")),
         )
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise LedgerFileError(
@@ -96,6 +113,7 @@ def save(path: Path, stored: StoredLedger) -> None:
             "request_digest": stored.request_digest,
             "before": stored.before,
             "after": stored.after,
+            "reply_digest": stored.reply_digest,
         }
     )
 
@@ -123,13 +141,37 @@ def starting_state(
 ) -> dict[str, Any]:
     """The ledger state this round starts from: the longer history of file and memory,
     except that a seeded repeat of the stored round (the same request) starts where that
-    round started."""
+    round started (:func:`is_repeat`)."""
     memory = dict(in_memory)
     if stored is None:
         return memory
-    if reproducible and stored.round == server_round and stored.request_digest == digest:
+    if is_repeat(stored, server_round=server_round, digest=digest, reproducible=reproducible):
         return dict(stored.before)
     return dict(stored.after) if _length(stored.after) >= _length(memory) else memory
+
+
+def is_repeat(
+    stored: StoredLedger | None, *, server_round: int, digest: str, reproducible: bool
+) -> bool:
+    """Is this request the stored round asked again, to be charged once if its answer is
+    the one already sent (the stored answer's digest is known)?"""
+    return (
+        stored is not None
+        and reproducible
+        and stored.round == server_round
+        and stored.request_digest == digest
+        and bool(stored.reply_digest)
+    )
+
+
+def check_same_answer(stored: StoredLedger, reply_digest: str) -> None:
+    """Refuse to send a repeated round's answer that is not the one already sent."""
+    if reply_digest != stored.reply_digest:
+        raise RepeatDiffers(
+            f"round {stored.round} asked again: its answer is not bit-identical to the one "
+            "already sent (non-deterministic computation); not sent, since it would be "
+            "charged as the same release"
+        )
 
 
 def recorded_events(server_config: Mapping[str, Any], partition_id: int) -> int:

@@ -29,7 +29,7 @@ def test_a_restarted_node_without_its_ledger_file_refuses_to_train(tmp_path: Pat
     request = "digest of the round's request"
     spent = {"noise_multipliers": [1.0, 1.0], "sample_rates": [0.1, 0.1], "steps": [4, 4]}
     first = _DurableLedger(context(**node), ConfigRecord(), request, server_round=1)
-    first.keep(spent)
+    first.keep(spent, reply_digest="digest of the answer")
     server_config = ConfigRecord({wire.SPENT_PARTITIONS: [2], wire.SPENT_EVENTS: [2]})
     restarted = _DurableLedger(context(**node), server_config, request, server_round=2)
     assert restarted.start == spent  # a fresh context.state: the file gives the history back

@@ -19,7 +19,7 @@ from task import wire
 BEFORE = {"accountant": "rdp", "noise_multipliers": [1.0], "sample_rates": [0.1], "steps": [5]}
 AFTER = {"accountant": "rdp", "noise_multipliers": [1.0, 1.0], "sample_rates": [0.1, 0.1],
          "steps": [5, 5]}  # fmt: skip
-STORED = StoredLedger(round=3, request_digest="abc", before=BEFORE, after=AFTER)
+STORED = StoredLedger(round=3, request_digest="abc", before=BEFORE, after=AFTER, reply_digest="r")
 
 
 def test_save_then_load_round_trips(tmp_path: Path) -> None:
@@ -46,6 +46,9 @@ def test_the_longer_history_wins_and_a_seeded_repeat_rolls_back_one_round() -> N
     assert start(server_round=3) == BEFORE  # round 3 asked again with the same weights
     assert start(server_round=3, digest="other") == AFTER  # another request: charged again
     assert start(server_round=3, reproducible=False) == AFTER  # OS-entropy noise: again
+    unknown_answer = StoredLedger(round=3, request_digest="abc", before=BEFORE, after=AFTER)
+    assert starting_state(unknown_answer, {}, server_round=3, digest="abc",
+                          reproducible=True) == AFTER  # a format-2 file: charged again  # fmt: skip
     longer = AFTER | {"steps": [5, 5, 5], "noise_multipliers": [1.0] * 3,
                       "sample_rates": [0.1] * 3}  # fmt: skip
     assert starting_state(STORED, longer, server_round=4, digest="abc",
@@ -120,3 +123,38 @@ def test_a_ledger_shorter_than_the_servers_record_refuses_to_train() -> None:
         ledger_store.check_not_lost(BEFORE, recorded=recorded, where="file")
     with pytest.raises(ledger_store.LedgerFileError, match="holds 0 events"):
         ledger_store.check_not_lost({}, recorded=recorded, where="in memory only")
+
+
+def test_a_repeat_whose_answer_differs_is_not_sent_and_keeps_the_first_charge(
+    tmp_path: Path,
+) -> None:
+    """Seeded but not bit-identical (another BLAS, thread count): the second answer would
+    carry the first one's noise, so the pair would leak the noise-free difference."""
+    node: dict[str, bool | float | int | str] = {"partition-id": 0, "num-partitions": 1,
+                                                 wire.LEDGER_DIR: str(tmp_path)}  # fmt: skip
+    path = ledger_store.ledger_path(tmp_path, 0)
+    ledger_store.save(path, STORED)
+    config = ConfigRecord({wire.SERVER_ROUND: 3})
+
+    def asked_again() -> tuple[Context, app._DurableLedger]:
+        context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+        return context, app._DurableLedger(context, config, "abc", 3)
+
+    context, ledger = asked_again()
+    assert ledger.start == BEFORE  # rolled back, to be charged once
+    ledger.keep(AFTER, reply_digest="r")  # the same answer: charged once
+    assert ledger_store.load(path) == STORED
+    context, ledger = asked_again()
+    with pytest.raises(ledger_store.RepeatDiffers, match="not bit-identical"):
+        ledger.keep(AFTER, reply_digest="another")
+    assert ledger_store.load(path) == STORED
+    assert dict(context.state.config_records[wire.PRIVACY_STATE]) == AFTER  # not BEFORE
+
+
+def test_the_answer_digest_ignores_the_wall_time_only() -> None:
+    arrays = {"w": torch.ones(2), "scalar": torch.tensor(3.0)}  # a 0-dim tensor too
+    metrics = {wire.TRAIN_SECONDS: 1.0, wire.TRAIN_LOSS: 0.5}
+    digest = ledger_store.reply_digest(arrays, metrics)
+    assert ledger_store.reply_digest(arrays, metrics | {wire.TRAIN_SECONDS: 9.0}) == digest
+    assert ledger_store.reply_digest(arrays, metrics | {wire.TRAIN_LOSS: 0.6}) != digest
+    assert ledger_store.reply_digest({**arrays, "w": torch.tensor([1.0, 1.5])}, metrics) != digest
