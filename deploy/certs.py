@@ -158,13 +158,23 @@ def make_ca() -> tuple[EcKey, x509.Certificate]:
 def make_leaf_cert(
     ca_key: EcKey, ca_cert: x509.Certificate, common_name: str, sans: Sequence[str]
 ) -> tuple[EcKey, x509.Certificate]:
-    """A TLS server key and CA-signed certificate valid for ``sans``."""
+    """A TLS server key and CA-signed certificate valid for ``sans``, with the extensions
+    strict verification requires (Python 3.13's default context: ``VERIFY_X509_STRICT``)."""
     key = ec.generate_private_key(ec.SECP384R1())
+    usage = x509.KeyUsage(
+        digital_signature=True, key_cert_sign=False, crl_sign=False, content_commitment=False,
+        key_encipherment=False, data_encipherment=False, key_agreement=False,
+        encipher_only=False, decipher_only=False,
+    )  # fmt: skip
+    issuer = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
     builder = (
         _builder(common_name, ca_cert.subject, key)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
         .add_extension(x509.SubjectAlternativeName([_parse_san(s) for s in sans]), False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(issuer, False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
     )
     return key, builder.sign(ca_key, hashes.SHA256())
 

@@ -36,6 +36,8 @@ def check_secure(compose: Compose) -> list[str]:
             problems.append(f"{name}: --insecure in the secure configuration")
         if not args.superexec_auth_secret_file:
             problems.append(f"{name}: no --superexec-auth-secret-file")
+        if getattr(args, "runtime_dependency_install", False):  # any kind may pip-install
+            problems.append(f"{name}: installs dependencies at run time")
         problems += [f"{name}: {p}" for p in _secure_flags(kind, args)]
     return problems
 
@@ -47,8 +49,6 @@ def _secure_flags(kind: str, args: argparse.Namespace) -> list[str]:
             missing.append("SuperLink without --ssl-certfile/--ssl-keyfile/--ssl-ca-certfile")
         if not args.enable_supernode_auth:
             missing.append("SuperLink without --enable-supernode-auth")
-        if args.runtime_dependency_install:
-            missing.append("SuperLink installs dependencies at run time")
     elif kind == "supernode":
         if not args.root_certificates or not args.auth_supernode_private_key:
             missing.append("SuperNode without --root-certificates/--auth-supernode-private-key")
@@ -81,6 +81,14 @@ def check_operable(compose: Compose) -> list[str]:
             problems.append(f"{name}: no restart policy")
         if not svc.get("healthcheck", {}).get("test"):
             problems.append(f"{name}: no healthcheck")
+    handed = {
+        str(mount).split(":")[0]
+        for svc in compose["services"].values()
+        if svc.get("restart") == ONE_SHOT_RESTART and svc.get("entrypoint")
+        for mount in svc.get("volumes") or []
+    }
+    for volume in sorted(named - handed):  # a fresh volume is root's or the image user's
+        problems.append(f"volume {volume}: no one-shot init service gives it to the user")
     parsed, _ = parsed_commands(compose)
     for name, kind in _kinds(compose).items():
         if kind != "superlink" or name not in parsed:
@@ -161,8 +169,11 @@ def _ledger_problems(
     named = set(compose.get("volumes") or {})
     problems = []
     for executor in executors:
-        volume = _volume_at(compose["services"][executor], ledger_dir)
-        if volume is None or volume not in named:
+        service = compose["services"][executor]
+        volume = _volume_at(service, ledger_dir)
+        if _in_memory(compose, service, ledger_dir, volume):
+            problems.append(f"{executor}: ledger-dir {ledger_dir} of {node} is a tmpfs")
+        elif volume is None or volume not in named:
             problems.append(f"{executor}: ledger-dir {ledger_dir} of {node} is not a named volume")
         elif volume in seen:
             problems.append(f"{executor}: ledger volume {volume} is shared with another node")
@@ -172,9 +183,29 @@ def _ledger_problems(
 
 
 def _volume_at(service: dict, path: str) -> str | None:
-    """The source of the service's mount at ``path`` (short syntax), if any."""
+    """The source of the service's mount at ``path`` (short or long syntax), if any."""
     for mount in service.get("volumes") or []:
-        source, _, target = str(mount).partition(":")
-        if target.split(":")[0].rstrip("/") == path.rstrip("/"):
-            return source
+        if isinstance(mount, dict):  # long syntax: {type, source, target}
+            source, target = mount.get("source"), str(mount.get("target", ""))
+        else:
+            source, _, target = str(mount).partition(":")
+            target = target.split(":")[0]
+        if target.rstrip("/") == path.rstrip("/"):
+            return None if source is None else str(source)
     return None
+
+
+def _in_memory(compose: Compose, service: dict, path: str, volume: str | None) -> bool:
+    """Is ``path`` a tmpfs in ``service``: its ``tmpfs:`` list, a long-syntax tmpfs mount,
+    or a named volume whose driver options make it one (gone with the container)?"""
+    listed = service.get("tmpfs") or []
+    listed = [listed] if isinstance(listed, str) else listed
+    if any(str(entry).split(":")[0].rstrip("/") == path.rstrip("/") for entry in listed):
+        return True
+    for mount in service.get("volumes") or []:
+        if not isinstance(mount, dict) or mount.get("type") != "tmpfs":
+            continue
+        if str(mount.get("target", "")).rstrip("/") == path.rstrip("/"):
+            return True
+    options = ((compose.get("volumes") or {}).get(volume) or {}).get("driver_opts") or {}
+    return volume is not None and options.get("type") == "tmpfs"

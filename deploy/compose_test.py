@@ -47,6 +47,7 @@ TEMPLATE = REPO / "docker-compose.yml"
 CONNECTION = "fedequity-compose"
 CONTAINER_UID = 49999  # Flower's `app` user
 NODE_PAIR = ("supernode-0", "superexec-clientapp-0")
+VOLUME_INIT = "volume-init"  # the one-shot service that hands every named volume over
 REFUSED = "Exit Code: 305"  # how flower-supernode says its key is not registered
 
 
@@ -75,6 +76,7 @@ def render_compose(num_supernodes: int, template: Path = TEMPLATE) -> dict[str, 
         services |= json.loads(text)
         volumes[f"supernode-{i}-ledger"] = None
         secrets |= json.loads(json.dumps(node_secrets).replace("supernode-0", f"supernode-{i}"))
+    services[VOLUME_INIT]["volumes"] = [f"{name}:/volumes/{name}" for name in volumes]
     for service in services.values():
         if "build" in service:  # the file is written elsewhere; the context stays this repo
             service["build"]["context"] = str(template.parent.resolve())

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +133,25 @@ def test_private_files_are_never_created_readable_by_others(
     generate(1, tmp_path / "c", tmp_path / "k")
     assert modes["ca.key.tmp"] == modes["server.key.tmp"] == 0o600
     assert modes["ca.crt.tmp"] == 0o644
+
+
+def test_a_strict_tls_client_accepts_the_server_certificate(bundle: TlsBundle) -> None:
+    """``VERIFY_X509_STRICT`` (on by default in Python 3.13's ``create_default_context``,
+    as the compose health checks and httpx use it) needs the leaf's Authority Key
+    Identifier; over a socket pair, nothing leaves this process."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(bundle.server_cert, bundle.server_key)
+    client = ssl.create_default_context(cafile=str(bundle.ca_cert))
+    client.verify_flags |= ssl.VERIFY_X509_STRICT
+    near, far = socket.socketpair()
+    with near, far:
+        accepted: list[ssl.SSLSocket] = []
+        thread = threading.Thread(
+            target=lambda: accepted.append(server.wrap_socket(far, server_side=True))
+        )
+        thread.start()
+        with client.wrap_socket(near, server_hostname="localhost") as tls:
+            assert tls.version() is not None  # the handshake verified the chain strictly
+        thread.join(timeout=10)
+        for sock in accepted:
+            sock.close()

@@ -143,6 +143,30 @@ MUTATIONS: list[tuple[str, str, str, Check, str]] = [
         "superexec-clientapp-2: ledger volume supernode-1-ledger is shared with another node",
     ),
     (
+        "ledger on a tmpfs",
+        "      - supernode-2-ledger:/app/ledger\n",
+        "      - supernode-2-ledger:/app/ledger\n    tmpfs:\n      - /app/ledger\n",
+        cp.check_topology,
+        "superexec-clientapp-2: ledger-dir /app/ledger of supernode-2 is a tmpfs",
+    ),
+    (
+        "ledger volume in memory",
+        "  supernode-2-ledger:\n",
+        "  supernode-2-ledger:\n    driver_opts:\n      type: tmpfs\n      device: tmpfs\n",
+        cp.check_topology,
+        "superexec-clientapp-2: ledger-dir /app/ledger of supernode-2 is a tmpfs",
+    ),
+    (
+        "dependency install on a SuperExec",
+        "      - --superexec-auth-secret-file=/run/secrets/supernode-0-superexec-secret\n"
+        "      - --health-server-address=127.0.0.1:8081\n",
+        "      - --superexec-auth-secret-file=/run/secrets/supernode-0-superexec-secret\n"
+        "      - --health-server-address=127.0.0.1:8081\n"
+        "      - --allow-runtime-dependency-installation\n",
+        cp.check_secure,
+        "superexec-clientapp-0: installs dependencies at run time",
+    ),
+    (
         "orphan SuperNode",
         "--runtime-api-address=supernode-2:9094",
         "--runtime-api-address=supernode-1:9094",
@@ -169,6 +193,13 @@ MUTATIONS: list[tuple[str, str, str, Check, str]] = [
         "--database=/tmp/superlink.db",
         cp.check_operable,
         "superlink: --database /tmp/superlink.db is not on a named volume",
+    ),
+    (
+        "ledger volume left to the image user",
+        "      - supernode-2-ledger:/volumes/supernode-2-ledger\n",
+        "",
+        cp.check_operable,
+        "volume supernode-2-ledger: no one-shot init service gives it to the user",
     ),
     (
         "update check on",
