@@ -158,13 +158,21 @@ _SIZE_SAMPLE = 200
 
 
 def check_groups(splits: DatasetDict, data: DataConfig) -> None:
-    """Group fairness needs groups: at least two in the training split."""
+    """Group fairness needs groups: at least two in the training split, and in the test
+    split that the group metrics are computed on."""
     present = sorted(set(splits["train"]["group"]))
     if len(present) < 2:
         raise ValueError(
             f"data.group-column {data.group_column!r}: the training data has "
             f"{len(present)} group(s) {present}; group fairness needs at least 2 (name the "
             "column holding the group attribute)"
+        )
+    tested = sorted(set(splits["test"]["group"]))
+    if len(tested) < 2:
+        raise ValueError(
+            f"data.test-fraction {data.test_fraction:g}: the test split has "
+            f"{splits['test'].num_rows} row(s) of {len(tested)} group(s) {tested}; the group "
+            "metrics need at least 2 groups (raise data.test-fraction or the example count)"
         )
 
 

@@ -67,6 +67,33 @@ def _as_strings(values: pd.Series) -> pd.Series:
     return values.astype("string").astype(object)
 
 
+#: Label values that mean "no label" in CSV files; the text column keeps them as text
+MISSING_MARKERS = frozenset({"", "na", "n/a", "nan", "null", "none"})
+#: A class this rare among the labels (or of one row) is reported: likely a typo ("Pos")
+RARE_LABEL_SHARE = 0.005
+
+
+def _without_missing_markers(labels: pd.Series) -> pd.Series:
+    """Labels with surrounding blanks stripped, and missing markers (``NA``, ``null``, …,
+    kept as text because the text column must keep them) as missing."""
+    if not (pd.api.types.is_object_dtype(labels.dtype) or pd.api.types.is_string_dtype(labels)):
+        return labels
+    stripped = labels.map(lambda v: v.strip() if isinstance(v, str) else v)
+    marker = stripped.map(lambda v: isinstance(v, str) and v.lower() in MISSING_MARKERS)
+    return stripped.mask(marker.astype(bool))
+
+
+def _warn_rare_labels(labels: pd.Series, column: str, source: str) -> None:
+    counts = labels.value_counts()
+    rare = counts[counts < max(2.0, RARE_LABEL_SHARE * len(labels))]
+    if len(rare):
+        logger.warning(
+            "%s: label column %r has classes with few rows, a typo? %s (of %d rows; every "
+            "distinct value is a class)", source, column, {k: int(v) for k, v in rare.items()},
+            len(labels),
+        )  # fmt: skip
+
+
 def _sorted_label_names(labels: pd.Series) -> list[str]:
     unique = labels.drop_duplicates()
     numeric = pd.api.types.is_numeric_dtype(unique.dtype) and not pd.api.types.is_bool_dtype(
@@ -91,7 +118,7 @@ def _standardise(
     """
     _check_columns(list(frame.columns), columns, source)
     text = _as_strings(frame[columns[TEXT]]).str.strip()
-    labels = frame[columns[LABEL]]
+    labels = _without_missing_markers(frame[columns[LABEL]])
     keep = text.notna() & (text != "") & labels.notna()
     if not keep.all():
         logger.warning("Dropped %d rows with empty text or label from %s", (~keep).sum(), source)
@@ -103,6 +130,7 @@ def _standardise(
             f"{source} needs rows with non-empty text and at least 2 distinct values in label "
             f"column {columns[LABEL]!r}; found {len(text)} such rows with labels {names}"
         )
+    _warn_rare_labels(label_text, columns[LABEL], source)
     ids = label_text.map({name: index for index, name in enumerate(names)})
     groups = _as_strings(frame.loc[keep, columns[GROUP]]).str.strip()
     groups = groups.mask(groups.isna() | (groups == ""), UNKNOWN_GROUP)
@@ -342,6 +370,8 @@ def load_hf(
         joined[label_column] = joined[label_column].map(dict(enumerate(names)))
     clean, names = _standardise(joined, columns, source=f"data.name={name}", label_names=names)
     in_test = in_test[clean.index]
+    if in_test.all():
+        raise ValueError(f"data.name={name}: split 'train' has no labelled rows")
     if in_test.any():
         parts = {"train": clean[~in_test], "test": clean[in_test]}
         return DatasetDict({split: to_dataset(part, names) for split, part in parts.items()})

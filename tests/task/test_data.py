@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from task.config import load_defaults, parse_run_config
-from task.data import encode, group_names, load_partition, load_splits
+from task.data import check_groups, encode, group_names, load_partition, load_splits
 from task.model import load_tokenizer
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -84,3 +84,11 @@ def test_a_partition_that_cannot_be_drawn_names_the_keys_and_fails_the_same_way_
         with pytest.raises(ValueError, match=r"partition.alpha=0.3, seed=42 \(The max number"):
             load_partition(cfg.data, cfg.partition, partition_id=0, num_partitions=30,
                            seed=cfg.seed)  # fmt: skip
+
+
+def test_a_test_split_without_two_groups_names_the_test_fraction() -> None:
+    tiny = parse_run_config(load_defaults() | {"synthetic.num-examples": 200,
+                                               "data.test-fraction": 0.004})  # fmt: skip
+    with pytest.raises(ValueError, match=r"data\.test-fraction 0\.004: the test split has 1 row"):
+        check_groups(load_splits(tiny.data, tiny.seed), tiny.data)
+    check_groups(load_splits(CFG.data, CFG.seed), CFG.data)  # the default's: fine

@@ -303,3 +303,28 @@ def test_load_hf_errors(offline_hf: Path) -> None:
     bad_label = COLUMNS | {"label_column": "target"}
     with pytest.raises(ValueError, match=r"data\.label-column: column 'target' .*split 'train'"):
         load_hf(str(offline_hf / "saved"), **bad_label, test_fraction=0.2, seed=0)
+
+
+def test_label_blanks_and_missing_markers_are_no_classes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    frame = _table()
+    frame["y"] = frame["y"].astype(object)
+    frame.loc[0, "y"], frame.loc[1, "y"], frame.loc[2, "y"] = " pos", "NA", "n/a"
+    frame.loc[3, "y"] = "Pos"  # a typo is a class of its own, and said so
+    loaded = load_table(_write(frame, tmp_path / "t.csv"), **COLUMNS, test_fraction=0.2, seed=0)
+    assert loaded["train"].features[LABEL].names == ["Pos", "neg", "pos"]
+    assert loaded["train"].num_rows + loaded["test"].num_rows == 28  # NA and n/a dropped
+    assert "label column 'y' has classes with few rows, a typo? {'Pos': 1}" in caplog.text
+
+
+def test_load_hf_without_a_labelled_training_row_names_the_dataset(offline_hf: Path) -> None:
+    features = Features(
+        {"sentence": Value("string"), "y": ClassLabel(names=["neg", "pos"]), "who": Value("string")}
+    )
+    table = _table().assign(y=(_table()["y"] == "pos").astype(int))[["sentence", "y", "who"]]
+    unlabelled = Dataset.from_pandas(table.assign(y=-1), features=features, preserve_index=False)
+    labelled = Dataset.from_pandas(table, features=features, preserve_index=False)
+    DatasetDict({"train": unlabelled, "test": labelled}).save_to_disk(offline_hf / "saved")
+    with pytest.raises(ValueError, match=r"data\.name=.*: split 'train' has no labelled rows"):
+        load_hf(str(offline_hf / "saved"), **COLUMNS, test_fraction=0.2, seed=0)
