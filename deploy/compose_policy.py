@@ -28,6 +28,12 @@ def _kinds(compose: Compose) -> dict[str, str]:
 def check_secure(compose: Compose) -> list[str]:
     """TLS, SuperNode auth and SuperExec secrets everywhere; nothing insecure."""
     parsed, problems = parsed_commands(compose)
+    for name, svc in compose["services"].items():
+        # a Flower image with its own entrypoint is not parsed, so it would escape every
+        # check: only the one-shot volume init may have one
+        flower = str(svc.get("image", "")).startswith("flwr/")
+        if flower and svc.get("entrypoint") and svc.get("restart") != ONE_SHOT_RESTART:
+            problems.append(f"{name}: a Flower image with its own entrypoint escapes the checks")
     for name, kind in _kinds(compose).items():
         args = parsed.get(name)
         if args is None:

@@ -167,6 +167,13 @@ MUTATIONS: list[tuple[str, str, str, Check, str]] = [
         "superexec-clientapp-0: installs dependencies at run time",
     ),
     (
+        "a Flower service hidden behind an entrypoint",
+        "  supernode-1:\n    <<: *supernode\n",
+        "  supernode-1:\n    <<: *supernode\n    entrypoint: [flower-supernode]\n",
+        cp.check_secure,
+        "supernode-1: a Flower image with its own entrypoint escapes the checks",
+    ),
+    (
         "orphan SuperNode",
         "--runtime-api-address=supernode-2:9094",
         "--runtime-api-address=supernode-1:9094",
