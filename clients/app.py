@@ -84,13 +84,14 @@ def train(msg: Message, context: Context) -> Message:
         ledger_state=ledger.start,
         secure_rng=_secure_rng(context),
     )
-    sent, metrics = faults.misbehave(
+    if outcome.ledger_state is not None:  # the accountant's history outlives the process
+        answer = ledger_store.reply_digest(outcome.weights, outcome.metrics)
+        ledger.keep(outcome.ledger_state, answer)
+    sent, metrics = faults.misbehave(  # an injected timeout sleeps here: the ledger is kept
         cfg, fault, outcome.weights, outcome.metrics, weights,
         server_round=server_round, partition_id=partition, num_partitions=num_partitions,
         rarest_group=runtime.rarest_group,
     )  # fmt: skip
-    if outcome.ledger_state is not None:  # the accountant's history outlives the process
-        ledger.keep(outcome.ledger_state, ledger_store.reply_digest(sent, metrics))
     content = RecordDict(
         {
             ARRAYS_RECORD: ArrayRecord(sent),

@@ -95,7 +95,7 @@ def with_batch_floor(
     records: int,
 ) -> np.ndarray:
     """``rates`` tempered, if need be, so the expected batch keeps ``min_batch_share`` of
-    the plain one (every released record at ``max_rate``).
+    the plain one (all ``records`` at ``max_rate``; both from :func:`records_per_group`).
 
     Under DP, drawing the common groups less shrinks the batch that divides the noise σ·C:
     where a client's records are nearly all of a common group (UCI Adult: 86 % White) the

@@ -20,6 +20,15 @@ from launch import env as launch_env
 ONE_SHOT_RESTART = "no"
 
 
+def _one_shot(svc: dict) -> bool:
+    """A one-shot helper (the volume init): ``restart: "no"`` and its own entrypoint that
+    starts no Flower command, so none of the Flower checks applies to it."""
+    entrypoint = svc.get("entrypoint")
+    words = [entrypoint] if isinstance(entrypoint, str) else list(entrypoint or [])
+    flower = any(str(w).split("/")[-1].startswith(("flower-", "flwr")) for w in words)
+    return svc.get("restart") == ONE_SHOT_RESTART and bool(words) and not flower
+
+
 def _kinds(compose: Compose) -> dict[str, str]:
     services = compose["services"].items()
     return {n: k for n, s in services if (k := component(n, s)) is not None}
@@ -32,7 +41,7 @@ def check_secure(compose: Compose) -> list[str]:
         # a Flower image with its own entrypoint is not parsed, so it would escape every
         # check: only the one-shot volume init may have one
         flower = str(svc.get("image", "")).startswith("flwr/")
-        if flower and svc.get("entrypoint") and svc.get("restart") != ONE_SHOT_RESTART:
+        if flower and svc.get("entrypoint") and not _one_shot(svc):
             problems.append(f"{name}: a Flower image with its own entrypoint escapes the checks")
     for name, kind in _kinds(compose).items():
         args = parsed.get(name)
@@ -80,17 +89,16 @@ def check_operable(compose: Compose) -> list[str]:
     problems = []
     named = set(compose.get("volumes") or {})
     for name, svc in compose["services"].items():
-        one_shot = svc.get("restart") == ONE_SHOT_RESTART and svc.get("entrypoint")
-        if one_shot:
+        if _one_shot(svc):
             continue
         if not svc.get("restart"):
             problems.append(f"{name}: no restart policy")
         if not svc.get("healthcheck", {}).get("test"):
             problems.append(f"{name}: no healthcheck")
     handed = {
-        str(mount).split(":")[0]
+        str(mount.get("source")) if isinstance(mount, dict) else str(mount).split(":")[0]
         for svc in compose["services"].values()
-        if svc.get("restart") == ONE_SHOT_RESTART and svc.get("entrypoint")
+        if _one_shot(svc)
         for mount in svc.get("volumes") or []
     }
     for volume in sorted(named - handed):  # a fresh volume is root's or the image user's

@@ -106,18 +106,19 @@ class RunDirectory:
 def rounds_without_survivors(
     rounds: Sequence[Mapping[str, Any]], config: Mapping[str, Any]
 ) -> list[int]:
-    """Rounds that failing clients left without an aggregate, unless the run injected
-    faults (then such a round is a result): a run with any such round failed.
+    """Rounds that ended without an aggregate because clients failed, unless the run
+    injected faults (then such a round is a result): a run with any such round failed.
 
     A round the strategy skipped although some replies were accepted (``skipped``: fewer
     than ``min-clients``, or central DP's wrapper refusing a round with an error reply) is
-    reported and the run goes on, unless no round of the run aggregated anything."""
+    reported and the run goes on. A run none of whose rounds aggregated anything (every
+    reply failed, was skipped or rejected) failed in every round."""
     if injects_faults(config):
         return []
+    if rounds and all(r["num_clients"] == 0 for r in rounds):
+        return [int(r["round"]) for r in rounds]
     lost = [r for r in rounds if r["num_clients"] == 0 and r["failures"] > 0]
-    if any(r["num_clients"] > 0 for r in rounds):
-        lost = [r for r in lost if not r.get("skipped")]
-    return [int(r["round"]) for r in lost]
+    return [int(r["round"]) for r in lost if not r.get("skipped")]
 
 
 def injects_faults(config: Mapping[str, Any]) -> bool:

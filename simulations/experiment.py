@@ -104,7 +104,9 @@ def build_experiment(
     if cfg.resume_from:
         from simulations.resume import check_resume_from  # it builds experiments itself
 
-        check_resume_from(Path(cfg.resume_from), overrides)
+        check_resume_from(
+            Path(cfg.resume_from), overrides, supernodes=experiment.federation["num-supernodes"]
+        )
     check_output_dir(cfg.output_dir)
     run_config_flag(overrides)  # and that each value survives Flower's key=value parser
     if check_slow:

@@ -23,9 +23,7 @@ def resume_experiment(
     run_dir = run_dir.expanduser().resolve()
     label = f"--resume {run_dir}"
     recorded, results = _resumable(run_dir, label)
-    nodes = int(results.get("num_nodes", DEFAULT_FEDERATION["num-supernodes"]))
-    if supernodes is not None and supernodes != nodes:
-        raise ValueError(f"--supernodes {supernodes}: the run in {run_dir} has {nodes} nodes")
+    nodes = _require_nodes(supernodes, results, run_dir)
     if path is not None or assignments:
         given = build_experiment(path, assignments, check_data=False).overrides
         _require_same(load_defaults() | given, recorded, label)
@@ -36,12 +34,13 @@ def resume_experiment(
     return experiment
 
 
-def check_resume_from(run_dir: Path, overrides: dict[str, Any]) -> None:
+def check_resume_from(run_dir: Path, overrides: dict[str, Any], *, supernodes: int) -> None:
     """``--set resume-from=RUN_DIR``: the checks of ``--resume``, before anything starts
     (the ServerApp checks the config again, for a deployed ``flwr run``)."""
     label = f"resume-from={run_dir}"
-    recorded, _ = _resumable(run_dir, label)
+    recorded, results = _resumable(run_dir, label)
     _require_same(load_defaults() | overrides, recorded, label)
+    _require_nodes(supernodes, results, run_dir)
 
 
 def _resumable(run_dir: Path, label: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -63,6 +62,14 @@ def _resumable(run_dir: Path, label: str) -> tuple[dict[str, Any], dict[str, Any
     if len(results["rounds"]) >= total:
         raise ValueError(f"{label}: the run already completed all {total} rounds")
     return config, results
+
+
+def _require_nodes(supernodes: int | None, results: dict[str, Any], run_dir: Path) -> int:
+    """The run's node count, which ``supernodes`` (if given) must equal."""
+    nodes = int(results.get("num_nodes", DEFAULT_FEDERATION["num-supernodes"]))
+    if supernodes is not None and supernodes != nodes:
+        raise ValueError(f"--supernodes {supernodes}: the run in {run_dir} has {nodes} nodes")
+    return nodes
 
 
 def _require_same(given: dict[str, Any], recorded: dict[str, Any], label: str) -> None:

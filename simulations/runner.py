@@ -91,7 +91,8 @@ def check_complete(run_dir: Path, num_rounds: int, logs: Path) -> None:
         raise RunFailed(f"only {len(rounds)}/{num_rounds} rounds completed; see the logs in {logs}")
     if empty := rounds_without_survivors(rounds, payload.get("config", {})):
         raise RunFailed(
-            f"failing clients left round(s) {empty} without an aggregate; see the logs in {logs}"
+            f"round(s) {empty} ended without an aggregate (failed or rejected clients); see the "
+            f"logs in {logs}"
         )
 
 
@@ -255,11 +256,11 @@ ORPHAN_AGE_S = 3600.0
 
 
 def _mark_interrupted(run_dir: Path) -> None:
-    """A killed runner's run that still says "running" was interrupted (a complete one
-    stays complete)."""
+    """A killed runner's run that still says "running", or was killed before its first
+    round wrote results, was interrupted (a complete or failed one stays as it is)."""
     results = run_dir / "results.json"
     with contextlib.suppress(OSError, ValueError):
-        if json.loads(results.read_text()).get("status") == "running":
+        if not results.exists() or json.loads(results.read_text()).get("status") == "running":
             mark_status(run_dir, "interrupted")
 
 

@@ -170,9 +170,10 @@ def check_groups(splits: DatasetDict, data: DataConfig) -> None:
     tested = sorted(set(splits["test"]["group"]))
     if len(tested) < 2:
         raise ValueError(
-            f"data.test-fraction {data.test_fraction:g}: the test split has "
-            f"{splits['test'].num_rows} row(s) of {len(tested)} group(s) {tested}; the group "
-            "metrics need at least 2 groups (raise data.test-fraction or the example count)"
+            f"the test split has {splits['test'].num_rows} row(s) of {len(tested)} group(s) "
+            f"{tested}; the group metrics need at least 2 (raise data.test-fraction, now "
+            f"{data.test_fraction:g}, where the test split is drawn from the data; else use a "
+            "dataset whose own test split holds two groups)"
         )
 
 

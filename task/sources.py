@@ -67,20 +67,18 @@ def _as_strings(values: pd.Series) -> pd.Series:
     return values.astype("string").astype(object)
 
 
-#: Label values that mean "no label" in CSV files; the text column keeps them as text
-MISSING_MARKERS = frozenset({"", "na", "n/a", "nan", "null", "none"})
-#: A class this rare among the labels (or of one row) is reported: likely a typo ("Pos")
+#: A class this rare among the labels (or of one row) is reported: likely a typo ("Pos",
+#: a stray "NA", which a class such as "none" keeps us from reading as missing)
 RARE_LABEL_SHARE = 0.005
 
 
-def _without_missing_markers(labels: pd.Series) -> pd.Series:
-    """Labels with surrounding blanks stripped, and missing markers (``NA``, ``null``, …,
-    kept as text because the text column must keep them) as missing."""
+def _stripped(labels: pd.Series) -> pd.Series:
+    """Text labels without surrounding blanks (``" pos"`` is ``"pos"``); an empty one is
+    missing."""
     if not (pd.api.types.is_object_dtype(labels.dtype) or pd.api.types.is_string_dtype(labels)):
         return labels
     stripped = labels.map(lambda v: v.strip() if isinstance(v, str) else v)
-    marker = stripped.map(lambda v: isinstance(v, str) and v.lower() in MISSING_MARKERS)
-    return stripped.mask(marker.astype(bool))
+    return stripped.mask(stripped.map(lambda v: v == "").astype(bool))
 
 
 def _warn_rare_labels(labels: pd.Series, column: str, source: str) -> None:
@@ -118,7 +116,8 @@ def _standardise(
     """
     _check_columns(list(frame.columns), columns, source)
     text = _as_strings(frame[columns[TEXT]]).str.strip()
-    labels = _without_missing_markers(frame[columns[LABEL]])
+    labels = frame[columns[LABEL]]
+    labels = labels if label_names is not None else _stripped(labels)  # names: the dataset's
     keep = text.notna() & (text != "") & labels.notna()
     if not keep.all():
         logger.warning("Dropped %d rows with empty text or label from %s", (~keep).sum(), source)

@@ -174,6 +174,14 @@ MUTATIONS: list[tuple[str, str, str, Check, str]] = [
         "supernode-1: a Flower image with its own entrypoint escapes the checks",
     ),
     (
+        "a Flower command posing as a one-shot helper",
+        "  supernode-1:\n    <<: *supernode\n",
+        "  supernode-1:\n    <<: *supernode\n    entrypoint: [flower-supernode, --insecure]\n"
+        '    restart: "no"\n',
+        cp.check_secure,
+        "supernode-1: a Flower image with its own entrypoint escapes the checks",
+    ),
+    (
         "orphan SuperNode",
         "--runtime-api-address=supernode-2:9094",
         "--runtime-api-address=supernode-1:9094",

@@ -100,7 +100,7 @@ def test_a_run_whose_clients_all_fail_is_marked_failed_and_not_latest(
 
     monkeypatch.setattr(clients.app, "train_round", fails)
     experiment = build_experiment(None, SETTINGS, supernodes=3, output_dir=str(tmp_path))
-    with pytest.raises(RunFailed, match=r"clients left round\(s\) \[1, 2\] without an aggregate"):
+    with pytest.raises(RunFailed, match=r"round\(s\) \[1, 2\] ended without an aggregate"):
         run_in_process(experiment)
     (run_dir,) = (p.parent for p in tmp_path.glob("*/results.json"))
     assert _results(run_dir)["status"] == "failed"

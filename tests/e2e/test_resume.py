@@ -109,6 +109,8 @@ def test_resume_refuses_another_config_and_a_finished_run(tmp_path: Path) -> Non
     assert (run_dir / "checkpoint.npz").read_bytes() == checkpoint
     with pytest.raises(ValueError, match="--supernodes 5: the run .* has 3 nodes"):
         resume_experiment(run_dir, None, [], supernodes=5)
+    with pytest.raises(ValueError, match="--supernodes 5: the run .* has 3 nodes"):
+        build_experiment(None, [*SETTINGS, f"resume-from={run_dir}"], supernodes=5)
     (run_dir / "checkpoint.npz").unlink()
     with pytest.raises(FileNotFoundError, match="no checkpoint.npz there"):
         resume_experiment(run_dir, None, [], supernodes=None)

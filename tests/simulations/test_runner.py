@@ -60,7 +60,7 @@ def test_a_round_without_survivors_fails_a_run_unless_faults_were_asked_for(
     rounds = [{"round": 1, "num_clients": 3, "failures": 0},
               {"round": 2, "num_clients": 0, "failures": 3}]  # fmt: skip
     write_results(tmp_path, rounds)
-    with pytest.raises(RunFailed, match=r"clients left round\(s\) \[2\] without an aggregate"):
+    with pytest.raises(RunFailed, match=r"round\(s\) \[2\] ended without an aggregate"):
         check_complete(tmp_path, 2, tmp_path)
     write_results(tmp_path, rounds, **{"faults.crash-rate": 0.6})
     check_complete(tmp_path, 2, tmp_path)  # injected: a result, reported per round
@@ -70,6 +70,10 @@ def test_a_round_without_survivors_fails_a_run_unless_faults_were_asked_for(
     write_results(tmp_path, [{**lost, "round": 1}, lost])
     with pytest.raises(RunFailed, match=r"round\(s\) \[1, 2\]"):
         check_complete(tmp_path, 2, tmp_path)  # no round ever aggregated: nothing trained
+    rejected = {"num_clients": 0, "failures": 0, "rejected": {"1": "non-finite values"}}
+    write_results(tmp_path, [{**rejected, "round": 1}, {**rejected, "round": 2}])
+    with pytest.raises(RunFailed, match=r"round\(s\) \[1, 2\]"):
+        check_complete(tmp_path, 2, tmp_path)  # every reply rejected, none failed
     with pytest.raises(RunFailed, match="only 2/3 rounds"):
         check_complete(tmp_path, 3, tmp_path)
 
@@ -122,3 +126,18 @@ def test_a_killed_runners_run_gets_its_logs_and_says_interrupted(
     reap_abandoned(tmp_path)
     assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
     assert (run_dir / "logs" / LOG_NAME).is_file() and not work.exists()
+
+
+def test_a_run_killed_before_its_first_round_gets_results_saying_interrupted(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "1234"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"seed": 3}))
+    work = tmp_path / f"{WORK_PREFIX}killed"
+    (work / "logs").mkdir(parents=True)
+    (work / "logs" / LOG_NAME).write_text("🎊 Successfully started run 1234\n")
+    (work / OWNER).write_text(json.dumps({"pid": 2**22 + 7, "marker": "no-such-mark"}))
+    reap_abandoned(tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "interrupted" and results["config"] == {"seed": 3}

@@ -317,7 +317,8 @@ def test_a_round_central_dp_skips_still_learns_spent_budgets_and_ledger_lengths(
     assert inner.exhausted == {2}  # never sampled again
     assert inner.checkpoint_state()["ledger_events"] == [(7, 3)]  # sent with every request
     assert inner.last_round.skipped  # node 1's reply was accepted: the round was lost
-    configure(dp, [1, 3])  # node 2 is no longer drawn
+    sent = dp.configure_train(2, record(GLOBAL), ConfigRecord(), cast(Grid, FakeGrid([1, 2, 3])))
+    assert sorted(m.metadata.dst_node_id for m in sent) == [1, 3]  # node 2 is no longer drawn
     dp.aggregate_train(2, [reply(1, GLOBAL, budget_exhausted=1), error_reply(3)])
     assert inner.last_round.skipped == ""  # no survivor: a failed round, not a skipped one
 

@@ -305,17 +305,17 @@ def test_load_hf_errors(offline_hf: Path) -> None:
         load_hf(str(offline_hf / "saved"), **bad_label, test_fraction=0.2, seed=0)
 
 
-def test_label_blanks_and_missing_markers_are_no_classes(
+def test_label_blanks_are_stripped_and_rare_classes_reported(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     frame = _table()
     frame["y"] = frame["y"].astype(object)
-    frame.loc[0, "y"], frame.loc[1, "y"], frame.loc[2, "y"] = " pos", "NA", "n/a"
+    frame.loc[0, "y"], frame.loc[1, "y"], frame.loc[2, "y"] = " pos", "  ", "NA"
     frame.loc[3, "y"] = "Pos"  # a typo is a class of its own, and said so
     loaded = load_table(_write(frame, tmp_path / "t.csv"), **COLUMNS, test_fraction=0.2, seed=0)
-    assert loaded["train"].features[LABEL].names == ["Pos", "neg", "pos"]
-    assert loaded["train"].num_rows + loaded["test"].num_rows == 28  # NA and n/a dropped
-    assert "label column 'y' has classes with few rows, a typo? {'Pos': 1}" in caplog.text
+    assert loaded["train"].features[LABEL].names == ["NA", "Pos", "neg", "pos"]
+    assert loaded["train"].num_rows + loaded["test"].num_rows == 29  # the blank one dropped
+    assert "has classes with few rows, a typo? {'NA': 1, 'Pos': 1}" in caplog.text
 
 
 def test_load_hf_without_a_labelled_training_row_names_the_dataset(offline_hf: Path) -> None:
