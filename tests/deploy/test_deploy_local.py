@@ -84,8 +84,10 @@ def test_sigterm_during_a_run_stops_every_process(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_a_failing_serverapp_fails_deploy_local_and_stops_everything(tmp_path: Path) -> None:
+    # a valid config that only the running ServerApp finds wrong: no run to resume there
+    missing_run = tmp_path / "no-such-run"
     result = subprocess.run(
-        _deploy_local_cmd(tmp_path, "--run-config", "strategy='no-such-strategy'"),
+        _deploy_local_cmd(tmp_path, "--run-config", f"resume-from='{missing_run}'"),
         cwd=REPO, capture_output=True, text=True, timeout=110,
     )  # fmt: skip
     assert result.returncode == 1
