@@ -22,8 +22,7 @@ from torch import nn
 
 from simulations.benchmarks.harness import check_assignments
 from simulations.cli_types import comma_separated
-from simulations.experiment import parse_assignments
-from task.config import RunConfig, load_defaults, parse_run_config
+from task.config import RunConfig
 from task.data import Encoded, encode, group_names, label_names, load_splits
 from task.feature_cache import with_features
 from task.inference import logits_of, predict
@@ -78,14 +77,13 @@ def main() -> None:
     parser.add_argument("--modes", default="head,top-layers")
     parser.add_argument("--set", dest="assignments", action="append", default=[])
     args = parser.parse_args()
-    check_assignments(parser, args.assignments)
-    raw = load_defaults() | {"synthetic.num-examples": 10_000} | parse_assignments(args.assignments)
+    cfg = check_assignments(parser, args.assignments, {"synthetic.num-examples": 10_000})
     seeds = [int(s) for s in args.seeds.split(",")]
     for mode in args.modes.split(","):
         if mode not in SCHEDULE:
             parser.error(f"--modes: {mode!r}; valid: {', '.join(SCHEDULE)}")
         start = time.perf_counter()
-        runs = [ceiling(parse_run_config(raw | {"seed": seed}), mode) for seed in seeds]
+        runs = [ceiling(replace(cfg, seed=seed), mode) for seed in seeds]
         means = {key: mean(run[key] for run in runs) for key in runs[0]}
         shown = "  ".join(f"{key} {value:.3f}" for key, value in means.items())
         print(f"{mode:11s} seeds {args.seeds}: {shown}  ({time.perf_counter() - start:.0f} s)")
