@@ -11,6 +11,7 @@ from strategies.base import ReplyScreening, TracedFedAvg
 from strategies.fairfed import FairFed
 from strategies.qfedavg import TracedQFedAvg
 from strategies.representation import RepresentationAware
+from strategies.sampling import round_size
 from strategies.screened_clipping import ScreenedFixedClipping
 from task.config import RunConfig
 from task.wire import ARRAYS_RECORD, CONFIG_RECORD, NUM_EXAMPLES
@@ -21,8 +22,8 @@ BuiltStrategy = ReplyScreening | ScreenedFixedClipping
 
 
 def sampled_per_round(cfg: RunConfig, num_nodes: int) -> int:
-    """Clients per training round, as Flower's FedAvg samples them (at least 1)."""
-    return max(1, int(num_nodes * cfg.fraction_train))
+    """Clients per training round, as the strategy draws them (at least 1)."""
+    return round_size(num_nodes, cfg.fraction_train)
 
 
 def build_strategy(

@@ -27,7 +27,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
 from strategies.robust import robust_aggregate
-from strategies.sampling import rng_state, roll_call, set_rng_state
+from strategies.sampling import rng_state, roll_call, round_size, set_rng_state
 from strategies.screening import (
     RoundTrace,
     count_problem,
@@ -164,7 +164,7 @@ class ReplyScreening(FedAvg):
         (:mod:`strategies.sampling`); return the drawn nodes and all connected ones."""
         # sample_size 0: only Flower's wait for min_available_nodes, then every node id
         _, all_nodes = sample_nodes(grid, self.min_available_nodes, 0)
-        size = max(int(len(all_nodes) * fraction), minimum)
+        size = round_size(len(all_nodes), fraction, minimum)
         if size < len(all_nodes):  # a real draw: over partitions, which the seed fixes
             self._ask_partitions(grid, all_nodes)
         eligible = sorted((n for n in all_nodes if n not in excluding), key=self._partition_key)

@@ -26,6 +26,12 @@ from strategies.screening import metrics_of
 from task.wire import PARTITION_ID
 
 
+def round_size(num_nodes: int, fraction: float, minimum: int = 1) -> int:
+    """Nodes a round draws: FedAvg's ``fraction`` of all, at least ``minimum`` (what the
+    central accountant sizes its noise for, too)."""
+    return max(int(num_nodes * fraction), minimum)
+
+
 def roll_call(grid: Grid, nodes: Iterable[int], timeout: float) -> dict[int, int]:
     """Ask ``nodes`` which partition each holds; return the valid answers by node.
 
