@@ -96,10 +96,10 @@ def check_operable(compose: Compose) -> list[str]:
         if not svc.get("healthcheck", {}).get("test"):
             problems.append(f"{name}: no healthcheck")
     handed = {
-        str(mount.get("source")) if isinstance(mount, dict) else str(mount).split(":")[0]
+        source
         for svc in compose["services"].values()
         if _one_shot(svc)
-        for mount in svc.get("volumes") or []
+        for _, source, _ in _mounts(svc)
     }
     for volume in sorted(named - handed):  # a fresh volume is root's or the image user's
         problems.append(f"volume {volume}: no one-shot init service gives it to the user")
@@ -108,8 +108,8 @@ def check_operable(compose: Compose) -> list[str]:
         if kind != "superlink" or name not in parsed:
             continue
         database = str(parsed[name].database)
-        mounts = [str(v).split(":") for v in compose["services"][name].get("volumes", [])]
-        if not any(m[0] in named and database.startswith(m[1].rstrip("/") + "/") for m in mounts):
+        mounts = _mounts(compose["services"][name])
+        if not any(src in named and database.startswith(to + "/") for _, src, to in mounts):
             problems.append(f"{name}: --database {database} is not on a named volume")
     return problems
 
@@ -196,17 +196,25 @@ def _ledger_problems(
     return problems
 
 
-def _volume_at(service: dict, path: str) -> str | None:
-    """The source of the service's mount at ``path`` (short or long syntax), if any."""
+def _mounts(service: dict) -> list[tuple[str, str, str]]:
+    """``(type, source, target)`` of each of the service's mounts, in short syntax
+    (``source:target[:mode]``, type "") or long (``{type, source, target}``); targets
+    without a trailing slash."""
+    mounts = []
     for mount in service.get("volumes") or []:
-        if isinstance(mount, dict):  # long syntax: {type, source, target}
-            source, target = mount.get("source"), str(mount.get("target", ""))
+        if isinstance(mount, dict):
+            kind, source = str(mount.get("type", "")), str(mount.get("source", ""))
+            target = str(mount.get("target", ""))
         else:
-            source, _, target = str(mount).partition(":")
+            kind, (source, _, target) = "", str(mount).partition(":")
             target = target.split(":")[0]
-        if target.rstrip("/") == path.rstrip("/"):
-            return None if source is None else str(source)
-    return None
+        mounts.append((kind, source, target.rstrip("/")))
+    return mounts
+
+
+def _volume_at(service: dict, path: str) -> str | None:
+    """The source of the service's mount at ``path``, if any."""
+    return next((src for _, src, to in _mounts(service) if to == path.rstrip("/")), None)
 
 
 def _in_memory(compose: Compose, service: dict, path: str, volume: str | None) -> bool:
@@ -216,10 +224,7 @@ def _in_memory(compose: Compose, service: dict, path: str, volume: str | None) -
     listed = [listed] if isinstance(listed, str) else listed
     if any(str(entry).split(":")[0].rstrip("/") == path.rstrip("/") for entry in listed):
         return True
-    for mount in service.get("volumes") or []:
-        if not isinstance(mount, dict) or mount.get("type") != "tmpfs":
-            continue
-        if str(mount.get("target", "")).rstrip("/") == path.rstrip("/"):
-            return True
+    if any(kind == "tmpfs" and to == path.rstrip("/") for kind, _, to in _mounts(service)):
+        return True
     options = ((compose.get("volumes") or {}).get(volume) or {}).get("driver_opts") or {}
     return volume is not None and options.get("type") == "tmpfs"
