@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.run_config import load_experiment_file, run_config_flag
+from task.cache import feature_cache_limit
 from task.config import RunConfig, load_defaults, parse_run_config
 
 FEDERATION_KEYS = {"num-supernodes": int, "client-cpus": int}
@@ -108,6 +109,7 @@ def build_experiment(
             Path(cfg.resume_from), overrides, supernodes=experiment.federation["num-supernodes"]
         )
     check_output_dir(cfg.output_dir)
+    feature_cache_limit()  # the clients read it at their first cache write
     run_config_flag(overrides)  # and that each value survives Flower's key=value parser
     if check_slow:
         check_experiment(experiment, check_data=check_data)

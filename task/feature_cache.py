@@ -5,7 +5,8 @@ cores a MiniLM forward is ~10 ms a sentence, more than the DP step of a small he
 disk key hashes everything the features depend on — the model's weights, the split point
 and the token ids and attention mask themselves (so the texts, the tokenizer and
 ``model.max-length``) — so any change of input is a miss, never a stale hit. The files sit
-under ``FEDEQUITY_CACHE`` on the machine that computed them; nothing here is sent.
+under ``FEDEQUITY_CACHE`` on the machine that computed them; nothing here is sent. Each
+write trims the folder to ``FEDEQUITY_FEATURE_CACHE_GB``, least recently used first.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from task.cache import cache_root, write_atomically
+from task.cache import cache_root, feature_cache_limit, touch, trim, write_atomically
 from task.config import ModelConfig
 from task.data import Encoded
 from task.encoders import FrozenBottom, encoder_config, model_digest, resolve_model_name
@@ -84,9 +85,12 @@ def cached_features(
             features = torch.load(path, weights_only=True)
         except Exception:  # a truncated or corrupt file is recomputed, never trusted
             features = None
-    if features is None or features.shape[0] != input_ids.shape[0]:
-        features = compute_features(bottom(), input_ids, attention_mask)
-        write_atomically(path, lambda staging: torch.save(features, staging))
+    if features is not None and features.shape[0] == input_ids.shape[0]:
+        touch(path)
+        return features
+    features = compute_features(bottom(), input_ids, attention_mask)
+    write_atomically(path, lambda staging: torch.save(features, staging))
+    trim(path.parent, feature_cache_limit(), keep=path)
     return features
 
 

@@ -385,6 +385,18 @@ def test_a_bad_input_gets_one_clear_error_before_anything_starts(
     assert snapshot(out) == before
 
 
+def test_a_bad_feature_cache_limit_is_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, before = output_dir_with_a_previous_run(tmp_path)
+    monkeypatch.setenv("FEDEQUITY_FEATURE_CACHE_GB", "10GB")
+    monkeypatch.setattr(simulations.inprocess, "run_in_process", pytest.fail)
+    assert main(["run", "--engine", "in-process", "--output-dir", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "FEDEQUITY_FEATURE_CACHE_GB='10GB'" in err, err
+    assert snapshot(out) == before
+
+
 def test_the_suite_covers_at_least_45_cases() -> None:
     assert len(CASES) >= 45
     assert len({c.name for c in CASES}) == len(CASES)

@@ -118,3 +118,19 @@ def test_a_folder_without_weights_has_no_digest(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="no weight file"):
         model_digest(str(tmp_path))
+
+
+def test_a_write_trims_the_cache_to_its_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEDEQUITY_CACHE", str(tmp_path))
+    bottom, digest = frozen_bottom(CFG)
+    load, frozen = (lambda: bottom), len(bottom.layers)
+    first, second = encoded(TEXTS[:4]), encoded(TEXTS[4:7])
+    cached_features(load, frozen, first.input_ids, first.attention_mask, model_digest=digest)
+    (one,) = files()
+    size = (cache_dir() / one).stat().st_size
+    monkeypatch.setenv("FEDEQUITY_FEATURE_CACHE_GB", str(size * 1.5 / 1e9))
+    cached_features(load, frozen, second.input_ids, second.attention_mask, model_digest=digest)
+    (kept,) = files()
+    assert kept != one  # the older entry went, the one just written stayed
