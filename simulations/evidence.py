@@ -187,13 +187,14 @@ def cell_experiment(
 def infeasible(grid: Grid, cells: Iterable[Cell]) -> dict[Cell, str]:
     """Cells that can never run, with the reason: their config or data is refused.
 
-    Checked once per (ε, seed, skew), what decides it: the data and its partition depend
-    on seed and skew, the budget check on ε.
+    Checked once per (ε, seed, skew, augmentation), what decides it: the data and its
+    partition depend on seed and skew, the budget check on ε, the augmentation check on the
+    variant's method.
     """
-    reasons: dict[tuple[float, int, float | None], str | None] = {}
+    reasons: dict[tuple[float, int, float | None, str], str | None] = {}
     found: dict[Cell, str] = {}
     for cell in cells:
-        pattern = (cell.epsilon, cell.seed, cell.skew)
+        pattern = (cell.epsilon, cell.seed, cell.skew, VARIANTS[cell.variant]["augment.method"])
         if pattern not in reasons:
             try:
                 cell_experiment(grid, cell, Path("outputs"))

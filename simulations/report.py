@@ -6,7 +6,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Callable
-from itertools import product
+from itertools import cycle, product
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
@@ -177,8 +177,13 @@ def _relative_change(
     return None if means is None or not means[1] else means[0] / means[1] - 1
 
 
+def _signed(value: float, digits: int) -> str:
+    """``value`` with its sign, where a value that rounds to zero reads +0, not -0."""
+    return f"{round(value, digits) + 0.0:+.{digits}f}"
+
+
 def _percent(change: float | None) -> str:
-    return "–" if change is None else f"{100 * change:+.0f} %"
+    return "–" if change is None else f"{_signed(100 * change, 0)} %"
 
 
 def _gap_change(cells: list[dict[str, Any]], base: list[dict[str, Any]]) -> float:
@@ -231,8 +236,8 @@ def versus_fedavg_table(summaries: list[dict[str, Any]]) -> str:
         worst = _change(cells, base, lambda c: c["worst_group_accuracy"])
         best = _change(cells, base, _best_group)
         row = [grid, variant, "∞" if math.isinf(eps) else f"{eps:g}", str(len(cells)),
-               f"{100 * _change(cells, base, lambda c: c['accuracy']):+.1f}",
-               f"{worst:+.3f}", f"{best:+.3f}",
+               _signed(100 * _change(cells, base, lambda c: c["accuracy"]), 1),
+               _signed(worst, 3), _signed(best, 3),
                _percent(_gap_change(cells, base)), gap_moved_by(worst, best)]  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
@@ -248,7 +253,7 @@ def plot_gap_vs_cost(summaries: list[dict[str, Any]], path: Path) -> None:
     points = gap_vs_cost(_unaugmented(summaries))
     grids = sorted({grid for (grid, _, _), _, _ in points}) or ["(no cells beside FedAvg)"]
     epsilons = sorted({eps for (_, _, eps), _, _ in points})
-    marker = dict(zip(epsilons, "osD^v<>p", strict=False))
+    marker = dict(zip(epsilons, cycle("osD^v<>p"), strict=False))
     fig, axes = plt.subplots(1, len(grids), figsize=(5 * len(grids), 4.8), squeeze=False)
     for ax, grid in zip(axes[0], grids, strict=True):
         for (g, variant, eps), cost, reduction in points:
@@ -296,11 +301,12 @@ def augmentation_table(summaries: list[dict[str, Any]]) -> str:
         if method == "none" or accuracy is None:
             continue
         seeds = {c["seed"] for c in cells} & {c["seed"] for c in base}
+        cells = [c for c in cells if c["seed"] in seeds]
         row = [grid, variant, "∞" if math.isinf(eps) else f"{eps:g}", str(len(seeds))]
         row += [_cell([c[m] for c in cells if c.get(m) is not None]) for m in AUGMENT_METRICS]
         row += [_percent(_relative_change(cells, base, "counterfactual_flip_rate")),
                 _percent(_relative_change(cells, base, "worst_group_accuracy")),
-                f"{100 * (accuracy[0] - accuracy[1]):+.1f}"]  # fmt: skip
+                _signed(100 * (accuracy[0] - accuracy[1]), 1)]  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
@@ -417,9 +423,9 @@ def write_report(
         "model (the moving average of the aggregates, `ema-decay`) on the global test set, "
         "mean ± sample std "
         f"(n − 1) over seeds. {len(summaries)} runs, {wall / 60:.0f} min of round wall time "
-        "on 2 CPU cores. A cell is run again when the run config it resolves to changes; a "
-        "change of code is not detected (delete the cells it affects under "
-        "`outputs/evidence/cells/`).\n\n"
+        "summed over the runs (`--jobs` runs some at once). A cell is run again when the run "
+        "config it resolves to changes; a change of code is not detected (delete the cells it "
+        "affects under `outputs/evidence/cells/`).\n\n"
         + reproduce_block(commands or [])
         + coverage_line(coverage or {})
         + markdown_table(summaries)

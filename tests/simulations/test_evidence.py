@@ -432,3 +432,41 @@ def test_versus_fedavg_pairs_seeds_and_says_which_end_of_the_gap_moved(tmp_path:
 )  # fmt: skip
 def test_the_report_names_the_ends_that_moved_the_gap(worst: float, best: float, said: str) -> None:
     assert gap_moved_by(worst, best) == said
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_a_refusal_of_one_augmentation_does_not_decide_for_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order: int
+) -> None:
+    grid = load_grid(write_grid(tmp_path, GRID_TOML.replace(
+        '["fedavg", "qfedavg"]', '["fedavg", "fedavg+counterfactual", "qfedavg"]')))  # fmt: skip
+    real = cell_experiment
+
+    def refuse_counterfactual(grid: Grid, cell: Cell, runs: Path, **kwargs: bool) -> object:
+        if VARIANTS[cell.variant]["augment.method"] == "counterfactual":
+            raise ValueError("augment.method: refused")
+        return real(grid, cell, runs, **kwargs)
+
+    monkeypatch.setattr("simulations.evidence.cell_experiment", refuse_counterfactual)
+    reasons = infeasible(grid, grid.cells[::order])
+    assert [cell.variant for cell in reasons] == ["fedavg+counterfactual"]
+
+
+def test_augmentation_rows_average_only_the_seeds_both_sides_ran() -> None:
+    rows = [summary("fedavg", 1, 0.8, 0.4), summary("fedavg+counterfactual", 1, 0.9, 0.2),
+            summary("fedavg+counterfactual", 2, 0.5, 0.2)]  # fmt: skip
+    assert "| g | fedavg+counterfactual | 8 | 1 | 0.900 ± 0.000 |" in augmentation_table(rows)
+
+
+def test_a_change_that_rounds_to_zero_reads_plus_zero() -> None:
+    rows = [summary("fedavg", 1, 0.8, 0.4), summary("representation", 1, 0.7996, 0.4)]
+    assert "| g | representation | 8 | 1 | +0.0 | +0.000 | +0.000 | +0 % | – |" in (
+        versus_fedavg_table(rows)
+    )
+
+
+def test_the_plots_take_any_number_of_epsilons(tmp_path: Path) -> None:
+    rows = [summary(variant, 1, 0.8, 0.3) | {"epsilon": float(eps)}
+            for variant in ("fedavg", "representation") for eps in range(1, 11)]  # fmt: skip
+    write_report(rows, tmp_path)
+    assert (tmp_path / "evidence_gap_vs_cost.png").stat().st_size > 1000
