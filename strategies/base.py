@@ -257,6 +257,17 @@ class ReplyScreening(FedAvg):
             return []
         return accepted
 
+    def screen_aside(self, replies: list[Message]) -> list[Message]:
+        """Screen replies kept out of this round's aggregation into its trace, as
+        :meth:`screen_round` screens the others; return those it would have accepted."""
+        if self.current_arrays is None:
+            raise AggregationError("No global arrays: call `configure_train` first.")
+        trace = self.last_round
+        accepted = screen_replies(replies, self.current_arrays, trace, self.metric_problem)
+        self._learn_partitions(trace)
+        self.exhausted.update(trace.skipped_budget)
+        return accepted
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -3,11 +3,20 @@
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
 from strategies.base import ReplyScreening, failure_reasons
-from strategies.screening import RoundTrace, array_problem, client_records, rekey_like
+from strategies.screening import RoundTrace, array_problem, rekey_like
+
+UNCHANGED = "an unchanged model without a spent budget: server-side clipping cannot scale it"
+
+
+def unchanged(content: RecordDict, reference: ArrayRecord) -> bool:
+    """Whether a reply's (single, well-shaped) ArrayRecord equals the global arrays."""
+    record = next(iter(content.array_records.values()))
+    return all(np.array_equal(record[k].numpy(), reference[k].numpy()) for k in reference)
 
 
 class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
@@ -15,10 +24,12 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
 
     Flower clips each reply's arrays *by position* against the global arrays before the
     wrapped strategy sees them: a reply with other shapes crashes the round, and one with
-    its keys in another order is clipped against the wrong layers. Here replies whose
-    arrays do not match the global model (keys, shapes, dtypes, finiteness) are held back
-    and reported as rejected in the wrapped strategy's ``last_round``; the others are
-    re-keyed in the global order and go through Flower's clipping and noise unchanged.
+    its keys in another order is clipped against the wrong layers; and one equal to the
+    global model (a client whose budget is spent sends its weights back unchanged) ends
+    the run, as Flower divides by the update's norm. Such replies are set aside and
+    screened into the wrapped strategy's ``last_round`` after the round (rejected, or
+    skipped for a spent budget); the others are re-keyed in the global order and go
+    through Flower's clipping and noise unchanged.
     When Flower skips a round (it aggregates nothing if any reply is an error), the
     wrapped strategy still screens the other replies (:meth:`_skipped_round`), so it learns
     which nodes spent their budget and how long their ledgers are, as in any other round;
@@ -53,16 +64,17 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Hold back mismatched replies, re-key the rest, then Flower's clipping and noise."""
+        """Set aside replies Flower's clipping cannot take, re-key the rest, then Flower's
+        clipping and noise; the set-aside replies are screened into the round's trace."""
         received = list(replies)
         kept: list[Message] = []
-        held_back: dict[int, str] = {}
-        held: list[Message] = []
+        aside: list[Message] = []
         for msg in received:
             if not msg.has_error():  # error replies go on: Flower counts and skips them
-                if reason := array_problem(msg.content, self.current_arrays):
-                    held_back[msg.metadata.src_node_id] = reason
-                    held.append(msg)
+                if array_problem(msg.content, self.current_arrays) or unchanged(
+                    msg.content, self.current_arrays
+                ):
+                    aside.append(msg)
                     continue
                 rekey_like(msg.content, self.current_arrays)
             kept.append(msg)
@@ -71,13 +83,14 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
         run_round = server_round + self.traced.round_offset
         if trace.round != run_round:
             trace = self._skipped_round(run_round, received)
+        else:
+            for msg in self.traced.screen_aside(aside):  # accepted: an unchanged model
+                trace.rejected[msg.metadata.src_node_id] = UNCHANGED
         trace.failure_reasons = failure_reasons(
             [m for m in received if m.has_error()], received, self.traced.sampled_now,
             self.traced.round_timeout,
         )  # fmt: skip
         trace.failures = len(trace.failure_reasons)
-        trace.rejected.update(held_back)
-        trace.client_records.update(client_records(held))  # they trained: ε counts
         return result
 
     def _skipped_round(self, run_round: int, received: list[Message]) -> RoundTrace:

@@ -29,7 +29,7 @@ from strategies.base import TracedFedAvg
 from strategies.fairfed import FairFed
 from strategies.qfedavg import TracedQFedAvg
 from strategies.representation import RepresentationAware
-from strategies.screened_clipping import ScreenedFixedClipping
+from strategies.screened_clipping import UNCHANGED, ScreenedFixedClipping
 from strategies.screening import RoundTrace
 from task import wire
 from task.config import load_defaults, parse_run_config
@@ -321,6 +321,28 @@ def test_a_round_central_dp_skips_still_learns_spent_budgets_and_ledger_lengths(
     assert sorted(m.metadata.dst_node_id for m in sent) == [1, 3]  # node 2 is no longer drawn
     dp.aggregate_train(2, [reply(1, GLOBAL, budget_exhausted=1), error_reply(3)])
     assert inner.last_round.skipped == ""  # no survivor: a failed round, not a skipped one
+
+
+def test_central_dp_aggregates_a_round_in_which_a_client_first_runs_out_of_budget() -> None:
+    """A spent client sends its weights back unchanged: a zero update, which Flower's
+    server-side clipping divides by. It is screened beside the round, as without central DP."""
+    inner = RepresentationAware(alpha=1.0, cap=1.2, group_names=["a", "b"])
+    dp = ScreenedFixedClipping(
+        inner, noise_multiplier=0.0, clipping_norm=1.0, num_sampled_clients=3
+    )
+    configure(dp, [1, 2, 3, 4, 5])
+    spent = reply(4, GLOBAL, budget_exhausted=1)
+    spent.content[wire.CLIENT_RECORD] = ConfigRecord(
+        {wire.NODE_ID: "4", wire.PARTITION_ID: 7, wire.HISTORY_SIGMA: [1.0, 1.0]}
+    )
+    idle = reply(5, GLOBAL, group_counts=[1.0, 1.0])  # trained, yet moved nothing
+    arrays, _ = dp.aggregate_train(1, [*representation_replies(), spent, idle])
+    trace = inner.last_round
+    assert arrays is not None and sorted(trace.weights) == [1, 2, 3]
+    assert trace.skipped_budget == [4] and inner.exhausted == {4}
+    assert inner.checkpoint_state()["ledger_events"] == [(7, 2)]
+    assert inner.node_partitions[4] == 7
+    assert trace.rejected == {5: UNCHANGED}
 
 
 def test_central_dp_keeps_the_privacy_report_of_a_held_back_reply() -> None:
