@@ -36,7 +36,7 @@ from launch.connection import write_connection
 from launch.env import deployment_env, tool
 from launch.flwr import check_completed, register, wait_answering, wait_online
 from launch.net import free_ports, wait_healthy
-from launch.signals import Interrupted, signals_raise
+from launch.signals import Interrupted, signals_ignored, signals_raise
 from launch.stream import run_app
 from launch.supervisor import FlowerError, ProcessSupervisor
 from simulations.experiment import check_output_dir
@@ -254,11 +254,15 @@ def deploy_local(opts: Options, topology: Topology | None = None) -> Path:
             if leftovers:
                 print(f"deploy-local: had to SIGKILL {leftovers}", file=sys.stderr)
             if topology is not None:
-                topology.delete()
+                with signals_ignored():  # a second Ctrl-C must not leave namespaces behind
+                    topology.delete()
     run_dir = opts.output_dir.resolve() / run_id
     if not (run_dir / "results.json").is_file():
         raise DeployError(f"run {run_id} completed but wrote no {run_dir / 'results.json'}")
     return run_dir
+
+
+INTERRUPTED = "deploy-local interrupted; all processes stopped"
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
@@ -313,11 +317,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.monotonic()
     try:
         run_dir = deploy_local(opts)
-    except (DeployError, FlowerError, NetnsError, ValueError, OSError, Interrupted) as err:
+    except (DeployError, FlowerError, NetnsError, ValueError, OSError) as err:
         print(f"deploy-local failed: {err}", file=sys.stderr)
         return 1
+    except Interrupted as interrupted:  # SIGTERM/SIGHUP: the same line as Ctrl-C's
+        print(INTERRUPTED, file=sys.stderr)
+        return interrupted.exit_code
     except KeyboardInterrupt:
-        print("deploy-local interrupted; all processes stopped", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     results = json.loads((run_dir / "results.json").read_text())
     print(

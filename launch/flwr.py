@@ -30,8 +30,12 @@ def _json_out(result: subprocess.CompletedProcess[str], what: str) -> dict[str, 
 
 def flwr(sup: ProcessSupervisor, cwd: Path, *args: str) -> dict[str, Any]:
     """Run ``flwr <args> --format json`` and return its JSON answer."""
-    result = sup.run([tool("flwr"), *args, "--format", "json"], cwd=cwd, timeout=CLI_TIMEOUT)
-    return _json_out(result, "flwr " + " ".join(args))
+    what = "flwr " + " ".join(args)
+    try:
+        result = sup.run([tool("flwr"), *args, "--format", "json"], cwd=cwd, timeout=CLI_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise FlowerError(f"{what} did not answer within {CLI_TIMEOUT:g} s") from None
+    return _json_out(result, what)
 
 
 def register(sup: ProcessSupervisor, public_key: Path, conn: str, cwd: Path) -> str:

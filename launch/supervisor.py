@@ -62,17 +62,18 @@ def session_of(pid: int) -> int | None:
         return None
 
 
-def run_sessions(marker: str) -> set[int]:
-    """The sessions that hold a process carrying ``marker``, this process's own excepted.
+def run_sessions(marker: str, spare: int | None = None) -> set[int]:
+    """The sessions that hold a process carrying ``marker``, this process's own and
+    ``spare`` (the owner's, for its watchdog: the user's terminal) excepted.
 
     Ray's agents retitle themselves, which overwrites what ``/proc/PID/environ`` shows with
     blanks: the marker can no longer be read there, and once their raylet is killed they
     linger for minutes. The session they inherited from a marked process still says whose
     they are.
     """
-    own = os.getsid(0)
+    spared = {os.getsid(0), spare}
     sessions = {session_of(pid) for pid in marked_pids(marker)}
-    return {sid for sid in sessions if sid is not None and sid > 1 and sid != own}
+    return {sid for sid in sessions if sid is not None and sid > 1 and sid not in spared}
 
 
 def run_pids(marker: str, sessions: set[int]) -> list[int]:
@@ -180,7 +181,8 @@ class ProcessSupervisor:
     def run(
         self, cmd: Sequence[str], cwd: Path, timeout: float
     ) -> subprocess.CompletedProcess[str]:
-        """Run a short command (a ``flwr`` CLI call) to completion, output captured."""
+        """Run a short command (a ``flwr`` CLI call) to completion, output captured; in a
+        session of its own, like every marked process (the owner's session is no run's)."""
         return subprocess.run(
             [*self.cli_prefix, *cmd],
             cwd=cwd,
@@ -190,6 +192,7 @@ class ProcessSupervisor:
             timeout=timeout,
             check=False,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
 
     def dead(self) -> list[Managed]:

@@ -14,16 +14,16 @@ import signal
 import sys
 import time
 
-from launch.supervisor import PROC, pid_alive, run_pids, run_sessions, signal_pid
+from launch.supervisor import PROC, pid_alive, run_pids, run_sessions, session_of, signal_pid
 
 POLL_S = 0.5
 GRACE_S = 5.0
 
 
-def reap(marker: str, grace: float = GRACE_S) -> list[int]:
-    """Stop every live process carrying ``marker`` (or in a session of one); return those
-    that needed SIGKILL."""
-    sessions = run_sessions(marker)
+def reap(marker: str, grace: float = GRACE_S, spare: int | None = None) -> list[int]:
+    """Stop every live process carrying ``marker`` (or in a session of one, but ``spare``);
+    return those that needed SIGKILL."""
+    sessions = run_sessions(marker, spare)
     for pid in run_pids(marker, sessions):
         signal_pid(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -44,11 +44,12 @@ def _start_time(pid: int) -> str | None:
 
 
 def watch(owner: int, marker: str) -> None:
-    """Wait for ``owner`` to die, then reap the marked processes."""
-    started = _start_time(owner)
+    """Wait for ``owner`` to die, then reap the marked processes. The owner's session is
+    the user's (a terminal, a CI job): a marked process in it marks none of the rest."""
+    started, session = _start_time(owner), session_of(owner)
     while pid_alive(owner) and _start_time(owner) == started:
         time.sleep(POLL_S)
-    reap(marker)
+    reap(marker, spare=session)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import psutil
 
 from launch.net import free_ports
 from launch.supervisor import MARKER_ENV, ProcessSupervisor, marked_pids, pid_alive
-from launch.watchdog import reap
+from launch.watchdog import reap, watch
 
 # A parent that detaches a child into a new session (as SuperLink/SuperNode do with their
 # SuperExec), then ignores SIGTERM so that only SIGKILL ends it.
@@ -186,3 +187,36 @@ def test_the_watchdog_reaps_a_child_whose_environment_reads_blank(tmp_path: Path
         assert not pid_alive(child)
     finally:
         sup.stop_all(grace=1.0)
+
+
+# An owner in a session of its own (a terminal's), with a marked child in that session (a
+# CLI call) and a bystander (the terminal's shell).
+OWNER = """
+import os, subprocess, sys, time
+sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
+bystander = subprocess.Popen(sleep)
+marked = subprocess.Popen(sleep, env={**os.environ, sys.argv[1]: sys.argv[2]})
+print(bystander.pid, marked.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_watchdog_spares_the_session_of_the_owner_it_outlived() -> None:
+    marker = uuid.uuid4().hex
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, MARKER_ENV, marker],
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    assert owner.stdout is not None
+    bystander, marked = map(int, owner.stdout.readline().split())
+    try:
+        watcher = threading.Thread(target=watch, args=(owner.pid, marker))
+        watcher.start()
+        owner.kill()  # SIGKILL: no clean-up of its own
+        owner.wait()
+        watcher.join(timeout=30)
+        _wait_for(lambda: not pid_alive(marked))
+        assert not pid_alive(marked)
+        assert pid_alive(bystander)
+    finally:
+        for pid in (bystander, marked):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
