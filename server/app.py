@@ -12,13 +12,14 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from server import checkpoint
-from server.central_accountant import CentralAccountant
+from server.central_accountant import CENTRAL_JOURNAL, CentralAccountant
 from server.evaluation import build_evaluator
 from server.handshake import complete_line, wait_at_gate
 from server.prompt_grid import prompt
 from server.recorder import RoundRecorder
 from server.records import RunDirectory
 from strategies import build_strategy, sampled_per_round
+from strategies.screened_clipping import ScreenedFixedClipping
 from task.config import RunConfig, config_differences, parse_run_config
 from task.privacy_plan import check_release_budget
 from task.wire import LEARNING_RATE, LEDGER_DIR
@@ -42,11 +43,12 @@ def main(grid: Grid, context: Context) -> None:
         run_dir = RunDirectory(cfg.output_dir, str(context.run_id), dict(context.run_config))
     else:
         run_dir = RunDirectory.reopen(cfg.resume_from, resumed.state["rounds"])
+    central = _central(cfg, num_nodes, run_dir.path)
     recorder = RoundRecorder(
         run_dir,
         evaluator,
         num_rounds=cfg.num_server_rounds,
-        central=_central(cfg, num_nodes),
+        central=central,
         ema_decay=cfg.ema_decay,
     )
     strategy = build_strategy(
@@ -56,6 +58,8 @@ def main(grid: Grid, context: Context) -> None:
         train_metrics_aggr_fn=recorder.aggregate_train_metrics,
         evaluate_metrics_aggr_fn=recorder.aggregate_eval_metrics,
     )
+    if isinstance(strategy, ScreenedFixedClipping) and central is not None:
+        strategy.charge = central.record_round
     recorder.watch(strategy)
     strategy.evaluation_model = recorder.reported_arrays
     recorder.extra["num_nodes"] = num_nodes
@@ -104,11 +108,12 @@ def _checkpoint_to_resume(
     return resumed
 
 
-def _central(cfg: RunConfig, num_nodes: int) -> CentralAccountant | None:
+def _central(cfg: RunConfig, num_nodes: int, run_dir: Path) -> CentralAccountant | None:
     if not cfg.dp.central:
         return None
     return CentralAccountant(
         noise_multiplier=cfg.dp.central_noise,
         num_sampled=sampled_per_round(cfg, num_nodes),
         delta=cfg.dp.central_delta,
+        journal=run_dir / CENTRAL_JOURNAL,
     )

@@ -11,12 +11,21 @@ Neighbouring runs differ by *zeroing out* one client's update, the aggregation w
 being fixed by the clients' reports (treated as public, as Flower's σ·C/m for the uniform
 mean does). Under add/remove with renormalised weights the sensitivity is up to twice this
 (see docs/privacy.md).
+
+A round is charged when its noise is added, before the aggregate goes anywhere, and the
+charge is appended to a journal in the run directory and fsync'd first. The checkpoint
+comes only after the round's evaluation, and a run killed in between is resumed from the
+round before: it releases that round again, with fresh noise. The journal, not the
+checkpoint, is what a resumed run continues from, so both releases are charged.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,14 +33,25 @@ import numpy as np
 from strategies.weighting import effective_noise_multiplier
 from task.accounting import epsilon_of
 
+CENTRAL_JOURNAL = "central-releases.jsonl"
+
 
 class CentralAccountant:
     """The run's central-DP history, one event per aggregated round."""
 
-    def __init__(self, *, noise_multiplier: float, num_sampled: int, delta: float) -> None:
+    def __init__(
+        self,
+        *,
+        noise_multiplier: float,
+        num_sampled: int,
+        delta: float,
+        journal: Path | None = None,
+    ) -> None:
         self.noise_multiplier = noise_multiplier
         self.num_sampled = num_sampled
         self.delta = delta
+        #: one line per release, written durably before the release (None: memory only)
+        self.journal = journal
         self.history: list[tuple[float, float, int]] = []
 
     def record_round(self, weights: Mapping[Any, float]) -> None:
@@ -41,7 +61,23 @@ class CentralAccountant:
         sigma = effective_noise_multiplier(
             self.noise_multiplier, np.array(list(weights.values())), self.num_sampled
         )
+        if self.journal is not None:
+            with self.journal.open("a") as handle:
+                handle.write(json.dumps([sigma, 1.0, 1]) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
         self.history.append((sigma, 1.0, 1))
+
+    def resume(self, checkpointed: list[list[float]]) -> None:
+        """Continue a run: every release its journal holds, those after its checkpoint
+        included; the ``checkpointed`` history where the run kept no journal."""
+        self.history = [(float(s), float(q), int(n)) for s, q, n in checkpointed]
+        if self.journal is None or not self.journal.is_file():
+            return
+        lines = self.journal.read_text().split("\n")
+        # a last line without its newline was cut by a kill: that release never happened
+        entries = [json.loads(line) for line in lines[:-1]]
+        self.history = [(float(s), float(q), int(n)) for s, q, n in entries]
 
     def epsilon(self) -> float:
         """ε spent so far at ``delta`` (RDP)."""

@@ -81,7 +81,7 @@ class RoundRecorder:
         self.extra = dict(checkpoint.state["extra"])
         self.model_average.restore(checkpoint.averaged, like=checkpoint.arrays)
         if self.central is not None:
-            self.central.history = [tuple(e) for e in checkpoint.state["central_history"]]
+            self.central.resume(checkpoint.state["central_history"])
 
     def _checkpoint(self, server_round: int, arrays: dict[str, np.ndarray]) -> None:
         state = {
@@ -236,8 +236,7 @@ class RoundRecorder:
             if node in self.privacy:
                 self.privacy[node]["stopped_by_budget"] = True
         record["bytes_sent"] = self._bytes_sent()
-        if self.central is not None:
-            self.central.record_round(record["weights"])
+        if self.central is not None:  # charged by the strategy when it added the noise
             record["central_epsilon"] = self.central.epsilon()
         return record
 

@@ -1,6 +1,6 @@
 """Flower's server-side fixed clipping, fed only replies that match the global model."""
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,9 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
     def __init__(self, strategy: ReplyScreening, *args: Any, **kwargs: Any) -> None:
         super().__init__(strategy, *args, **kwargs)
         self.traced = strategy  # the wrapped strategy, typed: it keeps the round trace
+        #: charges a release to the central accountant, with the round's aggregation
+        #: weights, once the noise is added and before the aggregate goes anywhere
+        self.charge: Callable[[Mapping[int, float]], None] | None = None
 
     def checkpoint_state(self) -> dict[str, Any]:
         return self.traced.checkpoint_state()
@@ -84,6 +87,8 @@ class ScreenedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
         if trace.round != run_round:
             trace = self._skipped_round(run_round, received)
         else:
+            if result[0] is not None and self.charge is not None:
+                self.charge(trace.weights)
             for msg in self.traced.screen_aside(aside):  # accepted: an unchanged model
                 trace.rejected[msg.metadata.src_node_id] = UNCHANGED
         trace.failure_reasons = failure_reasons(

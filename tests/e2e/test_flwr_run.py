@@ -66,6 +66,10 @@ def test_flwr_run_writes_the_results_contract_and_stops_everything(tmp_path: Pat
         assert set(record["clients"]) == {"mean_accuracy", "std_accuracy", "worst10_accuracy"}
     assert set(results["final"]) >= GLOBAL_KEYS
     assert "max_epsilon" in results["final"]
+    # central DP: each round charged once, journalled before its aggregate went anywhere
+    assert len(results["central_privacy"]["history"]) == 2
+    assert len((run_dir / "central-releases.jsonl").read_text().splitlines()) == 2
+    assert math.isfinite(results["final"]["central_epsilon"])
     privacy = results["privacy"]  # simulated nodes: seeded, reproducible DP noise
     assert len(privacy) == 4 and all(p["secure_rng"] is False for p in privacy.values())
     assert json.loads((run_dir / "config.json").read_text())["num-server-rounds"] == 2

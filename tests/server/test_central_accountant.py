@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from server.central_accountant import CentralAccountant
+from server.central_accountant import CENTRAL_JOURNAL, CentralAccountant
 from task.accounting import epsilon_of
 
 
@@ -36,3 +37,36 @@ def test_report_and_edge_cases() -> None:
     accountant.record_round({1: 0.5, 2: 0.5})
     assert math.isinf(accountant.epsilon())  # no noise: no guarantee
     assert accountant.report()["history"] == [[0.0, 1.0, 1]]
+
+
+def test_a_release_after_the_last_checkpoint_is_still_charged_on_resume(tmp_path: Path) -> None:
+    """Round 2's noised aggregate left the server, then the run was killed before its
+    checkpoint: the resumed run releases round 2 again and must charge both."""
+    journal = tmp_path / CENTRAL_JOURNAL
+    first = CentralAccountant(noise_multiplier=1.0, num_sampled=2, delta=1e-5, journal=journal)
+    first.record_round({1: 0.5, 2: 0.5})
+    checkpointed = [list(event) for event in first.history]  # the checkpoint of round 1
+    first.record_round({1: 0.5, 2: 0.5})  # round 2: released, then killed
+    resumed = CentralAccountant(noise_multiplier=1.0, num_sampled=2, delta=1e-5, journal=journal)
+    resumed.resume(checkpointed)
+    assert resumed.history == [(1.0, 1.0, 1)] * 2
+    resumed.record_round({1: 0.5, 2: 0.5})  # round 2 again
+    assert resumed.epsilon() == pytest.approx(
+        epsilon_of([(1.0, 1.0, 3)], delta=1e-5, accountant="rdp")
+    )
+
+
+def test_a_journal_line_cut_by_a_kill_was_never_released(tmp_path: Path) -> None:
+    journal = tmp_path / CENTRAL_JOURNAL
+    journal.write_text("[1.0, 1.0, 1]\n[0.5, 1.")
+    accountant = CentralAccountant(noise_multiplier=1.0, num_sampled=2, delta=1e-5, journal=journal)
+    accountant.resume([])
+    assert accountant.history == [(1.0, 1.0, 1)]
+
+
+def test_a_run_from_before_the_journal_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    accountant = CentralAccountant(
+        noise_multiplier=1.0, num_sampled=2, delta=1e-5, journal=tmp_path / CENTRAL_JOURNAL
+    )
+    accountant.resume([[0.5, 1.0, 1]])
+    assert accountant.history == [(0.5, 1.0, 1)]

@@ -345,6 +345,21 @@ def test_central_dp_aggregates_a_round_in_which_a_client_first_runs_out_of_budge
     assert trace.rejected == {5: UNCHANGED}
 
 
+def test_central_dp_charges_each_release_when_it_adds_the_noise() -> None:
+    inner = RepresentationAware(alpha=1.0, cap=1.2, group_names=["a", "b"])
+    dp = ScreenedFixedClipping(
+        inner, noise_multiplier=0.0, clipping_norm=1.0, num_sampled_clients=3
+    )
+    charged: list[dict[int, float]] = []
+    dp.charge = lambda weights: charged.append(dict(weights))
+    configure(dp, [1, 2, 3])
+    dp.aggregate_train(1, representation_replies())
+    assert charged == [inner.last_round.weights]
+    first, second, _ = representation_replies()
+    dp.aggregate_train(2, [first, second, error_reply(3)])  # skipped by Flower: no release
+    assert len(charged) == 1
+
+
 def test_central_dp_keeps_the_privacy_report_of_a_held_back_reply() -> None:
     inner = RepresentationAware(alpha=1.0, cap=1.2, group_names=["a", "b"])
     dp = ScreenedFixedClipping(
