@@ -168,6 +168,7 @@ class RoundRecorder:
             self._last_arrays = arrays
             if not self.round_offset:
                 self.extra["initial"] = self.evaluator.evaluate(arrays.to_torch_state_dict())
+                self.run_dir.write_results(self.results())  # a run stopped now keeps it
             self._clock = time.perf_counter()
             return None
         server_round += self.round_offset
@@ -179,9 +180,14 @@ class RoundRecorder:
         record = self._round_record(server_round, global_metrics)
         self.rounds.append(record)
         self.run_dir.append_round(record)
-        self.run_dir.write_results(self.results())
+        results = self.results()
+        # "complete" only once the checkpoint is saved too: a complete run is never
+        # relabelled, so a kill in between must leave it "running" (then interrupted)
+        self.run_dir.write_results(results | {"status": "running"})
         self._checkpoint(server_round, aggregate)
-        if self.status == "complete":
+        if results["status"] != "running":
+            self.run_dir.write_results(results)
+        if results["status"] == "complete":
             self.run_dir.point_latest()
         self._log(record)
         self._train_replies, self._eval_accuracies = [], []

@@ -141,6 +141,6 @@ def mark_status(run_dir: Path, status: str) -> None:
     else:
         config_file = run_dir / "config.json"
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-        results = {"config": config, "rounds": [], "privacy": {}, "final": {}}
+        results = {"config": config, "rounds": [], "privacy": {}, "final": {"max_epsilon": None}}
     results["status"] = status
     write_json(path, results)

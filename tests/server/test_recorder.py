@@ -9,6 +9,7 @@ import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from server import checkpoint
 from server.evaluation import GlobalEvaluator
 from server.recorder import RoundRecorder
 from server.records import RunDirectory
@@ -106,3 +107,43 @@ def test_a_round_the_strategy_did_not_aggregate_reports_no_stale_weights(tmp_pat
     recorder.evaluate(2, record(GLOBAL))  # round 2: aggregate_train was never called
     assert recorder.rounds[0]["weights"] == {"1": 1.0}
     assert recorder.rounds[1]["weights"] == {}
+
+
+def test_results_exist_from_round_0_with_the_contracts_keys(tmp_path: Path) -> None:
+    run_dir = RunDirectory(tmp_path, "1", {"seed": 1})
+    recorder = RoundRecorder(run_dir, cast(GlobalEvaluator, FixedEvaluator()), num_rounds=1)
+    recorder.extra["num_nodes"] = 3
+    recorder.evaluate(0, record(GLOBAL))  # a stop now must not lose the baseline
+    results = json.loads((run_dir.path / "results.json").read_text())
+    assert results["status"] == "running" and results["rounds"] == []
+    assert results["initial"]["accuracy"] == 0.5 and results["num_nodes"] == 3
+    assert results["final"] == {"max_epsilon": None}
+
+
+def test_the_last_round_is_complete_only_once_its_checkpoint_is_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = RunDirectory(tmp_path, "1", {})
+    recorder = RoundRecorder(run_dir, cast(GlobalEvaluator, FixedEvaluator()), num_rounds=1)
+    recorder.evaluate(0, record(GLOBAL))
+
+    def disk_full(*_: object) -> None:
+        raise OSError("No space left on device")
+
+    with monkeypatch.context() as patched, pytest.raises(OSError):
+        patched.setattr(checkpoint, "save", disk_full)
+        recorder.evaluate(1, record(GLOBAL))
+    results = json.loads((run_dir.path / "results.json").read_text())
+    assert results["status"] == "running" and len(results["rounds"]) == 1
+    assert not (tmp_path / "latest").exists()
+    # the same round with its checkpoint saved
+    saved = RunDirectory(tmp_path / "saved", "1", {})
+    recorder = RoundRecorder(saved, cast(GlobalEvaluator, FixedEvaluator()), num_rounds=1)
+    strategy = TracedFedAvg(train_metrics_aggr_fn=recorder.aggregate_train_metrics)
+    recorder.watch(strategy)
+    configure(strategy, [1, 2])
+    recorder.evaluate(0, record(GLOBAL))
+    strategy.aggregate_train(1, [reply(1, {"w": [1.0, 2.0], "b": [1.0]})])
+    recorder.evaluate(1, record(GLOBAL))
+    assert json.loads((saved.path / "results.json").read_text())["status"] == "complete"
+    assert (tmp_path / "saved" / "latest").resolve() == saved.path

@@ -65,7 +65,8 @@ def test_a_stopped_run_is_marked_but_a_complete_one_stays_complete(tmp_path: Pat
     run = RunDirectory(tmp_path, "r1", {"seed": 1})
     mark_status(run.path, "interrupted")  # stopped before its first round wrote results
     results = json.loads((run.path / "results.json").read_text())
-    assert results == {"config": {"seed": 1}, "rounds": [], "privacy": {}, "final": {},
+    assert results == {"config": {"seed": 1}, "rounds": [], "privacy": {},
+                       "final": {"max_epsilon": None},
                        "status": "interrupted"}  # fmt: skip
     results["status"] = "complete"
     (run.path / "results.json").write_text(json.dumps(results))
