@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -73,20 +74,21 @@ def train(msg: Message, context: Context) -> Message:
         raise faults.InjectedCrash(f"injected crash (faults.crash-rate) in round {server_round}")
     weights = msg.content.array_records[ARRAYS_RECORD].to_torch_state_dict()
     request = _request_digest(context, runtime, server_config, weights)
-    ledger = _DurableLedger(context, server_config, request, server_round)
-    outcome = train_round(
-        cfg,
-        runtime,
-        weights,
-        server_config,
-        node_id=context.node_id,
-        partition_id=partition,
-        ledger_state=ledger.start,
-        secure_rng=_secure_rng(context),
-    )
-    if outcome.ledger_state is not None:  # the accountant's history outlives the process
-        answer = ledger_store.reply_digest(outcome.weights, outcome.metrics)
-        ledger.keep(outcome.ledger_state, answer)
+    with ledger_store.exclusive(_ledger_file(context, server_config)):
+        ledger = _DurableLedger(context, server_config, request, server_round)
+        outcome = train_round(
+            cfg,
+            runtime,
+            weights,
+            server_config,
+            node_id=context.node_id,
+            partition_id=partition,
+            ledger_state=ledger.start,
+            secure_rng=_secure_rng(context),
+        )
+        if outcome.ledger_state is not None:  # the accountant's history outlives the process
+            answer = ledger_store.reply_digest(outcome.weights, outcome.metrics)
+            ledger.keep(outcome.ledger_state, answer)
     sent, metrics = faults.misbehave(  # an injected timeout sleeps here: the ledger is kept
         cfg, fault, outcome.weights, outcome.metrics, weights,
         server_round=server_round, partition_id=partition, num_partitions=num_partitions,
@@ -121,6 +123,14 @@ def _request_digest(
     )
 
 
+def _ledger_file(context: Context, server_config: ConfigRecord) -> Path | None:
+    """The node's ledger file (:class:`_DurableLedger`), None where it keeps none."""
+    directory = context.node_config.get(LEDGER_DIR) or (
+        None if _secure_rng(context) else server_config.get(LEDGER_DIR)
+    )
+    return ledger_store.ledger_path(str(directory), _partition(context)[0]) if directory else None
+
+
 class _DurableLedger:
     """The node's privacy ledger: ``context.state`` and, where there is a ledger directory,
     a file that survives restarts and resumes (:mod:`clients.ledger_store`).
@@ -135,11 +145,8 @@ class _DurableLedger:
     ) -> None:
         self.context, self.server_round = context, server_round
         secure = _secure_rng(context)
-        directory = context.node_config.get(LEDGER_DIR) or (
-            None if secure else server_config.get(LEDGER_DIR)
-        )
         partition = _partition(context)[0]
-        self.path = ledger_store.ledger_path(str(directory), partition) if directory else None
+        self.path = _ledger_file(context, server_config)
         self.digest = request if self.path else ""
         memory = context.state.config_records.get(PRIVACY_STATE, ConfigRecord())
         stored = ledger_store.load(self.path) if self.path else None

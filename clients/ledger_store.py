@@ -21,10 +21,12 @@ never sent (:class:`RepeatDiffers`).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,25 @@ def reply_digest(arrays: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
 
 def ledger_path(directory: str | Path, partition_id: int) -> Path:
     return Path(directory) / f"partition-{partition_id}.json"
+
+
+@contextmanager
+def exclusive(path: Path | None) -> Iterator[None]:
+    """Hold the ledger's lock (``<ledger>.lock``) for a whole round, from reading the
+    ledger to writing it. Two rounds of one client can overlap (one the server gave up on
+    is still training when the next arrives): both would start from the same ledger, and
+    the last write would drop the other's charge. The second waits for the first. The OS
+    releases the lock of a killed process. ``None``: no file, nothing to lock."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_suffix(".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def load(path: Path) -> StoredLedger | None:

@@ -1,12 +1,14 @@
 """ClientApp glue: what the node itself decides (node-config), read and checked."""
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from flwr.app import ConfigRecord, Context, RecordDict
 
-from clients.app import _DurableLedger, _secure_rng
-from clients.ledger_store import LedgerFileError
+from clients.app import _DurableLedger, _ledger_file, _secure_rng
+from clients.ledger_store import LedgerFileError, exclusive, load
 from task import wire
 
 
@@ -36,3 +38,30 @@ def test_a_restarted_node_without_its_ledger_file_refuses_to_train(tmp_path: Pat
     (tmp_path / "partition-2.json").unlink()
     with pytest.raises(LedgerFileError, match="privacy ledger lost.*holds 0 events"):
         _DurableLedger(context(**node), server_config, request, server_round=2)
+
+
+def test_overlapping_rounds_of_one_client_are_both_charged(tmp_path: Path) -> None:
+    """A round the server gave up on can still be training when the next one arrives, each
+    with the node's context as the last finished round left it: both read the ledger before
+    either writes it, unless the round holds the ledger's lock throughout."""
+    node: dict[str, bool | float | int | str] = {"partition-id": 0, "num-partitions": 1}
+    event: dict[str, list[float]] = {"noise_multipliers": [1.0], "sample_rates": [0.1],
+                                     "steps": [4]}  # fmt: skip
+
+    def one_round(server_round: int) -> None:
+        config = ConfigRecord({wire.LEDGER_DIR: str(tmp_path), wire.SERVER_ROUND: server_round})
+        ctx = context(**node)
+        with exclusive(_ledger_file(ctx, config)):
+            ledger = _DurableLedger(ctx, config, f"request {server_round}", server_round)
+            time.sleep(0.2)  # training
+            grown = {key: [*ledger.start.get(key, []), *value] for key, value in event.items()}
+            ledger.keep(grown, reply_digest=f"answer {server_round}")
+
+    one_round(1)
+    overlapping = [threading.Thread(target=one_round, args=(r,)) for r in (2, 3)]
+    for thread in overlapping:
+        thread.start()
+    for thread in overlapping:
+        thread.join()
+    stored = load(tmp_path / "partition-0.json")
+    assert stored is not None and stored.after["steps"] == [4, 4, 4]  # three rounds released
