@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from task.accounting import STATE_KEYS
 from task.cache import write_atomically
 from task.wire import SPENT_EVENTS, SPENT_PARTITIONS, TRAIN_SECONDS
 
@@ -111,13 +112,15 @@ def load(path: Path) -> StoredLedger | None:
         if data.get("format") not in READABLE_FORMATS:
             raise ValueError(f"format {data.get('format')!r}, expected one of {READABLE_FORMATS}")
         digest_key = "weights_digest" if data["format"] == 1 else "request_digest"
-        return StoredLedger(
+        stored = StoredLedger(
             round=int(data["round"]),
             request_digest=str(data[digest_key]),
             before=dict(data["before"]),
             after=dict(data["after"]),
             reply_digest=str(data.get("reply_digest", "")),
         )
+        _check_grows(stored.before, stored.after)
+        return stored
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise LedgerFileError(
             f"privacy ledger {path} is unreadable ({error}); refusing to train, since "
@@ -150,6 +153,17 @@ def save(path: Path, stored: StoredLedger) -> None:
         os.fsync(directory)  # the rename itself
     finally:
         os.close(directory)
+
+
+def _check_grows(before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+    """A round only adds events: ``before`` must begin ``after`` (an edited file fails)."""
+    for key in STATE_KEYS:
+        early, late = list(before.get(key, [])), list(after.get(key, []))
+        if late[: len(early)] != early:
+            raise ValueError(f"'after.{key}' does not continue 'before.{key}'")
+    lengths = {len(after.get(key, [])) for key in STATE_KEYS}
+    if len(lengths) != 1:
+        raise ValueError(f"'after' holds lists of unequal length {sorted(lengths)}")
 
 
 def starting_state(

@@ -183,7 +183,7 @@ def denoise_counts(released: np.ndarray, *, sigma: float, threshold: float) -> n
     return np.where(values < threshold * sigma, 0.0, values)
 
 
-_STATE_KEYS = ("noise_multipliers", "sample_rates", "steps")
+STATE_KEYS = ("noise_multipliers", "sample_rates", "steps")
 
 
 class PrivacyLedger:
@@ -240,7 +240,7 @@ class PrivacyLedger:
         accountant-independent; with neither, ``"rdp"``.
         """
         chosen = accountant if accountant is not None else state.get("accountant", "rdp")
-        columns = [list(state.get(key, [])) for key in _STATE_KEYS]
+        columns = [list(state.get(key, [])) for key in STATE_KEYS]
         ok = len({len(column) for column in columns}) == 1
-        require(ok, f"privacy state {_STATE_KEYS} must be lists of equal length")
+        require(ok, f"privacy state {STATE_KEYS} must be lists of equal length")
         return cls(accountant=chosen, history=zip(*columns, strict=True))

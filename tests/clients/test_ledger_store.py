@@ -158,3 +158,17 @@ def test_the_answer_digest_ignores_the_wall_time_only() -> None:
     assert ledger_store.reply_digest(arrays, metrics | {wire.TRAIN_SECONDS: 9.0}) == digest
     assert ledger_store.reply_digest(arrays, metrics | {wire.TRAIN_LOSS: 0.6}) != digest
     assert ledger_store.reply_digest({**arrays, "w": torch.tensor([1.0, 1.5])}, metrics) != digest
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [{"after": {}},  # emptied: the node would train from ε = 0
+     {"before": AFTER, "after": BEFORE},  # shorter after its last round than before it
+     {"after": AFTER | {"steps": [5]}}],  # columns of unequal length
+)  # fmt: skip
+def test_a_ledger_edited_so_that_it_shrinks_is_refused(tmp_path: Path, edit: dict) -> None:
+    path = tmp_path / "partition-0.json"
+    ledger_store.save(path, STORED)
+    path.write_text(json.dumps(json.loads(path.read_text()) | edit))
+    with pytest.raises(ledger_store.LedgerFileError, match="refusing to train"):
+        ledger_store.load(path)
