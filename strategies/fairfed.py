@@ -30,7 +30,8 @@ class FairFed(TracedFedAvg):
     changing participants (sampling, failures, exhausted budgets) do not distort the
     weights, each node's adjustment is kept across rounds as a factor w_k / FedAvg_k,
     applied next round to its FedAvg share among that round's participants (1 for a new
-    node), then renormalised. With a fixed set of participants this is the paper's
+    node), then renormalised; the new factors keep the participants' total
+    Σ FedAvg_k × factor_k. With a fixed set of participants this is the paper's
     update, and β = 0 is FedAvg exactly, whoever takes part. F is the n-weighted mean of
     the local metrics, computed in the clear (the paper computes the global model's
     metric from securely aggregated local statistics).
@@ -92,6 +93,10 @@ class FairFed(TracedFedAvg):
         if any(node in self.node_factors for node in node_ids):
             previous = fedavg * [self.node_factors.get(node, 1.0) for node in node_ids]
         weights = fairfed_weights(previous, local, global_metric, beta=self.beta, num_examples=n)
-        self.node_factors.update(zip(node_ids, map(float, weights / fedavg), strict=True))
+        # The weights are renormalised over this round's participants; the factors keep the
+        # participants' total as it was (Σ FedAvg_k × factor_k), or a node would gain or
+        # lose influence for whom it was drawn with
+        mass = 1.0 if previous is None else float(previous.sum())
+        self.node_factors.update(zip(node_ids, map(float, weights * mass / fedavg), strict=True))
         self.last_round.extras["fair-global-metric"] = global_metric
         return weights

@@ -508,6 +508,12 @@ def test_fairfed_keeps_relative_weights_when_participants_change() -> None:
     configure(strategy, [1, 3, 4])
     strategy.aggregate_train(2, replies([1, 3, 4], {1: 0.2, 3: 0.2, 4: 0.2}))
     assert strategy.last_round.weights == pytest.approx({1: 13 / 62, 3: 34 / 62, 4: 15 / 62})
+    # No update, so no factor moved: node 4 gained nothing from being drawn with 1 and 3,
+    # and meets node 2 as an equal (FedAvg of {2, 4} × factors (52/60, 1) = (13, 15)/28).
+    assert strategy.node_factors[4] == pytest.approx(1.0)
+    configure(strategy, [2, 4])
+    strategy.aggregate_train(3, replies([2, 4], {2: 0.2, 4: 0.2}))
+    assert strategy.last_round.weights == pytest.approx({2: 13 / 28, 4: 15 / 28})
 
 
 def test_fairfed_beta_zero_is_fedavg_whoever_takes_part() -> None:
