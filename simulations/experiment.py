@@ -121,7 +121,7 @@ def check_experiment(experiment: Experiment, *, check_data: bool = True) -> None
     the budget and (``check_data``) that the data loads and partitions, and that some
     client can train within the budget."""
     from task.augment import check_augmentation
-    from task.data import check_partitions
+    from task.data import check_partitions, group_names, load_splits
     from task.model import check_model_source
     from task.privacy_plan import check_client_budgets, check_release_budget
 
@@ -130,10 +130,12 @@ def check_experiment(experiment: Experiment, *, check_data: bool = True) -> None
         check_release_budget(cfg)  # as the ServerApp will, but before a SuperLink starts
     online = os.environ.get("FEDEQUITY_ONLINE") == "1"
     check_model_source(cfg.model, online=online)
+    groups = None
     # A hub dataset would download here: with FEDEQUITY_ONLINE=1 the clients check it.
     if check_data and not (cfg.data.dataset == "hf" and online):
         nodes = experiment.federation["num-supernodes"]
         sizes = check_partitions(cfg.data, cfg.partition, nodes, cfg.seed)
         if cfg.dp.local:
             check_client_budgets(cfg, sizes)
-    check_augmentation(cfg.augment, cfg.data)
+        groups = group_names(load_splits(cfg.data, cfg.seed))  # loaded by the check: cached
+    check_augmentation(cfg.augment, cfg.data, groups)

@@ -52,16 +52,28 @@ def lexicon_for(augment: AugmentConfig, dataset: str) -> Lexicon:
     return load_lexicon(lexicon_path(augment, dataset))
 
 
-def check_augmentation(augment: AugmentConfig, data: DataConfig) -> None:
-    """Raise the error a client would (a malformed lexicon names its file and line)."""
+def check_augmentation(
+    augment: AugmentConfig, data: DataConfig, groups: list[str] | None = None
+) -> None:
+    """Raise the error a client would (a malformed lexicon names its file and line); with
+    the data's ``groups``, also where the lexicon's groups are not the data's."""
     if augment.method == "none":
         return
     lexicon = lexicon_for(augment, data.dataset)
+    path = lexicon_path(augment, data.dataset)
     if augment.counterfactual and not lexicon.label_preserving:
         raise ValueError(
-            f"augment.method='counterfactual': the lexicon {lexicon_path(augment, data.dataset)} "
-            "declares label_preserving = false (swapping its groups changes labels); valid: "
-            "augment.method='none' or a label-preserving lexicon"
+            f"augment.method='counterfactual': the lexicon {path} declares label_preserving "
+            "= false (swapping its groups changes labels); valid: augment.method='none' or a "
+            "label-preserving lexicon"
+        )
+    shared = [g for g in lexicon.groups if g in (groups or [])]
+    if augment.counterfactual and groups is not None and len(shared) < 2:
+        # a record is swapped only into groups the data has: fewer than two, no variant
+        raise ValueError(
+            f"augment.lexicon: {path} names the groups {lexicon.groups}, of which the data "
+            f"has {shared}; counterfactuals need at least 2 of the data's groups {groups} "
+            "(group names are case-sensitive)"
         )
     if augment.synthesize and data.dataset == "hatecheck":  # its templates must be readable
         recipes.hatecheck_training_templates(data.path, test_fraction=data.test_fraction, seed=0)

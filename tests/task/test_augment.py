@@ -125,6 +125,21 @@ def test_counterfactuals_on_a_lexicon_that_is_not_label_preserving_are_refused(
         check_augmentation(cfg.augment, cfg.data)
 
 
+def test_a_lexicon_whose_groups_are_not_the_datas_is_refused(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "lex.json"
+    path.write_text('{"groups": {"North": {"x": "c"}, "South": {"x": "d"}}}')
+    cfg = _config(**{"augment.method": "counterfactual", "augment.lexicon": str(path)})
+    groups = ["east", "north", "south", "west"]
+    with pytest.raises(ValueError, match=r"augment.lexicon: .*\['North', 'South'\].* has \[\]"):
+        check_augmentation(cfg.augment, cfg.data, groups)
+    fixed = path.with_name("fixed.json")
+    fixed.write_text('{"groups": {"north": {"x": "c"}, "south": {"x": "d"}}}')
+    cfg = _config(**{"augment.method": "counterfactual", "augment.lexicon": str(fixed)})
+    check_augmentation(cfg.augment, cfg.data, groups)  # two shared groups are enough
+
+
 @pytest.mark.parametrize(
     ("keys", "says"),
     [
