@@ -198,17 +198,16 @@ def with_counterfactuals(
     ds: Dataset, encoded: Encoded, augment: AugmentConfig, dataset: str, *,
     tokenizer: PreTrainedTokenizerBase, groups: list[str], max_length: int, seed: int,
 ) -> Encoded:  # fmt: skip
-    """``encoded`` (the rows of ``ds``) with its ``augment.k`` counterfactuals attached."""
+    """``encoded`` (the rows of ``ds``) with up to ``augment.k`` counterfactuals a row
+    attached (no more slots than there are other groups)."""
     lexicon = lexicon_for(augment, dataset)
     known = [g for g in lexicon.groups if g in groups]  # targets the data knows
     restricted = Lexicon({g: lexicon.terms[g] for g in known}, lexicon.label_preserving,
                          lexicon.unsafe)  # fmt: skip
     rows = ds[:]
-    variants = counterfactual_variants(
-        rows["text"], rows["group"], restricted, k=augment.k, seed=seed
-    )
-    table, valid = variant_table(rows["text"], rows["label"], rows["group"], variants,
-                                 k=augment.k)  # fmt: skip
+    k = max(1, min(augment.k, len(known) - 1))  # a record has at most one variant per other group
+    variants = counterfactual_variants(rows["text"], rows["group"], restricted, k=k, seed=seed)
+    table, valid = variant_table(rows["text"], rows["label"], rows["group"], variants, k=k)
     return dataclasses.replace(
         encoded,
         variants=encode(table, tokenizer, groups, max_length),

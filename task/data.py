@@ -202,7 +202,7 @@ class Encoded:
     features: torch.Tensor | None = None
     #: counterfactual set per row (rows of one template with identities swapped), or -1
     sets: torch.Tensor | None = None
-    #: ``augment.k`` variants per row, record-major (``len(self) * k`` rows), and which of
+    #: k variants per row (``augment.k`` at most), record-major (``len(self) * k`` rows), which of
     #: them exist (``(len(self), k)`` bool; the others repeat the row and are masked out)
     variants: Encoded | None = None
     variant_valid: torch.Tensor | None = None

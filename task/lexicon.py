@@ -272,6 +272,14 @@ def _checked(
                     f"augment.lexicon: {path}, line {line_of(group)}: term {term!r} belongs to "
                     f"both {other!r} and {group!r}; a swap could not tell them apart"
                 )
+    for group, words in unsafe.items():
+        if group not in terms:  # a misspelt group would turn its label guard off
+            raise LexiconError(f"augment.lexicon: {path}: unsafe words of {group!r}, which is "
+                               f"not one of the groups {sorted(terms)}")  # fmt: skip
+        for word in words:
+            if not re.fullmatch(r"\w+", word):  # the text is matched one word at a time
+                raise LexiconError(f"augment.lexicon: {path}: unsafe word {word!r} of "
+                                   f"{group!r}; valid: one word (letters, digits, _)")  # fmt: skip
     return Lexicon(
         terms=terms,
         label_preserving=preserving,

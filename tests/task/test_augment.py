@@ -155,3 +155,26 @@ def test_bad_augment_keys_are_refused_by_name(keys: dict, says: str) -> None:
     base = load_defaults() | {"data.path": str(SHARED_DATA / "adult")}
     with pytest.raises(ValueError, match=re.escape(says)):
         parse_run_config(base | keys)
+
+
+def test_no_more_variant_slots_than_other_groups() -> None:
+    """Synthetic data has four groups: a record has at most three counterfactuals, so
+    ``augment.k = 16`` must not encode 16 rows a record, 13 of them masked."""
+    from datasets import Dataset
+
+    from task.augment import with_counterfactuals
+    from task.data import encode
+    from task.model import load_tokenizer
+
+    cfg = parse_run_config(load_defaults() | {"augment.method": "counterfactual",
+                                              "augment.k": 16})  # fmt: skip
+    groups = ["east", "north", "south", "west"]
+    ds = Dataset.from_dict({"text": ["indeed the food was great", "hella stoked dude"],
+                            "label": [1, 1], "group": ["north", "west"]})  # fmt: skip
+    tokenizer = load_tokenizer(cfg.model, [])
+    encoded = with_counterfactuals(ds, encode(ds, tokenizer, groups, 16), cfg.augment,
+                                   "synthetic", tokenizer=tokenizer, groups=groups,
+                                   max_length=16, seed=0)  # fmt: skip
+    assert encoded.variant_valid is not None and encoded.variants is not None
+    assert tuple(encoded.variant_valid.shape) == (2, 3)
+    assert len(encoded.variants) == 6

@@ -115,6 +115,18 @@ def _write(tmp_path: Path, name: str, text: str | bytes) -> Path:
         ("flag.csv", "group,form,term\n#label_preserving,maybe\n", 2, "#label_preserving"),
         ("latin1.csv", b"group,form,term\na,x,cats\nb,x,d\xf6gs\n", 3, "not UTF-8"),
         ("lexicon.txt", "a,b,c", 0, "must end in .json or .csv"),
+        (
+            "typo.json",
+            '{"groups": {"a": {"x": "c"}, "b": {"x": "d"}}, "unsafe": {"B": ["w"]}}',
+            0,
+            "unsafe words of 'B', which is not one of the groups ['a', 'b']",
+        ),
+        (
+            "phrase.csv",
+            "group,form,term\na,x,cats\nb,x,dogs\nb,unsafe,not bad\n",
+            0,
+            "unsafe word 'not bad' of 'b'; valid: one word",
+        ),
     ],
 )
 def test_a_malformed_lexicon_gets_one_error_naming_the_file_and_line(
