@@ -6,7 +6,6 @@ weighting math in :mod:`strategies.weighting`.
 
 import random
 from collections.abc import Callable, Iterable
-from collections.abc import Set as AbstractSet
 from logging import INFO, WARNING
 from typing import Any
 
@@ -123,7 +122,7 @@ class ReplyScreening(FedAvg):
         if self.fraction_train == 0.0:
             return []
         node_ids, all_nodes = self._draw(grid, self.fraction_train, self.min_train_nodes,
-                                         excluding=self.exhausted)  # fmt: skip
+                                         skip_spent=True)  # fmt: skip
         self._excluded_now = sum(node in self.exhausted for node in all_nodes)
         self.sampled_now = node_ids
         log(INFO, "configure_train: Sampled %s nodes (out of %s; %s excluded: budget spent)",
@@ -157,16 +156,22 @@ class ReplyScreening(FedAvg):
         grid: Grid,
         fraction: float,
         minimum: int,
-        excluding: AbstractSet[int] = frozenset(),
+        *,
+        skip_spent: bool = False,
     ) -> tuple[list[int], list[int]]:
-        """Draw FedAvg's number of nodes (``fraction`` of all, at least ``minimum``) from
-        those not in ``excluding``, with :attr:`sampler` over the nodes in partition order
-        (:mod:`strategies.sampling`); return the drawn nodes and all connected ones."""
+        """Draw FedAvg's number of nodes (``fraction`` of all, at least ``minimum``), with
+        :attr:`sampler` over the nodes in partition order (:mod:`strategies.sampling`), but
+        none in :attr:`exhausted` (``skip_spent``); return the drawn nodes and all
+        connected ones."""
         # sample_size 0: only Flower's wait for min_available_nodes, then every node id
         _, all_nodes = sample_nodes(grid, self.min_available_nodes, 0)
         size = round_size(len(all_nodes), fraction, minimum)
-        if size < len(all_nodes):  # a real draw: over partitions, which the seed fixes
+        # a real draw is over partitions, which the seed fixes; and a resumed run knows
+        # which partitions spent their budget, not which of its new node ids hold them
+        unmapped = self._exhausted_partitions - set(self.node_partitions.values())
+        if size < len(all_nodes) or (skip_spent and unmapped):
             self._ask_partitions(grid, all_nodes)
+        excluding = self.exhausted if skip_spent else set()
         eligible = sorted((n for n in all_nodes if n not in excluding), key=self._partition_key)
         if size >= len(eligible):
             return eligible, all_nodes

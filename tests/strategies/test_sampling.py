@@ -117,3 +117,16 @@ def test_a_roll_call_answer_must_name_a_partition() -> None:
     )
     assert [partition_in(a) for a in answers] == [0, None, None, None]
     assert partition_in(error_reply(5)) is None
+
+
+def test_a_resumed_run_with_every_client_a_round_still_skips_spent_clients() -> None:
+    """With ``fraction-train = 1`` nothing is drawn, so no roll call maps partitions to
+    the resumed run's new node ids, unless some partitions are known to be spent."""
+    whole, grid = _strategy(seed=3, **{"fraction-train": 1.0}), _federation(1_000, 1)
+    _round(whole, 1, grid, spent=frozenset({2, 5}))
+    state = whole.checkpoint_state()
+    assert state["exhausted_partitions"] == [2, 5]
+    resumed, new_grid = _strategy(seed=3, **{"fraction-train": 1.0}), _federation(55_555, 13)
+    resumed.resume_from(1, state)
+    train, _ = _round(resumed, 1, new_grid)
+    assert train == [p for p in range(NUM_NODES) if p not in (2, 5)]
