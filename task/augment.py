@@ -202,8 +202,7 @@ def with_counterfactuals(
     attached (no more slots than there are other groups)."""
     lexicon = lexicon_for(augment, dataset)
     known = [g for g in lexicon.groups if g in groups]  # targets the data knows
-    restricted = Lexicon({g: lexicon.terms[g] for g in known}, lexicon.label_preserving,
-                         lexicon.unsafe)  # fmt: skip
+    restricted = dataclasses.replace(lexicon, terms={g: lexicon.terms[g] for g in known})
     rows = ds[:]
     k = max(1, min(augment.k, len(known) - 1))  # a record has at most one variant per other group
     variants = counterfactual_variants(rows["text"], rows["group"], restricted, k=k, seed=seed)

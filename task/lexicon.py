@@ -10,13 +10,18 @@ where that fails: ``label_preserving = false`` refuses counterfactuals altogethe
 ``unsafe`` lists per group the words whose meaning differs in that group's usage; a text
 holding an unsafe word of the source or the target group is not swapped to that target.
 
+An "a"/"an" right before a term is taken as the term's article and agrees with the
+swapped term ("an immigrant" → "a woman"); ``articles = false`` turns that off for terms
+that are not nouns (dialect markers: in "a yall service" the "a" is the noun's).
+
 Two file formats, both read by :func:`load_lexicon`:
 
-* JSON: ``{"label_preserving": true, "groups": {"women": {"plural": "women", ...}},
-  "unsafe": {"south": ["bad", "nice"]}, "source": "where the terms come from"}``
-  (all but ``groups`` optional);
-* CSV with the header ``group,form,term``: one term per line; a line
-  ``#label_preserving,false`` or ``group,unsafe,word`` rows carry the rest.
+* JSON: ``{"label_preserving": true, "articles": true, "groups": {"women": {"plural":
+  "women", ...}}, "unsafe": {"south": ["bad", "nice"]}, "source": "where the terms come
+  from"}`` (all but ``groups`` optional);
+* CSV with the header ``group,form,term``: one term per line; lines
+  ``#label_preserving,false``, ``#articles,false`` or ``group,unsafe,word`` rows carry the
+  rest.
 
 No library does this: Hugging Face ``datasets`` and nlpaug swap words without forms or case.
 """
@@ -33,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 UNSAFE_FORM = "unsafe"
+FLAGS = ("label_preserving", "articles")  # a lexicon's true/false settings
 _SENTENCE_START = re.compile(r"(?:^|[.!?]\s+)[\"'(]?$")
 
 
@@ -47,6 +53,8 @@ class Lexicon:
     terms: Mapping[str, Mapping[str, str]]  # group -> form -> term
     label_preserving: bool = True
     unsafe: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    #: an "a"/"an" right before a term is its article (terms that are nouns)
+    articles: bool = True
 
     @property
     def groups(self) -> list[str]:
@@ -62,9 +70,8 @@ class Lexicon:
             body = "|".join(r"\s+".join(map(re.escape, term.split())) for term in ordered)
             # an article right before a term is part of the match, so "an immigrant" can
             # become "a woman" rather than "an woman"
-            patterns[group] = re.compile(
-                rf"(?<!\w)(?:(?P<article>an?)\s+)?(?P<term>{body})(?!\w)", re.IGNORECASE
-            )
+            article = r"(?:(?P<article>an?)\s+)?" if self.articles else ""
+            patterns[group] = re.compile(rf"(?<!\w){article}(?P<term>{body})(?!\w)", re.IGNORECASE)
         return patterns
 
     def _is_unsafe(self, text: str, group: str) -> bool:
@@ -87,7 +94,8 @@ class Lexicon:
 
         def replace(match: re.Match[str]) -> str:
             nonlocal missing
-            found, article = match.group("term"), match.group("article")
+            found = match.group("term")
+            article = match.group("article") if self.articles else None
             term = self._target_term(forms_of[_norm(found)], target)
             if term is None:
                 missing = True
@@ -184,10 +192,10 @@ def _from_json(path: Path, text: str) -> Lexicon:
 
     if not isinstance(raw, dict) or not isinstance(raw.get("groups"), dict):
         raise fail("groups", 'expected an object with "groups": {group: {form: term}}')
-    unknown = sorted(set(raw) - {"groups", "label_preserving", "unsafe", "source"})
+    unknown = sorted(set(raw) - {"groups", "label_preserving", "articles", "unsafe", "source"})
     if unknown:
         raise fail(unknown[0], f"unknown key {unknown[0]!r}; valid: groups, label_preserving, "
-                   "unsafe, source")  # fmt: skip
+                   "articles, unsafe, source")  # fmt: skip
     terms: dict[str, dict[str, str]] = {}
     for group, forms in raw["groups"].items():
         if not isinstance(forms, dict) or not forms:
@@ -198,15 +206,16 @@ def _from_json(path: Path, text: str) -> Lexicon:
                 raise fail(form, f"group {group!r}, form {form!r}: expected a non-empty string",
                            "groups", group)  # fmt: skip
         terms[group] = {form: term.strip() for form, term in forms.items()}
-    preserving = raw.get("label_preserving", True)
-    if not isinstance(preserving, bool):
-        raise fail("label_preserving", "label_preserving must be true or false")
+    flags = {key: raw.get(key, True) for key in FLAGS}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise fail(key, f"{key} must be true or false")
     unsafe_raw = raw.get("unsafe", {})
     if not isinstance(unsafe_raw, dict) or not all(
         isinstance(w, list) and all(isinstance(x, str) for x in w) for w in unsafe_raw.values()
     ):
         raise fail("unsafe", "unsafe must be an object {group: [word, ...]}")
-    return _checked(path, terms, preserving, unsafe_raw, lambda g: _line_of(text, "groups", g))
+    return _checked(path, terms, flags, unsafe_raw, lambda g: _line_of(text, "groups", g))
 
 
 def _line_of(text: str, *keys: str) -> int:
@@ -233,13 +242,13 @@ def _from_csv(path: Path, text: str) -> Lexicon:
         raise LexiconError(f"augment.lexicon: {path}, line 1: expected the header group,form,term")
     terms: dict[str, dict[str, str]] = {}
     unsafe: dict[str, list[str]] = {}
-    preserving, lines = True, dict[str, int]()
+    flags, lines = dict.fromkeys(FLAGS, True), dict[str, int]()
     for number, row in rows[1:]:
-        if row[0] == "#label_preserving":
+        if (flag := row[0].removeprefix("#")) in FLAGS and row[0].startswith("#"):
             if len(row) != 2 or row[1].lower() not in ("true", "false"):
                 raise LexiconError(f"augment.lexicon: {path}, line {number}: expected "
-                                   "#label_preserving,true or #label_preserving,false")  # fmt: skip
-            preserving = row[1].lower() == "true"
+                                   f"#{flag},true or #{flag},false")  # fmt: skip
+            flags[flag] = row[1].lower() == "true"
             continue
         if len(row) != 3 or not all(row):
             raise LexiconError(f"augment.lexicon: {path}, line {number}: expected 3 non-empty "
@@ -253,12 +262,12 @@ def _from_csv(path: Path, text: str) -> Lexicon:
                                f"form {form!r} twice")  # fmt: skip
         terms[group][form] = term
         lines.setdefault(group, number)
-    return _checked(path, terms, preserving, unsafe, lambda key: lines.get(key, 1))
+    return _checked(path, terms, flags, unsafe, lambda key: lines.get(key, 1))
 
 
 def _checked(
-    path: Path, terms: dict[str, dict[str, str]], preserving: bool, unsafe: Mapping[str, Any],
-    line_of: Any,
+    path: Path, terms: dict[str, dict[str, str]], flags: Mapping[str, bool],
+    unsafe: Mapping[str, Any], line_of: Any,
 ) -> Lexicon:  # fmt: skip
     if len(terms) < 2:
         raise LexiconError(f"augment.lexicon: {path}, line 1: needs at least two groups to swap "
@@ -282,6 +291,7 @@ def _checked(
                                    f"{group!r}; valid: one word (letters, digits, _)")  # fmt: skip
     return Lexicon(
         terms=terms,
-        label_preserving=preserving,
+        label_preserving=flags["label_preserving"],
         unsafe={g: frozenset(w.lower() for w in words) for g, words in unsafe.items()},
+        articles=flags["articles"],
     )

@@ -51,6 +51,18 @@ def test_a_form_the_target_lacks_leaves_the_record_unswapped() -> None:
     assert lexicon.swap("feline cats", "a", "b") is None
 
 
+def test_articles_off_leave_an_article_to_the_noun_it_belongs_to(tmp_path: Path) -> None:
+    """Dialect markers are not nouns: in "a yall service" the "a" is the service's."""
+    markers = {"north": {"m": "indeed"}, "south": {"m": "yall"}}
+    assert Lexicon(markers).swap("a yall service", "south", "north") == "an indeed service"
+    off = Lexicon(markers, articles=False)
+    assert off.swap("a yall service", "south", "north") == "a indeed service"
+    assert SYNTHETIC.articles is False  # the shipped synthetic lexicon says so
+    csv_path = _write(tmp_path, "markers.csv", "group,form,term\nnorth,m,indeed\nsouth,m,yall\n"
+                      "#articles,false\n")  # fmt: skip
+    assert load_lexicon(csv_path).articles is False
+
+
 def test_an_article_follows_the_new_term() -> None:
     lexicon = Lexicon({"a": {"singular": "immigrant"}, "b": {"singular": "woman"}})
     assert lexicon.swap("I met an immigrant.", "a", "b") == "I met a woman."
@@ -115,6 +127,12 @@ def _write(tmp_path: Path, name: str, text: str | bytes) -> Path:
         ("flag.csv", "group,form,term\n#label_preserving,maybe\n", 2, "#label_preserving"),
         ("latin1.csv", b"group,form,term\na,x,cats\nb,x,d\xf6gs\n", 3, "not UTF-8"),
         ("lexicon.txt", "a,b,c", 0, "must end in .json or .csv"),
+        (
+            "flag.json",
+            '{"groups": {"a": {"x": "c"}, "b": {"x": "d"}},\n"articles": "no"}',
+            2,
+            "articles must be true or false",
+        ),
         (
             "typo.json",
             '{"groups": {"a": {"x": "c"}, "b": {"x": "d"}}, "unsafe": {"B": ["w"]}}',
