@@ -17,7 +17,7 @@ that are not nouns (dialect markers: in "a yall service" the "a" is the noun's).
 Two file formats, both read by :func:`load_lexicon`:
 
 * JSON: ``{"label_preserving": true, "articles": true, "groups": {"women": {"plural":
-  "women", ...}}, "unsafe": {"south": ["bad", "nice"]}, "source": "where the terms come
+  "women", ...}}, "unsafe": {"women": ["ladies"]}, "source": "where the terms come
   from"}`` (all but ``groups`` optional);
 * CSV with the header ``group,form,term``: one term per line; lines
   ``#label_preserving,false``, ``#articles,false`` or ``group,unsafe,word`` rows carry the
