@@ -42,6 +42,14 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in {"Z", "X"}
 
 
+def start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (tells a reused PID from its first owner)."""
+    try:
+        return (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def marked_pids(marker: str) -> list[int]:
     """PIDs of live processes whose environment carries ``MARKER_ENV=marker``."""
     return run_pids(marker, set())

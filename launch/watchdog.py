@@ -14,7 +14,14 @@ import signal
 import sys
 import time
 
-from launch.supervisor import PROC, pid_alive, run_pids, run_sessions, session_of, signal_pid
+from launch.supervisor import (
+    pid_alive,
+    run_pids,
+    run_sessions,
+    session_of,
+    signal_pid,
+    start_time,
+)
 
 POLL_S = 0.5
 GRACE_S = 5.0
@@ -35,19 +42,11 @@ def reap(marker: str, grace: float = GRACE_S, spare: int | None = None) -> list[
     return survivors
 
 
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (tells a reused PID from its first owner)."""
-    try:
-        return (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 def watch(owner: int, marker: str) -> None:
     """Wait for ``owner`` to die, then reap the marked processes. The owner's session is
     the user's (a terminal, a CI job): a marked process in it marks none of the rest."""
-    started, session = _start_time(owner), session_of(owner)
-    while pid_alive(owner) and _start_time(owner) == started:
+    started, session = start_time(owner), session_of(owner)
+    while pid_alive(owner) and start_time(owner) == started:
         time.sleep(POLL_S)
     reap(marker, spare=session)
 

@@ -25,7 +25,7 @@ from launch.connection import write_connection
 from launch.env import simulation_env, tool
 from launch.net import free_ports, wait_healthy
 from launch.stream import LOG_NAME, parse_run_id, stream_run
-from launch.supervisor import ProcessSupervisor, pid_alive
+from launch.supervisor import ProcessSupervisor, pid_alive, start_time
 from launch.watchdog import reap
 from server.handshake import GATE_ENV, open_gate, says_complete
 from server.records import mark_status, rounds_without_survivors
@@ -129,7 +129,8 @@ def run_experiment(
     found: list[str] = []
     run_dir: Path | None = Path(cfg.resume_from) if cfg.resume_from else None
     # a resumed run's directory keeps its first id, not the one `flwr run` logs: record it
-    owner = {"pid": os.getpid(), "marker": sup.marker, "run_dir": str(run_dir or "")}
+    owner = {"pid": os.getpid(), "started": start_time(os.getpid()), "marker": sup.marker,
+             "run_dir": str(run_dir or "")}  # fmt: skip
     (work / OWNER).write_text(json.dumps(owner))
     try:
         streamed = None
@@ -232,8 +233,9 @@ def reap_abandoned(output_dir: Path) -> None:
             if work.is_dir() and time.time() - work.stat().st_mtime > ORPHAN_AGE_S:
                 _drop_all_but_logs(work)
             continue
-        if pid_alive(int(owner["pid"])):
-            continue
+        pid = int(owner["pid"])
+        if pid_alive(pid) and owner.get("started", start_time(pid)) == start_time(pid):
+            continue  # alive, and not another process that took a dead runner's PID
         reap(str(owner["marker"]))
         run_dir = _run_dir_of(work, owner, output_dir)
         if run_dir is not None and run_dir.is_dir():

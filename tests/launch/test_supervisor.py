@@ -39,7 +39,7 @@ def _wait_for(predicate: object, timeout: float = 10.0) -> None:
 def test_stop_all_kills_detached_descendants_and_stubborn_parents(tmp_path: Path) -> None:
     sup = ProcessSupervisor(env=dict(os.environ), log_dir=tmp_path)
     proc = sup.start("parent", [sys.executable, "-c", PARENT], cwd=tmp_path)
-    _wait_for(lambda: len(marked_pids(sup.marker)) == 2)
+    _wait_for(lambda: "ready" in proc.log_tail())  # SIGTERM is ignored from here on
     pids = marked_pids(sup.marker)
     assert len(pids) == 2 and proc.popen.pid in pids
     killed = sup.stop_all(grace=1.0)
@@ -75,7 +75,7 @@ def test_a_second_sigterm_during_stop_all_does_not_cut_the_clean_up_short(tmp_pa
     SIGTERM to us meanwhile must not leave it running."""
     sup = ProcessSupervisor(env=dict(os.environ), log_dir=tmp_path)
     proc = sup.start("parent", [sys.executable, "-c", PARENT], cwd=tmp_path)
-    _wait_for(lambda: len(marked_pids(sup.marker)) == 2)
+    _wait_for(lambda: "ready" in proc.log_tail())  # SIGTERM is ignored from here on
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
 
     def interrupted(*_: object) -> None:

@@ -141,3 +141,19 @@ def test_a_run_killed_before_its_first_round_gets_results_saying_interrupted(
     reap_abandoned(tmp_path)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "interrupted" and results["config"] == {"seed": 3}
+
+
+def test_a_dead_runners_pid_taken_by_another_process_does_not_keep_its_run_running(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "1234"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text(json.dumps({"status": "running", "rounds": []}))
+    work = tmp_path / f"{WORK_PREFIX}killed"
+    (work / "logs").mkdir(parents=True)
+    (work / "logs" / LOG_NAME).write_text("🎊 Successfully started run 1234\n")
+    # this very process holds the PID now, but started at another time than the runner
+    owner = {"pid": os.getpid(), "started": "1", "marker": "no-such-mark", "run_dir": ""}
+    (work / OWNER).write_text(json.dumps(owner))
+    reap_abandoned(tmp_path)
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
