@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -11,7 +12,7 @@ from flwr.clientapp import ClientApp
 from clients import faults, ledger_store
 from clients.first_call import note_first_call
 from clients.local import ClientRuntime, client_runtime
-from clients.rounds import evaluate_round, train_round
+from clients.rounds import TrainOutcome, evaluate_round, train_round
 from task.config import LOCATION_KEYS, RunConfig, parse_run_config
 from task.prompt_dispatch import install as install_prompt_dispatch
 from task.wire import (
@@ -74,21 +75,13 @@ def train(msg: Message, context: Context) -> Message:
         raise faults.InjectedCrash(f"injected crash (faults.crash-rate) in round {server_round}")
     weights = msg.content.array_records[ARRAYS_RECORD].to_torch_state_dict()
     request = _request_digest(context, runtime, server_config, weights)
-    with ledger_store.exclusive(_ledger_file(context, server_config)):
-        ledger = _DurableLedger(context, server_config, request, server_round)
-        outcome = train_round(
-            cfg,
-            runtime,
-            weights,
-            server_config,
-            node_id=context.node_id,
-            partition_id=partition,
-            ledger_state=ledger.start,
-            secure_rng=_secure_rng(context),
-        )
-        if outcome.ledger_state is not None:  # the accountant's history outlives the process
-            answer = ledger_store.reply_digest(outcome.weights, outcome.metrics)
-            ledger.keep(outcome.ledger_state, answer)
+    outcome = _accounted(
+        context, server_config, request, server_round,
+        lambda start: train_round(
+            cfg, runtime, weights, server_config, node_id=context.node_id,
+            partition_id=partition, ledger_state=start, secure_rng=_secure_rng(context),
+        ),
+    )  # fmt: skip
     sent, metrics = faults.misbehave(  # an injected timeout sleeps here: the ledger is kept
         cfg, fault, outcome.weights, outcome.metrics, weights,
         server_round=server_round, partition_id=partition, num_partitions=num_partitions,
@@ -102,6 +95,25 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     return Message(content=content, reply_to=msg)
+
+
+def _accounted(
+    context: Context,
+    server_config: ConfigRecord,
+    request: str,
+    server_round: int,
+    train: Callable[[dict[str, Any]], TrainOutcome],
+) -> TrainOutcome:
+    """``train`` from the node's ledger, and the ledger it leaves kept, with the ledger
+    file locked throughout (:func:`ledger_store.exclusive`): two overlapping rounds of one
+    client (one the server gave up on, still training) are charged one after the other."""
+    with ledger_store.exclusive(_ledger_file(context, server_config)):
+        ledger = _DurableLedger(context, server_config, request, server_round)
+        outcome = train(ledger.start)
+        if outcome.ledger_state is not None:  # the accountant's history outlives the process
+            answer = ledger_store.reply_digest(outcome.weights, outcome.metrics)
+            ledger.keep(outcome.ledger_state, answer)
+    return outcome
 
 
 def _request_digest(

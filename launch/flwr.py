@@ -67,14 +67,20 @@ def wait_online(
     """Wait until every registered node reports ``online``; fail if a process died."""
     deadline = time.monotonic() + timeout
     status: dict[str, str] = {}
+    failed = ""
     while time.monotonic() < deadline:
         sup.raise_if_dead()
-        nodes = flwr(sup, cwd, "supernode", "list", conn)["nodes"]
+        try:
+            nodes = flwr(sup, cwd, "supernode", "list", conn)["nodes"]
+        except FlowerError as error:  # a call that hung or failed: ask again until the deadline
+            failed = f"; the last call: {error}"
+            time.sleep(0.5)
+            continue
         status = {str(n["node-id"]): str(n["status"]) for n in nodes}
         if all(status.get(i) == "online" for i in node_ids):
             return
         time.sleep(0.5)
-    raise FlowerError(f"SuperNodes not online after {timeout:.0f} s: {status}")
+    raise FlowerError(f"SuperNodes not online after {timeout:.0f} s: {status}{failed}")
 
 
 def check_completed(

@@ -32,6 +32,7 @@ import numpy as np
 
 from strategies.weighting import effective_noise_multiplier
 from task.accounting import epsilon_of
+from task.cache import write_atomically
 
 CENTRAL_JOURNAL = "central-releases.jsonl"
 
@@ -63,21 +64,29 @@ class CentralAccountant:
         )
         if self.journal is not None:
             with self.journal.open("a") as handle:
-                handle.write(json.dumps([sigma, 1.0, 1]) + "\n")
+                handle.write(_line((sigma, 1.0, 1)))
                 handle.flush()
                 os.fsync(handle.fileno())
         self.history.append((sigma, 1.0, 1))
 
     def resume(self, checkpointed: list[list[float]]) -> None:
         """Continue a run: every release its journal holds, those after its checkpoint
-        included; the ``checkpointed`` history where the run kept no journal."""
+        included; the ``checkpointed`` history where the run kept no journal (which then
+        starts the journal, or the next resume would lose it)."""
         self.history = [(float(s), float(q), int(n)) for s, q, n in checkpointed]
-        if self.journal is None or not self.journal.is_file():
+        if self.journal is None:
             return
-        lines = self.journal.read_text().split("\n")
-        # a last line without its newline was cut by a kill: that release never happened
-        entries = [json.loads(line) for line in lines[:-1]]
-        self.history = [(float(s), float(q), int(n)) for s, q, n in entries]
+        text = self.journal.read_text() if self.journal.is_file() else None
+        if text is None:
+            complete = "".join(map(_line, self.history))
+        else:
+            # a last line without its newline was cut by a kill: that release never
+            # happened, and the next line must not be appended to it
+            complete = text[: text.rfind("\n") + 1]
+            entries = [json.loads(line) for line in complete.splitlines()]
+            self.history = [(float(s), float(q), int(n)) for s, q, n in entries]
+        if complete != text:
+            _rewrite(self.journal, complete)
 
     def epsilon(self) -> float:
         """ε spent so far at ``delta`` (RDP)."""
@@ -97,3 +106,19 @@ class CentralAccountant:
             "num_sampled_clients": self.num_sampled,
             "history": [[s, q, n] for s, q, n in self.history],
         }
+
+
+def _line(event: tuple[float, float, int]) -> str:
+    return json.dumps(list(event)) + "\n"
+
+
+def _rewrite(path: Path, text: str) -> None:
+    """Replace the journal atomically and durably: a kill leaves the old one or this."""
+
+    def write(staging: Path) -> None:
+        with staging.open("w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    write_atomically(path, write)

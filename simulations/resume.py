@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from server import checkpoint
 from simulations.experiment import DEFAULT_FEDERATION, Experiment, build_experiment
 from task.config import LOCATION_KEYS, config_differences, load_defaults
 
@@ -59,7 +60,9 @@ def _resumable(run_dir: Path, label: str) -> tuple[dict[str, Any], dict[str, Any
         )
     results: dict[str, Any] = json.loads((run_dir / "results.json").read_text())
     total = int(config["num-server-rounds"])
-    if len(results["rounds"]) >= total:
+    # the checkpoint, not results.json, says where a run goes on: a kill between the last
+    # round's results and its checkpoint leaves every round recorded and one to run again
+    if checkpoint.load(run_dir).round >= total:
         raise ValueError(f"{label}: the run already completed all {total} rounds")
     return config, results
 

@@ -94,6 +94,11 @@ def check_complete(run_dir: Path, num_rounds: int, logs: Path) -> None:
             f"round(s) {empty} ended without an aggregate (failed or rejected clients); see the "
             f"logs in {logs}"
         )
+    if payload.get("status") != "complete":  # the last checkpoint was not saved
+        raise RunFailed(
+            f"all {num_rounds} rounds ran, but the run ended {payload.get('status')!r} before "
+            f"saving its last checkpoint; see the logs in {logs}"
+        )
 
 
 def run_experiment(

@@ -96,7 +96,8 @@ class FairFed(TracedFedAvg):
         # The weights are renormalised over this round's participants; the factors keep the
         # participants' total as it was (Σ FedAvg_k × factor_k), or a node would gain or
         # lose influence for whom it was drawn with
-        mass = 1.0 if previous is None else float(previous.sum())
+        # (every factor 0: fairfed_weights fell back to FedAvg, and so does the mass)
+        mass = 1.0 if previous is None or previous.sum() <= 0 else float(previous.sum())
         self.node_factors.update(zip(node_ids, map(float, weights * mass / fedavg), strict=True))
         self.last_round.extras["fair-global-metric"] = global_metric
         return weights

@@ -3,12 +3,15 @@
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 
-from clients.app import _DurableLedger, _ledger_file, _secure_rng
-from clients.ledger_store import LedgerFileError, exclusive, load
+from clients.app import _accounted, _DurableLedger, _secure_rng
+from clients.ledger_store import LedgerFileError, load
+from clients.rounds import TrainOutcome
 from task import wire
 
 
@@ -45,17 +48,15 @@ def test_overlapping_rounds_of_one_client_are_both_charged(tmp_path: Path) -> No
     with the node's context as the last finished round left it: both read the ledger before
     either writes it, unless the round holds the ledger's lock throughout."""
     node: dict[str, bool | float | int | str] = {"partition-id": 0, "num-partitions": 1}
-    event: dict[str, list[float]] = {"noise_multipliers": [1.0], "sample_rates": [0.1],
-                                     "steps": [4]}  # fmt: skip
+
+    def training(start: dict[str, Any]) -> TrainOutcome:
+        time.sleep(0.2)
+        grown = {key: [*start.get(key, []), value] for key, value in EVENT.items()}
+        return TrainOutcome({"w": torch.zeros(1)}, {"loss": 1.0}, {}, ledger_state=grown)
 
     def one_round(server_round: int) -> None:
         config = ConfigRecord({wire.LEDGER_DIR: str(tmp_path), wire.SERVER_ROUND: server_round})
-        ctx = context(**node)
-        with exclusive(_ledger_file(ctx, config)):
-            ledger = _DurableLedger(ctx, config, f"request {server_round}", server_round)
-            time.sleep(0.2)  # training
-            grown = {key: [*ledger.start.get(key, []), *value] for key, value in event.items()}
-            ledger.keep(grown, reply_digest=f"answer {server_round}")
+        _accounted(context(**node), config, f"request {server_round}", server_round, training)
 
     one_round(1)
     overlapping = [threading.Thread(target=one_round, args=(r,)) for r in (2, 3)]
@@ -65,3 +66,6 @@ def test_overlapping_rounds_of_one_client_are_both_charged(tmp_path: Path) -> No
         thread.join()
     stored = load(tmp_path / "partition-0.json")
     assert stored is not None and stored.after["steps"] == [4, 4, 4]  # three rounds released
+
+
+EVENT = {"noise_multipliers": 1.0, "sample_rates": 0.1, "steps": 4}

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from server import checkpoint as checkpoints
 from server.recorder import RoundRecorder
 from simulations.experiment import build_experiment
 from simulations.inprocess import run_in_process
@@ -74,7 +75,7 @@ def test_a_run_dying_after_its_clients_trained_resumes_to_the_same_end(
     assert not (out / "latest").exists()  # latest moves to complete runs only
     assert len(results(run_dir)["rounds"]) == 2
     assert results(run_dir)["status"] == "failed"
-    ledgers = sorted(p.name for p in (run_dir / "ledgers").iterdir())
+    ledgers = sorted(p.name for p in (run_dir / "ledgers").glob("*.json"))
     assert ledgers == ["partition-0.json", "partition-1.json", "partition-2.json"]
     last_rounds = [json.loads((run_dir / "ledgers" / n).read_text())["round"] for n in ledgers]
     assert last_rounds.count(3) == 2  # the two clients round 3 drew trained it
@@ -92,9 +93,12 @@ def test_resume_refuses_another_config_and_a_finished_run(tmp_path: Path) -> Non
     run_dir, _ = run_in_process(experiment)
     with pytest.raises(ValueError, match="already completed all 4 rounds"):
         resume_experiment(run_dir, None, [], supernodes=None)
-    summary = results(run_dir)
-    summary["rounds"] = summary["rounds"][:2]
+    summary = results(run_dir)  # made a run stopped after round 2
+    summary["rounds"], summary["status"] = summary["rounds"][:2], "interrupted"
     (run_dir / "results.json").write_text(json.dumps(summary))
+    saved = checkpoints.load(run_dir)
+    state = saved.state | {"rounds": saved.state["rounds"][:2]}
+    checkpoints.save(run_dir, replace(saved, round=2, state=state))
     with pytest.raises(ValueError, match=r"differ from the run's config \(seed: run 42, given 7"):
         resume_experiment(run_dir, None, [*SETTINGS, "seed=7"], supernodes=None)
     checkpoint = (run_dir / "checkpoint.npz").read_bytes()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import launch.flwr
-from launch.flwr import flwr, wait_answering
+from launch.flwr import flwr, wait_answering, wait_online
 from launch.supervisor import FlowerError, ProcessSupervisor
 
 HANGING = "import time; time.sleep(60)"
@@ -44,3 +44,10 @@ def test_waiting_for_the_superlink_retries_a_hanging_call_until_its_deadline(
         assert time.monotonic() - start >= 1.0  # retried, not ended by the first hang
     finally:
         hanging_cli.stop_all(grace=1.0)
+
+
+def test_waiting_for_nodes_retries_a_hanging_call_and_names_it(
+    hanging_cli: ProcessSupervisor, tmp_path: Path
+) -> None:
+    with pytest.raises(FlowerError, match=r"not online after 1 s: \{\}; the last call: .*answer"):
+        wait_online(hanging_cli, "127.0.0.1:1", ["1"], tmp_path, timeout=1.0)

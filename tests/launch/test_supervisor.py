@@ -210,6 +210,7 @@ def test_the_watchdog_spares_the_session_of_the_owner_it_outlived() -> None:
     try:
         watcher = threading.Thread(target=watch, args=(owner.pid, marker))
         watcher.start()
+        time.sleep(1.0)  # the watchdog has read whose session it spares
         owner.kill()  # SIGKILL: no clean-up of its own
         owner.wait()
         watcher.join(timeout=30)

@@ -56,17 +56,28 @@ def test_a_release_after_the_last_checkpoint_is_still_charged_on_resume(tmp_path
     )
 
 
+def _accountant(journal: Path) -> CentralAccountant:
+    return CentralAccountant(noise_multiplier=1.0, num_sampled=2, delta=1e-5, journal=journal)
+
+
 def test_a_journal_line_cut_by_a_kill_was_never_released(tmp_path: Path) -> None:
     journal = tmp_path / CENTRAL_JOURNAL
     journal.write_text("[1.0, 1.0, 1]\n[0.5, 1.")
-    accountant = CentralAccountant(noise_multiplier=1.0, num_sampled=2, delta=1e-5, journal=journal)
+    accountant = _accountant(journal)
     accountant.resume([])
     assert accountant.history == [(1.0, 1.0, 1)]
+    accountant.record_round({1: 0.5, 2: 0.5})  # not glued to the cut line
+    again = _accountant(journal)
+    again.resume([])
+    assert again.history == [(1.0, 1.0, 1)] * 2
 
 
-def test_a_run_from_before_the_journal_resumes_from_its_checkpoint(tmp_path: Path) -> None:
-    accountant = CentralAccountant(
-        noise_multiplier=1.0, num_sampled=2, delta=1e-5, journal=tmp_path / CENTRAL_JOURNAL
-    )
-    accountant.resume([[0.5, 1.0, 1]])
-    assert accountant.history == [(0.5, 1.0, 1)]
+def test_a_run_from_before_the_journal_keeps_its_checkpointed_history(tmp_path: Path) -> None:
+    journal = tmp_path / CENTRAL_JOURNAL
+    first = _accountant(journal)
+    first.resume([[0.5, 1.0, 1]])  # the checkpoint's: no journal yet
+    assert first.history == [(0.5, 1.0, 1)]
+    first.record_round({1: 0.5, 2: 0.5})
+    second = _accountant(journal)  # resumed again: the journal now holds both
+    second.resume([[0.5, 1.0, 1]])
+    assert second.history == [(0.5, 1.0, 1), (1.0, 1.0, 1)]

@@ -49,9 +49,18 @@ def test_the_console_shows_round_lines_and_errors_not_bare_tracebacks() -> None:
     assert shown(verbose=True)("Traceback (most recent call last):")
 
 
-def write_results(run_dir: Path, rounds: list[dict], **config: float) -> None:
+def write_results(
+    run_dir: Path, rounds: list[dict], status: str = "complete", **config: float
+) -> None:
     run_dir.mkdir(exist_ok=True)
-    (run_dir / "results.json").write_text(json.dumps({"config": config, "rounds": rounds}))
+    results = {"config": config, "rounds": rounds, "status": status}
+    (run_dir / "results.json").write_text(json.dumps(results))
+
+
+def test_a_run_whose_last_checkpoint_was_not_saved_is_not_complete(tmp_path: Path) -> None:
+    write_results(tmp_path, [{"round": 1, "num_clients": 3, "failures": 0}], status="running")
+    with pytest.raises(RunFailed, match="ended 'running' before saving its last checkpoint"):
+        check_complete(tmp_path, 1, tmp_path)
 
 
 def test_a_round_without_survivors_fails_a_run_unless_faults_were_asked_for(

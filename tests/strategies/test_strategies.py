@@ -516,6 +516,16 @@ def test_fairfed_keeps_relative_weights_when_participants_change() -> None:
     assert strategy.last_round.weights == pytest.approx({2: 13 / 28, 4: 15 / 28})
 
 
+def test_fairfed_factors_all_at_zero_start_again_from_fedavg() -> None:
+    strategy = FairFed(beta=1.0)
+    strategy.node_factors = {1: 0.0, 2: 0.0}  # every participant pushed down to 0 before
+    configure(strategy, [1, 2])
+    strategy.aggregate_train(1, [reply(k, {"w": [0.0, 0.0], "b": [0.0]}, num_examples=100,
+                                       fair_metric=0.2) for k in (1, 2)])  # fmt: skip
+    assert strategy.last_round.weights == pytest.approx({1: 0.5, 2: 0.5})
+    assert strategy.node_factors == pytest.approx({1: 1.0, 2: 1.0})  # not stuck at 0
+
+
 def test_fairfed_beta_zero_is_fedavg_whoever_takes_part() -> None:
     strategy = FairFed(beta=0.0)
     n = {1: 10, 2: 90, 3: 10}
