@@ -63,10 +63,7 @@ class CentralAccountant:
             self.noise_multiplier, np.array(list(weights.values())), self.num_sampled
         )
         if self.journal is not None:
-            with self.journal.open("a") as handle:
-                handle.write(_line((sigma, 1.0, 1)))
-                handle.flush()
-                os.fsync(handle.fileno())
+            _synced(self.journal, _line((sigma, 1.0, 1)), mode="a")
         self.history.append((sigma, 1.0, 1))
 
     def resume(self, checkpointed: list[list[float]]) -> None:
@@ -85,8 +82,8 @@ class CentralAccountant:
             complete = text[: text.rfind("\n") + 1]
             entries = [json.loads(line) for line in complete.splitlines()]
             self.history = [(float(s), float(q), int(n)) for s, q, n in entries]
-        if complete != text:
-            _rewrite(self.journal, complete)
+        if complete != text:  # replaced atomically: a kill leaves the old one or this
+            write_atomically(self.journal, lambda staging: _synced(staging, complete, mode="w"))
 
     def epsilon(self) -> float:
         """ε spent so far at ``delta`` (RDP)."""
@@ -112,13 +109,9 @@ def _line(event: tuple[float, float, int]) -> str:
     return json.dumps(list(event)) + "\n"
 
 
-def _rewrite(path: Path, text: str) -> None:
-    """Replace the journal atomically and durably: a kill leaves the old one or this."""
-
-    def write(staging: Path) -> None:
-        with staging.open("w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    write_atomically(path, write)
+def _synced(path: Path, text: str, *, mode: str) -> None:
+    """Write ``text`` to ``path`` and fsync it before returning."""
+    with path.open(mode) as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
