@@ -128,6 +128,16 @@ def injects_faults(config: Mapping[str, Any]) -> bool:
     )
 
 
+def results_version(run_dir: Path) -> tuple[int, int] | None:
+    """``results.json``'s mtime and size (None: there is none): a resumed run whose attempt
+    failed before writing it is left as it was, not marked by that attempt."""
+    try:
+        stat = (run_dir / "results.json").stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
 def mark_status(run_dir: Path, status: str) -> None:
     """Record in ``results.json`` how a run ended early (``failed``, ``interrupted``).
 

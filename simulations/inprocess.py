@@ -26,7 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from server.records import mark_status
+from server.records import mark_status, results_version
 from simulations.experiment import Experiment
 from simulations.runner import check_complete
 from task.config import load_defaults
@@ -129,11 +129,12 @@ def run_in_process(experiment: Experiment) -> tuple[Path, InProcessGrid]:
     TaskIdentity.run_id = grid.run.run_id
     resumed = experiment.run_config.resume_from
     run_dir = Path(resumed) if resumed else Path(run_config["output-dir"]) / str(grid.run.run_id)
+    before = results_version(run_dir) if resumed else None
     try:
         server_app(grid, context)
         check_complete(run_dir, experiment.run_config.num_server_rounds, run_dir)
     except BaseException as error:
-        if run_dir.is_dir():
+        if run_dir.is_dir() and (not resumed or results_version(run_dir) != before):
             mark_status(run_dir, "failed" if isinstance(error, Exception) else "interrupted")
         raise
     finally:
