@@ -50,10 +50,10 @@ def test_the_console_shows_round_lines_and_errors_not_bare_tracebacks() -> None:
 
 
 def write_results(
-    run_dir: Path, rounds: list[dict], status: str = "complete", **config: float
+    run_dir: Path, rounds: list[dict], config: dict | None = None, status: str = "complete"
 ) -> None:
     run_dir.mkdir(exist_ok=True)
-    results = {"config": config, "rounds": rounds, "status": status}
+    results = {"config": config or {}, "rounds": rounds, "status": status}
     (run_dir / "results.json").write_text(json.dumps(results))
 
 
@@ -71,7 +71,7 @@ def test_a_round_without_survivors_fails_a_run_unless_faults_were_asked_for(
     write_results(tmp_path, rounds)
     with pytest.raises(RunFailed, match=r"round\(s\) \[2\] ended without an aggregate"):
         check_complete(tmp_path, 2, tmp_path)
-    write_results(tmp_path, rounds, **{"faults.crash-rate": 0.6})
+    write_results(tmp_path, rounds, {"faults.crash-rate": 0.6})
     check_complete(tmp_path, 2, tmp_path)  # injected: a result, reported per round
     lost = {"round": 2, "num_clients": 0, "failures": 1, "skipped": "an error reply: ..."}
     write_results(tmp_path, [rounds[0], lost])
