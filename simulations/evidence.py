@@ -213,10 +213,12 @@ def summary_path(output_dir: Path, cell: Cell) -> Path:
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
     """The keys of a run config that decide its results.
 
-    Left out: where outputs go, and keys the run never reads given its strategy and local
-    weighting, so that adding or changing, say, a q-FedAvg default does not void FedAvg cells.
+    Left out: where outputs go; ``data.path``, which the cell's grid fixes (resolved to an
+    absolute path, it would void every cell of a moved checkout); and keys the run never
+    reads given its strategy and local weighting, so that adding or changing, say, a
+    q-FedAvg default does not void FedAvg cells.
     """
-    unread = set(LOCATION_KEYS)
+    unread = set(LOCATION_KEYS) | {"data.path"}
     if config.get("strategy") != "qfedavg":
         unread |= {"qfedavg.q", "qfedavg.learning-rate"}
     if config.get("strategy") != "fairfed":

@@ -223,6 +223,11 @@ def test_a_summary_without_config_or_from_another_federation_is_stale(
     assert not is_current(grid, cell, tmp_path)
 
 
+def test_a_moved_checkout_keeps_its_cells() -> None:
+    base = load_defaults() | {"dataset": "hatecheck", "data.path": "/old/shared/data/hatecheck"}
+    assert comparable(base) == comparable(base | {"data.path": "/new/shared/data/hatecheck"})
+
+
 def test_augment_keys_decide_a_run_only_for_their_method() -> None:
     base = load_defaults()
     assert comparable(base) == comparable(base | {"augment.variant-loss": "mean", "augment.k": 6})
