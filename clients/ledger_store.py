@@ -24,7 +24,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 
 from task.accounting import STATE_KEYS
-from task.cache import write_atomically
+from task.cache import write_durably
 from task.wire import SPENT_EVENTS, SPENT_PARTITIONS, TRAIN_SECONDS
 
 FORMAT = 3
@@ -140,19 +139,7 @@ def save(path: Path, stored: StoredLedger) -> None:
             "reply_digest": stored.reply_digest,
         }
     )
-
-    def write(staging: Path) -> None:
-        with staging.open("w") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    write_atomically(path, write)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself
-    finally:
-        os.close(directory)
+    write_durably(path, payload)
 
 
 def _check_grows(before: Mapping[str, Any], after: Mapping[str, Any]) -> None:

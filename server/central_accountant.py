@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import numpy as np
 
 from strategies.weighting import effective_noise_multiplier
 from task.accounting import epsilon_of
-from task.cache import write_atomically
+from task.cache import write_durably, write_synced
 
 CENTRAL_JOURNAL = "central-releases.jsonl"
 
@@ -63,27 +62,24 @@ class CentralAccountant:
             self.noise_multiplier, np.array(list(weights.values())), self.num_sampled
         )
         if self.journal is not None:
-            _synced(self.journal, _line((sigma, 1.0, 1)), mode="a")
+            write_synced(self.journal, _line((sigma, 1.0, 1)), append=True)
         self.history.append((sigma, 1.0, 1))
 
     def resume(self, checkpointed: list[list[float]]) -> None:
         """Continue a run: every release its journal holds, those after its checkpoint
         included; the ``checkpointed`` history where the run kept no journal (which then
         starts the journal, or the next resume would lose it)."""
-        self.history = [(float(s), float(q), int(n)) for s, q, n in checkpointed]
-        if self.journal is None:
-            return
-        text = self.journal.read_text() if self.journal.is_file() else None
+        text = self.journal.read_text() if self.journal and self.journal.is_file() else None
         if text is None:
+            self.history = _events(checkpointed)
             complete = "".join(map(_line, self.history))
         else:
             # a last line without its newline was cut by a kill: that release never
             # happened, and the next line must not be appended to it
             complete = text[: text.rfind("\n") + 1]
-            entries = [json.loads(line) for line in complete.splitlines()]
-            self.history = [(float(s), float(q), int(n)) for s, q, n in entries]
-        if complete != text:  # replaced atomically: a kill leaves the old one or this
-            write_atomically(self.journal, lambda staging: _synced(staging, complete, mode="w"))
+            self.history = _events(json.loads(line) for line in complete.splitlines())
+        if self.journal is not None and complete != text:
+            write_durably(self.journal, complete)
 
     def epsilon(self) -> float:
         """ε spent so far at ``delta`` (RDP)."""
@@ -109,9 +105,5 @@ def _line(event: tuple[float, float, int]) -> str:
     return json.dumps(list(event)) + "\n"
 
 
-def _synced(path: Path, text: str, *, mode: str) -> None:
-    """Write ``text`` to ``path`` and fsync it before returning."""
-    with path.open(mode) as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+def _events(rows: Iterable[Sequence[float]]) -> list[tuple[float, float, int]]:
+    return [(float(s), float(q), int(n)) for s, q, n in rows]

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from task.cache import write_atomically
+from task.cache import write_durably
 
 FILENAME = "checkpoint.npz"
 FORMAT = 1
@@ -51,20 +50,7 @@ def save(run_dir: Path, checkpoint: Checkpoint) -> None:
         entries[_AVERAGE + name] = value
     entries["state"] = np.frombuffer(json.dumps(document).encode(), dtype=np.uint8)
     np.savez(buffer, **entries)
-
-    def write(staging: Path) -> None:
-        with staging.open("wb") as handle:
-            handle.write(buffer.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    target = checkpoint_path(run_dir)
-    write_atomically(target, write)
-    directory = os.open(run_dir, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_durably(checkpoint_path(run_dir), buffer.getvalue())
 
 
 def load(run_dir: Path) -> Checkpoint:

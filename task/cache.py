@@ -39,6 +39,26 @@ def write_atomically(target: Path, write: Callable[[Path], object]) -> None:
         Path(staging).unlink(missing_ok=True)
 
 
+def write_synced(path: Path, data: str | bytes, *, append: bool = False) -> None:
+    """Write (or append) ``data`` to ``path`` and fsync it before returning."""
+    mode = ("a" if append else "w") + ("b" if isinstance(data, bytes) else "")
+    with path.open(mode) as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_durably(target: Path, data: str | bytes) -> None:
+    """:func:`write_atomically` ``data`` with its contents and the rename fsync'd: after a
+    kill -9, even a power loss, ``target`` is the previous file or this one, whole."""
+    write_atomically(target, lambda staging: write_synced(staging, data))
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself
+    finally:
+        os.close(directory)
+
+
 def feature_cache_limit() -> int:
     """The bytes the feature cache may hold: ``FEDEQUITY_FEATURE_CACHE_GB`` (default 10;
     0 for no limit)."""
