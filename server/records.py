@@ -138,6 +138,17 @@ def results_version(run_dir: Path) -> tuple[int, int] | None:
     return stat.st_mtime_ns, stat.st_size
 
 
+def mark_stopped(
+    run_dir: Path, error: BaseException, *, unless_unchanged: tuple[int, int] | None = None
+) -> None:
+    """Mark a run that ended with ``error``: ``failed``, or ``interrupted`` by a signal;
+    left as it was where ``results.json`` still has the :func:`results_version`
+    ``unless_unchanged`` (a resume attempt that stopped before writing it)."""
+    if unless_unchanged is not None and results_version(run_dir) == unless_unchanged:
+        return
+    mark_status(run_dir, "failed" if isinstance(error, Exception) else "interrupted")
+
+
 def mark_status(run_dir: Path, status: str) -> None:
     """Record in ``results.json`` how a run ended early (``failed``, ``interrupted``).
 

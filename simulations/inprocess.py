@@ -26,7 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from server.records import mark_status, results_version
+from server.records import mark_stopped, results_version
 from simulations.experiment import Experiment
 from simulations.runner import check_complete
 from task.config import load_defaults
@@ -134,8 +134,8 @@ def run_in_process(experiment: Experiment) -> tuple[Path, InProcessGrid]:
         server_app(grid, context)
         check_complete(run_dir, experiment.run_config.num_server_rounds, run_dir)
     except BaseException as error:
-        if run_dir.is_dir() and (not resumed or results_version(run_dir) != before):
-            mark_status(run_dir, "failed" if isinstance(error, Exception) else "interrupted")
+        if run_dir.is_dir():
+            mark_stopped(run_dir, error, unless_unchanged=before)
         raise
     finally:
         TaskIdentity._task_id, TaskIdentity._node_id, TaskIdentity._run_id = saved

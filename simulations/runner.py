@@ -28,7 +28,12 @@ from launch.stream import LOG_NAME, parse_run_id, stream_run
 from launch.supervisor import ProcessSupervisor, pid_alive, start_time
 from launch.watchdog import reap
 from server.handshake import GATE_ENV, open_gate, says_complete
-from server.records import mark_status, results_version, rounds_without_survivors
+from server.records import (
+    mark_status,
+    mark_stopped,
+    results_version,
+    rounds_without_survivors,
+)
 from simulations.experiment import Experiment
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -164,12 +169,10 @@ def run_experiment(
                 made.rmdir()
         raise invalid.error from None
     except BaseException as error:  # Ctrl-C and SIGTERM included: mark the run, keep logs
-        resumed = bool(cfg.resume_from)
         run_dir = run_dir or (output_dir / found[0] if found else None)
         why = cause(logs) if isinstance(error, RunFailed) else ""
         if run_dir is not None and run_dir.is_dir():
-            if not resumed or results_version(run_dir) != before:  # this attempt wrote it
-                mark_status(run_dir, "failed" if isinstance(error, Exception) else "interrupted")
+            mark_stopped(run_dir, error, unless_unchanged=before)
             _keep_logs(work, logs, run_dir)
         if why:
             raise RunFailed(f"{error}{why}") from None
